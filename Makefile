@@ -1,0 +1,35 @@
+# `make test` and `make demo` work on a fresh machine: they create .venv and install first.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: test test-fast demo bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
+
+$(STAMP): $(BIN)/python pyproject.toml constraints.txt
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+demo: $(STAMP)
+	$(BIN)/mmtune data demo demo_data
+	$(BIN)/mmtune data check demo_data
+	$(BIN)/mmtune sweep --data demo_data --space search_spaces/default.yaml --name demo --overwrite
+
+bench: $(STAMP)
+	$(BIN)/python bench/loop_throughput.py
+	$(BIN)/python bench/sweep_overhead.py
+
+clean:
+	rm -rf $(VENV) demo_data runs .pytest_cache

@@ -1,0 +1,71 @@
+"""Pack a folder of one-sample .npz files into contiguous split files."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from data.npz import SPLITS, DataError
+
+log = logging.getLogger(__name__)
+
+
+def pack(src: str | Path, out: str | Path) -> dict[str, int]:
+    """Pack SRC (sample files, or train/ val/ test/ folders of them) into OUT/<split>.npz."""
+    src, out = Path(src), Path(out)
+    if not src.is_dir():
+        raise DataError(f"{src}: no such folder of sample .npz files")
+    groups = {s: src / s for s in SPLITS if (src / s).is_dir()} or {"train": src}
+    counts = {}
+    for split, folder in groups.items():
+        files = sorted(folder.glob("*.npz"))
+        if not files:
+            raise DataError(f"{folder}: holds no .npz sample files")
+        arrays = _stack([_read_sample(f) for f in files], folder)
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / f".{split}.tmp.npz"
+        np.savez(tmp, **arrays)
+        tmp.replace(out / f"{split}.npz")  # atomic: a half-written split never appears
+        counts[split] = len(files)
+        log.info("packed %d samples into %s", len(files), out / f"{split}.npz")
+    return counts
+
+
+def _read_sample(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            sample = {k: z[k] for k in z.files}
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same clear message
+        raise DataError(f"{path}: not a readable .npz sample ({type(e).__name__}: {e})") from None
+    if "y" not in sample or np.ndim(sample["y"]) != 0:
+        raise DataError(f"{path}: needs a scalar 'y' label")
+    for k, v in sample.items():
+        if k.startswith("x_") and v.ndim != 2:
+            raise DataError(f"{path}: key {k!r} must have shape (T, F), got {v.shape}")
+    if not any(k.startswith("x_") for k in sample):
+        raise DataError(f"{path}: no 'x_<name>' modality array")
+    return sample
+
+
+def _stack(samples: list[dict[str, np.ndarray]], folder: Path) -> dict[str, np.ndarray]:
+    """Stack samples, padding each modality to its longest length with masked steps."""
+    names = sorted(k[2:] for k in samples[0] if k.startswith("x_"))
+    out: dict[str, np.ndarray] = {"y": np.array([s["y"] for s in samples], dtype=np.int64)}
+    for m in names:
+        if any(f"x_{m}" not in s for s in samples):
+            raise DataError(f"{folder}: some samples lack 'x_{m}'; every sample needs the same modalities")
+        widths = {s[f"x_{m}"].shape[1] for s in samples}
+        if len(widths) > 1:
+            raise DataError(f"{folder}: 'x_{m}' has different feature counts {sorted(widths)} across samples")
+        t_max = max(s[f"x_{m}"].shape[0] for s in samples)
+        x = np.zeros((len(samples), t_max, widths.pop()), np.float32)
+        mask = np.zeros((len(samples), t_max), bool)
+        for i, s in enumerate(samples):
+            t = s[f"x_{m}"].shape[0]
+            x[i, :t] = s[f"x_{m}"]
+            mask[i, :t] = s.get(f"mask_{m}", np.ones(t, bool))
+        out[f"x_{m}"], out[f"mask_{m}"] = x, mask
+    if all("group" in s for s in samples):
+        out["groups"] = np.array([s["group"] for s in samples], dtype=np.int64)
+    return out

@@ -1,0 +1,1 @@
+"""Plain-PyTorch training core: config, model, losses, metrics and the training loop."""

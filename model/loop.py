@@ -1,0 +1,228 @@
+"""The one training loop: train, pretrain and every sweep trial run through `fit`. It knows nothing of Ray."""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import torch
+from torch import nn
+
+from data.batches import Batches
+from data.npz import Dataset
+from model.checkpoint import FORMAT, CheckpointError, load_checkpoint
+from model.config import TrainConfig
+from model.metrics import classification_metrics, is_better, metric_name, mode_of
+from model.objectives import Classification, MaskedPretraining, pretrained_encoder
+from model.transformer import configure_optimizer
+
+log = logging.getLogger(__name__)
+
+# Called after every epoch with the epoch's record and the trainer; returning True stops training.
+Callback = Callable[[dict[str, Any], "Trainer"], "bool | None"]
+
+
+class Objective(Protocol):
+    kind: str
+    monitor: str
+
+    def build(self, modalities: dict[str, tuple[int, int]]) -> nn.Module: ...
+    def loss(self, model: nn.Module, x: dict, valid: dict, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+    def evaluate(self, model: nn.Module, data: Batches, amp: bool) -> dict[str, float]: ...
+
+
+@dataclass
+class FitResult:
+    """How a run ended and its best epoch."""
+
+    status: str  # "completed", "early_stopped", "nan" (loss diverged) or "stopped" (by a callback)
+    epochs_run: int
+    best_epoch: int | None
+    best_value: float | None
+    best_metrics: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def pick_device(name: str) -> torch.device:
+    """CUDA when asked for or available ('auto'), else CPU."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' but CUDA is not available; use device: auto")
+    return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+def build_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-step schedule: cosine warm restarts (cycles counted in epochs) or warm-up then cosine."""
+    if cfg.scheduler == "cosine_restarts":
+        return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+            opt, T_0=cfg.t0 * steps, T_mult=cfg.t_mult, eta_min=cfg.eta_min)
+    warm, total, floor = cfg.warmup_epochs * steps, cfg.epochs * steps, cfg.eta_min / cfg.lr
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        t = min(1.0, (step - warm) / max(1, total - warm))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+class Trainer:
+    """Model, optimizer, schedule, sampler and early-stopping state: everything a checkpoint restores."""
+
+    def __init__(self, cfg: TrainConfig, data: Dataset, objective: Objective):
+        self.cfg, self.data, self.objective = cfg, data, objective
+        self.device = pick_device(cfg.device)
+        self.amp = self.device.type == "cuda"  # bf16 autocast; CPU autocast is slower for these sizes
+        torch.manual_seed(cfg.seed)
+        self.model = objective.build(data.modalities).to(self.device)
+        self.opt = configure_optimizer(self.model, cfg.lr, cfg.weight_decay)
+        self.train = Batches(data.splits["train"], self.device)
+        self.val = Batches(data.splits["val"], self.device)
+        self.steps = cfg.train_steps or self.train.steps(cfg.batch_size)
+        self.sched = build_scheduler(cfg, self.opt, self.steps)
+        self.gen = torch.Generator().manual_seed(cfg.seed)  # batch draws
+        self.mode = mode_of(objective.monitor)
+        self.epoch = 0
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self.best_metrics: dict[str, Any] = {}
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.bad_epochs = 0
+        self.history: list[dict[str, Any]] = []
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def train_epoch(self) -> tuple[float, dict[str, float]]:
+        """One epoch of optimizer steps; the mean loss (NaN/Inf when it diverged) and batch metrics."""
+        self.model.train()
+        idx = self.train.train_indices(self.steps, self.cfg.batch_size, self.cfg.weighted_sampler, self.gen)
+        total = torch.zeros((), device=self.device)
+        logits, labels = [], []
+        for rows in idx:
+            x, valid, y = self.train.gather(rows)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+                loss, out = self.objective.loss(self.model, x, valid, y)
+            if out is not None:
+                logits.append(out.detach().float())
+                labels.append(y)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            self.opt.step()
+            self.sched.step()
+            total += loss.detach()  # no per-step host sync; checked once per epoch
+        mean = float(total) / self.steps
+        if not logits or not math.isfinite(mean):
+            return mean, {}
+        # Train metrics come from the epoch's own batches (drawn as the sampler draws them), not a second pass.
+        prob = torch.sigmoid(torch.cat(logits)).cpu().numpy()
+        metrics = classification_metrics(torch.cat(labels).cpu().numpy(), prob, mean)
+        return mean, metrics
+
+    def run_epoch(self) -> dict[str, Any]:
+        """Train one epoch, evaluate, update best and early-stopping state; return the epoch record."""
+        t0 = time.perf_counter()
+        self.epoch += 1
+        lr = self.opt.param_groups[0]["lr"]
+        train_loss, train_metrics = self.train_epoch()
+        record: dict[str, Any] = {"epoch": self.epoch, "lr": lr, metric_name("train", "loss"): train_loss}
+        if not math.isfinite(train_loss):
+            record.update(status="nan", improved=False, seconds=time.perf_counter() - t0)
+            return record
+        record.update({metric_name("train", k): v for k, v in train_metrics.items()})
+        record.update({metric_name("val", k): v for k, v in evaluate(self.model, self.objective, self.val).items()})
+        value = record[self.objective.monitor]
+        improved = is_better(value, self.best, self.mode)
+        if improved:
+            self.best, self.best_epoch, self.bad_epochs = value, self.epoch, 0
+            self.best_metrics = dict(record)
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        else:
+            self.bad_epochs += 1
+        record.update(status="ok", improved=improved, seconds=time.perf_counter() - t0)
+        return record
+
+    @property
+    def should_stop_early(self) -> bool:
+        return self.cfg.patience > 0 and self.bad_epochs >= self.cfg.patience
+
+    def state_dict(self, weights: str = "current") -> dict[str, Any]:
+        """A checkpoint (weights_only-safe): WEIGHTS 'current' for resuming, 'best' for using."""
+        model = self.model.state_dict() if weights == "current" or self.best_state is None else self.best_state
+        return {
+            "format": FORMAT, "kind": self.objective.kind, "weights": weights,
+            "config": self.cfg.to_dict(), "modalities": {m: list(s) for m, s in self.data.modalities.items()},
+            "stats": self.data.stats, "data_info": self.data.info,
+            "model": {k: v.detach().cpu() for k, v in model.items()},
+            "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+            "epoch": self.epoch, "best": self.best, "best_epoch": self.best_epoch,
+            "best_metrics": dict(self.best_metrics), "bad_epochs": self.bad_epochs,
+            "history": [dict(r) for r in self.history],
+            "rng": {"torch": torch.get_rng_state(), "sampler": self.gen.get_state()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any], source: str = "checkpoint") -> None:
+        """Continue from a 'current' checkpoint: same weights, optimizer, schedule, RNG and epoch."""
+        if state.get("kind") != self.objective.kind:
+            raise CheckpointError(f"{source}: a {state.get('kind')} checkpoint cannot resume {self.objective.kind}")
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.epoch, self.best, self.best_epoch = state["epoch"], state["best"], state["best_epoch"]
+        self.best_metrics, self.bad_epochs = dict(state["best_metrics"]), state["bad_epochs"]
+        self.history = list(state["history"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.gen.set_state(state["rng"]["sampler"])
+        # The best weights themselves are not in a resume checkpoint: they live in best.pt of the run.
+        self.best_state = None
+
+
+def make_objective(cfg: TrainConfig, data: Dataset, kind: str = "classify") -> Objective:
+    """The objective of KIND ('classify' or 'pretrain')."""
+    if kind == "pretrain":
+        return MaskedPretraining(cfg)
+    return Classification(cfg, data.splits["train"].y)
+
+
+def fit(cfg: TrainConfig, data: Dataset, callbacks: list[Callback] = (), kind: str = "classify",
+        resume: dict[str, Any] | None = None, pretrained: str | None = None) -> tuple[FitResult, Trainer]:
+    """Train CFG on DATA until epochs, early stopping, divergence or a callback says stop."""
+    trainer = Trainer(cfg, data, make_objective(cfg, data, kind))
+    if pretrained:
+        loaded = pretrained_encoder(trainer.model, load_checkpoint(pretrained)["model"], pretrained)
+        log.info("loaded %d encoder tensors from %s", len(loaded), pretrained)
+    if resume is not None:
+        trainer.load_state_dict(resume)
+        log.info("resumed at epoch %d", trainer.epoch)
+    status = "completed"
+    while trainer.epoch < cfg.epochs:
+        record = trainer.run_epoch()
+        trainer.history.append(record)
+        stop = any([bool(cb(record, trainer)) for cb in callbacks])
+        if record["status"] == "nan":
+            status = "nan"
+            log.warning("epoch %d: training loss is %s; stopping this run", trainer.epoch, record["train/loss"])
+            break
+        if stop:
+            status = "stopped"
+            break
+        if trainer.should_stop_early:
+            status = "early_stopped"
+            log.info("early stop at epoch %d: no improvement of %s in %d epochs", trainer.epoch,
+                     trainer.objective.monitor, cfg.patience)
+            break
+    result = FitResult(status, trainer.epoch, trainer.best_epoch, trainer.best, trainer.best_metrics,
+                       trainer.history)
+    return result, trainer
+
+
+def evaluate(model: nn.Module, objective: Objective, data: Batches) -> dict[str, float]:
+    """Metrics of MODEL on DATA (evaluation mode)."""
+    model.eval()
+    return objective.evaluate(model, data, amp=data.device.type == "cuda")
+

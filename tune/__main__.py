@@ -1,0 +1,4 @@
+"""`python -m tune` is `mmtune`."""
+from tune.cli import main
+
+main()

@@ -1,0 +1,224 @@
+"""The `mmtune` command line. Exit codes: 0 success, 2 bad input, 1 anything else."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Callable
+
+from data.npz import DataError
+from model.checkpoint import CheckpointError
+from model.config import FIELD_TYPES, ConfigError, TrainConfig
+
+# Errors that mean "the input is wrong": a message, exit code 2, no traceback.
+BAD_INPUT: tuple[type[Exception], ...] = (ConfigError, DataError, CheckpointError, FileNotFoundError)
+FLAG_ALIASES = {"batch_size": ["--batch"]}  # the old script's spelling keeps its meaning
+
+
+class UsageError(ValueError):
+    """A command-line problem the user can fix; the message names the flag."""
+
+
+def add_config_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field (default None: only given flags override the YAML)."""
+    g = p.add_argument_group("training config (each overrides --config)")
+    comments = _field_comments()
+    for f in fields(TrainConfig):
+        flags = [f"--{f.name.replace('_', '-')}", *FLAG_ALIASES.get(f.name, [])]
+        kind = FIELD_TYPES[f.name]
+        help_ = f"{comments.get(f.name, '')} (default {f.default})"
+        if kind is bool:
+            g.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_)
+        else:
+            g.add_argument(*flags, dest=f.name, type=kind, default=None, metavar=kind.__name__.upper(), help=help_)
+
+
+def _field_comments() -> dict[str, str]:
+    """The comment beside each TrainConfig field, for --help."""
+    import inspect
+
+    out = {}
+    for line in inspect.getsource(TrainConfig).splitlines():
+        name, _, rest = line.strip().partition(":")
+        if name in FIELD_TYPES and "#" in rest:
+            out[name] = rest.split("#", 1)[1].strip().replace("%", "%%")
+    return out
+
+
+def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The config fields given on the command line."""
+    return {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
+
+
+def _progress(total_epochs: int) -> Callable:
+    def show(record: dict[str, Any], trainer: Any) -> None:
+        if record["status"] != "ok":
+            print(f"epoch {record['epoch']:>3}/{total_epochs}  train/loss {record['train/loss']}  -> stopping "
+                  f"({record['status']})", flush=True)
+            return
+        keys = [k for k in ("train/loss", "val/loss", "val/f1", "val/ap", "val/auroc") if k in record]
+        vals = "  ".join(f"{k} {record[k]:.4f}" for k in keys)
+        mark = " *" if record["improved"] else ""
+        print(f"epoch {record['epoch']:>3}/{total_epochs}  {vals}  lr {record['lr']:.2e}  "
+              f"{record['seconds']:.1f}s{mark}", flush=True)
+    return show
+
+
+def cmd_train(args: argparse.Namespace, kind: str = "classify") -> int:
+    from data.npz import load_dataset
+    from model.config import load_config
+    from model.run import train_run
+
+    cfg = load_config(args.config, config_overrides(args))
+    data = load_dataset(args.data, cfg.val_fraction, cfg.split_seed)
+    run_dir = Path(args.checkpoint_dir or f"runs/{kind}-{time.strftime('%Y%m%d-%H%M%S')}")
+    print(f"{kind}: {args.data} -> {run_dir}  ({', '.join(f'{k} {len(v)}' for k, v in data.splits.items())})")
+    pretrained = getattr(args, "pretrained_ckpt", None)
+    if pretrained:
+        print(f"encoder weights from {pretrained}")
+    summary = train_run(cfg, data, run_dir, kind, args.save_best_only, pretrained, [_progress(cfg.epochs)])
+    print(f"done: {summary['status']} after {summary['epochs_run']} epochs; best {summary['monitor']} "
+          f"{summary['best_value']} at epoch {summary['best_epoch']}")
+    if "test" in summary:
+        print("test (best epoch): " + "  ".join(f"{k} {v:.4f}" for k, v in summary["test"].items()))
+    print(f"run folder: {run_dir}")
+    return 0 if summary["status"] != "nan" else 1
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from data.batches import Batches
+    from data.npz import load_dataset
+    from model.checkpoint import load_checkpoint
+    from model.config import build_config
+    from model.loop import evaluate, make_objective, pick_device
+
+    state = load_checkpoint(args.checkpoint)
+    if state["kind"] != "classify":
+        raise CheckpointError(f"{args.checkpoint}: a {state['kind']} checkpoint has no classifier to evaluate")
+    cfg = build_config(state["config"], source=f"{args.checkpoint} (config)")
+    data = load_dataset(args.data, cfg.val_fraction, cfg.split_seed, stats=state["stats"])
+    if args.split not in data.splits:
+        raise DataError(f"{Path(args.data) / (args.split + '.npz')}: no such split; have {sorted(data.splits)}")
+    objective = make_objective(cfg, data)
+    model = objective.build({m: tuple(s) for m, s in state["modalities"].items()})
+    model.load_state_dict(state["model"])
+    device = pick_device(cfg.device)
+    metrics = evaluate(model.to(device), objective, Batches(data.splits[args.split], device))
+    if args.json:
+        print(json.dumps({"split": args.split, "checkpoint": str(args.checkpoint), **metrics}))
+    else:
+        print(f"{args.split} ({len(data.splits[args.split])} samples, checkpoint epoch {state['epoch']}):")
+        for k, v in metrics.items():
+            print(f"  {k:<10} {v:.4f}")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    if args.data_cmd == "pack":
+        from data.pack import pack
+
+        counts = pack(args.src, args.out)
+        print(f"packed {sum(counts.values())} samples into {args.out}: {counts}")
+    elif args.data_cmd == "check":
+        from data.npz import load_dataset, summarize
+
+        info = summarize(load_dataset(args.path))
+        print(json.dumps(info, indent=2) if args.json else _format_summary(args.path, info))
+    else:
+        from data.demo import make_demo
+
+        out = make_demo(args.out, args.n_train, args.n_val, args.n_test, args.difficulty, args.seed)
+        print(f"demo data set written to {out}")
+    return 0
+
+
+def _format_summary(path: str, info: dict) -> str:
+    lines = [f"{path}: OK"]
+    lines += [f"  modality {m}: {v['steps']} steps x {v['features']} features" for m, v in info["modalities"].items()]
+    for name, s in info["splits"].items():
+        masked = ", ".join(f"{m} {f:.1%}" for m, f in s["masked_fraction"].items())
+        groups = f", {s['groups']} groups" if s["groups"] is not None else ""
+        lines.append(f"  {name:<5} {s['samples']:>6} samples, {s['positives']} positive "
+                     f"({s['positive_rate']:.1%}){groups}; masked steps: {masked}")
+    if isinstance(info["val_split"], dict):
+        lines.append(f"  val made from train.npz: {info['val_split']}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full `mmtune` parser (also used by tests to check command lines in launch configs)."""
+    p = argparse.ArgumentParser(prog="mmtune", description=__doc__)
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    for name, help_ in (("train", "train a classifier"), ("pretrain", "masked-step pretraining of the encoder")):
+        t = sub.add_parser(name, help=help_)
+        t.add_argument("--data", required=True, help="data set folder (train.npz, val.npz, test.npz)")
+        t.add_argument("--config", help="YAML file of config fields (e.g. a sweep's best_config.yaml)")
+        t.add_argument("--checkpoint-dir", help="run folder (default runs/<kind>-<time>)")
+        t.add_argument("--save-best-only", action="store_true", help="keep only best.pt, not last.pt")
+        if name == "train":
+            t.add_argument("--pretrained-ckpt", help="encoder weights from an `mmtune pretrain` best.pt")
+        add_config_flags(t)
+
+    e = sub.add_parser("evaluate", help="metrics of a checkpoint on a split")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--data", required=True)
+    e.add_argument("--split", default="test", choices=("train", "val", "test"))
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+
+    d = sub.add_parser("data", help="pack, check or generate data sets").add_subparsers(dest="data_cmd", required=True)
+    pk = d.add_parser("pack", help="pack a folder of one-sample .npz files into split files")
+    pk.add_argument("src")
+    pk.add_argument("out")
+    ck = d.add_parser("check", help="validate a data set and print a summary")
+    ck.add_argument("path")
+    ck.add_argument("--json", action="store_true")
+    dm = d.add_parser("demo", help="write the synthetic approach-intent data set")
+    dm.add_argument("out")
+    dm.add_argument("--n-train", type=int, default=1200)
+    dm.add_argument("--n-val", type=int, default=300)
+    dm.add_argument("--n-test", type=int, default=300)
+    dm.add_argument("--difficulty", type=float, default=0.5, help="0 easy .. 1 hard")
+    dm.add_argument("--seed", type=int, default=0)
+
+    from tune import commands  # sweep, resume, export, status
+
+    commands.add_parsers(sub)
+    return p
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Parse ARGV, run the command, map errors to exit codes."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from tune import commands
+
+    handlers = {"train": cmd_train, "pretrain": lambda a: cmd_train(a, "pretrain"), "evaluate": cmd_evaluate,
+                "data": cmd_data, **commands.HANDLERS}
+    try:
+        return handlers[args.cmd](args)
+    except (*BAD_INPUT, UsageError, *commands.BAD_INPUT) as e:
+        if args.debug:
+            raise
+        print(f"mmtune: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mmtune: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - last resort: one line unless --debug
+        if args.debug:
+            raise
+        print(f"mmtune: {type(e).__name__}: {e} (run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+def main() -> None:
+    """Console entry point."""
+    sys.exit(run())

@@ -1,0 +1,99 @@
+"""The sweep commands of the CLI: sweep, resume, export, status. Ray is imported only when they run."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tune.errors import ResultsError, SweepError
+
+BAD_INPUT = (SweepError, ResultsError)
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Add the sweep sub-commands to the `mmtune` parser."""
+    s = sub.add_parser("sweep", help="hyperparameter search (Ray Tune + Optuna TPE + ASHA)")
+    s.add_argument("--data", required=True, help="data set folder")
+    s.add_argument("--space", default="search_spaces/default.yaml", help="search-space YAML")
+    s.add_argument("--name", help="experiment name (default <space>-<time>)")
+    s.add_argument("--storage", default="results", help="folder (or file:// URI) holding experiments")
+    s.add_argument("--address", help="Ray cluster to join ('auto', host:port); default: embedded local Ray")
+    s.add_argument("--cpus-per-trial", type=float, default=1.0)
+    s.add_argument("--gpus-per-trial", default="auto", help="'auto' (pack by memory estimate), 0, a fraction, or N")
+    s.add_argument("--max-concurrent", type=int, help="cap on trials running at once")
+    s.add_argument("--max-failures", type=int, default=2, help="retries of a failing trial from its checkpoint")
+    s.add_argument("--num-samples", type=int, help="trials (overrides the YAML)")
+    s.add_argument("--epochs", type=int, help="epoch budget per trial = ASHA max_t (overrides the YAML)")
+    s.add_argument("--seed", type=int, help="sampler seed (overrides the YAML)")
+    s.add_argument("--overwrite", action="store_true", help="replace an experiment of the same name")
+    s.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray (default: all)")
+
+    r = sub.add_parser("resume", help="continue an interrupted sweep")
+    r.add_argument("experiment", help="results/<experiment>")
+    r.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray (default: all)")
+    r.add_argument("--address", help="Ray cluster to join instead of the embedded one")
+
+    e = sub.add_parser("export", help="write trials.csv, best_config.yaml, summary.json from disk")
+    e.add_argument("experiment")
+    e.add_argument("--out", help="where to write the best config (default <experiment>/best_config.yaml)")
+
+    st = sub.add_parser("status", help="table of an experiment's trials, read from disk")
+    st.add_argument("experiment")
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from tune import runner
+
+    opts = runner.SweepOptions(
+        data=args.data, space=args.space, name=args.name, storage=args.storage, address=args.address,
+        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
+        max_failures=args.max_failures, num_samples=args.num_samples, epochs=args.epochs, seed=args.seed,
+        overwrite=args.overwrite)
+    prepared = runner.prepare(opts)  # every input checked before Ray starts
+    s = prepared.space
+    print(f"sweep {prepared.name}: {s.num_samples} trials x <= {s.epochs} epochs, metric {s.metric} ({s.mode}), "
+          f"{len(s.params)} parameters from {args.space}")
+    runner.connect(args.address, args.num_cpus)
+    plan = runner.plan_resources(s, prepared.data, opts)
+    print(plan.describe(), flush=True)
+    exp_dir = runner.run(prepared, plan)
+    return _finish(exp_dir)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from tune import runner
+
+    prepared = runner.prepare_resume(args.experiment)
+    print(f"resuming {prepared.exp_dir}")
+    runner.connect(args.address, args.num_cpus)
+    return _finish(runner.resume(prepared))
+
+
+def _finish(exp_dir: Path) -> int:
+    from tune.results import export, status_table
+
+    summary = export(exp_dir)
+    print(status_table(exp_dir))
+    print(f"\nbest {summary['metric']} = {summary['best_value']:.4f} (trial {summary['best_trial']}, "
+          f"epoch {summary['best_epoch']}); trials by status: {summary['trials_by_status']}")
+    print(f"best config: {summary['best_config']}")
+    print(f"retrain it:  mmtune train --config {summary['best_config']} --data {summary['data']}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from tune.results import export
+
+    summary = export(args.experiment, args.out)
+    print(f"best {summary['metric']} = {summary['best_value']:.4f} (trial {summary['best_trial']}); "
+          f"wrote {summary['best_config']}, trials.csv, summary.json")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from tune.results import status_table
+
+    print(status_table(args.experiment))
+    return 0
+
+
+HANDLERS = {"sweep": cmd_sweep, "resume": cmd_resume, "export": cmd_export, "status": cmd_status}

@@ -1,0 +1,79 @@
+"""Durable per-trial records, written by the driver the moment a trial ends.
+
+Tune saves its experiment state only every few seconds, so a driver killed with SIGKILL can forget
+that a trial finished. These files are the source of truth that resume honours.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+RECORDS_DIR = "mmtune_trials"
+ASHA_STOPPED = "stopped"  # still improving when the scheduler stopped it
+
+
+def _path(exp_dir: str | Path, trial_id: str) -> Path:
+    return Path(exp_dir) / RECORDS_DIR / f"{trial_id}.json"
+
+
+def read(exp_dir: str | Path, trial_id: str) -> dict[str, Any] | None:
+    """The final record of TRIAL_ID, or None while it has not ended."""
+    p = _path(exp_dir, trial_id)
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def read_all(exp_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """Every final record of the experiment, by trial id."""
+    folder = Path(exp_dir) / RECORDS_DIR
+    return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))} if folder.is_dir() else {}
+
+
+def write(exp_dir: str | Path, trial_id: str, record: dict[str, Any]) -> None:
+    """Write a record atomically and durably (fsync before rename)."""
+    p = _path(exp_dir, trial_id)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(record, f, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, p)
+
+
+def _clean(result: dict[str, Any]) -> dict[str, Any]:
+    """The reportable part of a Tune result (no Ray bookkeeping, finite floats)."""
+    skip = {"config", "trial_id", "date", "timestamp", "time_this_iter_s", "time_total_s", "pid", "hostname",
+            "node_ip", "time_since_restore", "iterations_since_restore", "checkpoint_dir_name", "done",
+            "training_iteration", "should_checkpoint", "experiment_tag"}
+    return {k: v for k, v in result.items() if k not in skip and not (isinstance(v, float) and math.isnan(v))}
+
+
+class TrialRecorder(tune.Callback):
+    """Writes a trial's final record when it completes, is stopped or fails for good."""
+
+    def __init__(self, exp_dir: str | Path, status_key: str):
+        self.exp_dir, self.status_key = str(exp_dir), status_key
+
+    def _write(self, trial: Any, status: str, error: str | None = None) -> None:
+        last = trial.last_result or {}
+        write(self.exp_dir, trial.trial_id, {
+            "trial_id": trial.trial_id, "status": status, "config": trial.config,
+            "epochs": last.get("training_iteration", 0), "last_result": _clean(last),
+            "error": error, "ended": time.time(),
+        })
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        status = (trial.last_result or {}).get(self.status_key, "completed")
+        self._write(trial, ASHA_STOPPED if status == "running" else status)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        error = None
+        if trial.error_file and Path(trial.error_file).is_file():
+            error = Path(trial.error_file).read_text()[-2000:]
+        self._write(trial, "failed", error)

@@ -1,0 +1,323 @@
+"""Run a sweep: check inputs before Ray starts, plan resources, build the Tuner, resume it."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import ray
+import torch
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from data.npz import Dataset, load_dataset
+from model.config import TrainConfig
+from tune import records
+from tune.errors import SweepError
+from tune.space import SearchSpace, load_space, parse_space
+from tune.trainable import STATUS, train_trial
+
+log = logging.getLogger(__name__)
+
+META = "mmtune.json"  # what resume needs: the space as read, data path, resources
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+ASSUMED_GPU_GB = 16.0  # when the driver cannot see a GPU to measure (e.g. logical GPUs, a remote cluster)
+# Tune saves its experiment state every max(10 s, 19 x save time) by default; a short period keeps a
+# driver crash from forgetting recent trial events (the durable records cover the rest).
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+# Snapshots forced by checkpoint retention are intended here; Ray's warning about them is noise.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+
+@dataclass
+class SweepOptions:
+    """What `mmtune sweep` was asked to do; None means 'from the search-space file'."""
+
+    data: str
+    space: str
+    name: str | None = None
+    storage: str = "results"
+    address: str | None = None
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: str = "auto"  # "auto" or a number of GPUs (a fraction packs trials on one GPU)
+    max_concurrent: int | None = None
+    max_failures: int = 2
+    num_samples: int | None = None
+    epochs: int | None = None
+    seed: int | None = None
+    overwrite: bool = False
+
+
+@dataclass
+class Plan:
+    """Resources per trial and how many trials run at once, with the reasons."""
+
+    nodes: int
+    cpus: float
+    gpus: float
+    cpus_per_trial: float
+    gpus_per_trial: float
+    concurrent: int
+    trials_per_gpu: int = 0
+    est_trial_gb: float = 0.0
+    gpu_gb: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        """The plan as a few lines for the user."""
+        lines = [f"cluster: {self.nodes} node(s), {self.cpus:g} CPUs, {self.gpus:g} GPUs",
+                 f"per trial: {self.cpus_per_trial:g} CPU, {self.gpus_per_trial:g} GPU"
+                 + (f" ({self.trials_per_gpu} trial(s) per GPU)" if self.gpus_per_trial else ""),
+                 f"concurrent trials: {self.concurrent}"]
+        return "\n".join(lines + [f"  - {n}" for n in self.notes])
+
+
+@dataclass
+class Prepared:
+    """Everything checked before Ray starts."""
+
+    opts: SweepOptions
+    space: SearchSpace
+    data: Dataset
+    exp_dir: Path
+    name: str
+
+
+def prepare(opts: SweepOptions) -> Prepared:
+    """Check the space, data, flags and experiment folder; nothing starts, nothing is written."""
+    space = load_space(opts.space).with_overrides(num_samples=opts.num_samples, epochs=opts.epochs, seed=opts.seed)
+    name = opts.name or f"{Path(opts.space).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    exp_dir = experiment_dir(opts.storage, name)
+    _check_flags(opts)
+    if exp_dir.exists() and not opts.overwrite:
+        state = "finished" if read_meta(exp_dir).get("finished") else "unfinished"
+        raise SweepError(f"{exp_dir}: an {state} experiment of that name exists; continue it with "
+                         f"`mmtune resume {exp_dir}`, replace it with --overwrite, or pick another --name")
+    base = TrainConfig()
+    data = load_dataset(Path(opts.data).resolve(), space.fixed.get("val_fraction", base.val_fraction),
+                        space.fixed.get("split_seed", base.split_seed))
+    return Prepared(opts, space, data, exp_dir, name)
+
+
+def experiment_dir(storage: str, name: str) -> Path:
+    """The absolute experiment folder; names cannot climb out of the storage folder."""
+    if not NAME_RE.fullmatch(name) or ".." in name:
+        raise SweepError(f"--name {name!r}: use letters, digits, '.', '_' and '-' only (no '/' or '..')")
+    if "://" in storage and not storage.startswith("file://"):
+        raise SweepError(f"--storage {storage}: only local paths and file:// URIs are supported so far")
+    return (Path(storage.removeprefix("file://")).expanduser().resolve() / name)
+
+
+def _check_flags(o: SweepOptions) -> None:
+    if o.cpus_per_trial <= 0:
+        raise SweepError(f"--cpus-per-trial {o.cpus_per_trial}: must be > 0")
+    if o.gpus_per_trial != "auto":
+        try:
+            g = float(o.gpus_per_trial)
+        except ValueError:
+            raise SweepError(f"--gpus-per-trial {o.gpus_per_trial!r}: give a number (e.g. 0.25, 1) or 'auto'") from None
+        if g < 0 or (g > 1 and not g.is_integer()):
+            raise SweepError(f"--gpus-per-trial {g:g}: use a fraction in (0, 1] to share a GPU, or a whole number")
+    if o.max_concurrent is not None and o.max_concurrent < 1:
+        raise SweepError(f"--max-concurrent {o.max_concurrent}: must be >= 1")
+    if o.max_failures < 0:
+        raise SweepError(f"--max-failures {o.max_failures}: must be >= 0")
+
+
+def connect(address: str | None, num_cpus: int | None = None) -> None:
+    """Join ADDRESS (or RAY_ADDRESS), or start an embedded local Ray bound to 127.0.0.1."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING)
+        return
+    # Embedded default: no dashboard, every port on loopback; nobody else can submit work to it.
+    ray.init(num_cpus=num_cpus, include_dashboard=False, dashboard_host="127.0.0.1",
+             _node_ip_address="127.0.0.1", logging_level=logging.WARNING, configure_logging=False)
+
+
+def estimate_trial_gb(cfg: TrainConfig, modalities: dict[str, tuple[int, int]]) -> float:
+    """Rough GPU memory of one trial: weights, grads and AdamW moments, bf16 activations, CUDA context."""
+    d, layers, tokens = cfg.d_model, cfg.num_layers, 1 + sum(t for t, _ in modalities.values())
+    params = layers * (4 + 2 * cfg.ff_mult) * d * d + sum(f * d for _, f in modalities.values())
+    activations = cfg.batch_size * layers * (tokens * d * (10 + 2 * cfg.ff_mult) + cfg.nhead * tokens ** 2 * 2) * 2
+    return (params * 16 + activations * 2 + 0.5e9) / 1e9
+
+
+def largest_config(space: SearchSpace) -> TrainConfig:
+    """The config of the space whose trial needs the most memory (upper end of every size)."""
+    sizes = {"d_model", "num_layers", "nhead", "ff_mult", "batch_size", "head_dim"}
+    top = {}
+    for p in space.params:
+        if p.name in sizes:
+            top[p.name] = max(p.choices) if p.kind == "categorical" else int(p.high)
+    return space.train_config(top)
+
+
+def plan_resources(space: SearchSpace, data: Dataset, opts: SweepOptions) -> Plan:
+    """Per-trial resources and concurrency from the live cluster (`ray.nodes()`)."""
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    cpus = sum(n.get("CPU", 0) for n in nodes)
+    gpus = sum(n.get("GPU", 0) for n in nodes)
+    plan = Plan(len(nodes), cpus, gpus, opts.cpus_per_trial, 0.0, 0)
+    if opts.gpus_per_trial == "auto":
+        _auto_gpus(plan, space, data)
+    else:
+        plan.gpus_per_trial = float(opts.gpus_per_trial)
+        plan.trials_per_gpu = int(1 // plan.gpus_per_trial) if 0 < plan.gpus_per_trial <= 1 else 1
+    if plan.gpus_per_trial and plan.gpus_per_trial > max((n.get("GPU", 0) for n in nodes), default=0):
+        raise SweepError(f"--gpus-per-trial {plan.gpus_per_trial:g}: no node has that many GPUs "
+                         f"(cluster: {gpus:g} GPUs); use 'auto' or a smaller number")
+    if opts.cpus_per_trial > max((n.get("CPU", 0) for n in nodes), default=0):
+        raise SweepError(f"--cpus-per-trial {opts.cpus_per_trial:g}: no node has that many CPUs")
+    slots = 0
+    for n in nodes:
+        per_node = math.floor(n.get("CPU", 0) / opts.cpus_per_trial + 1e-9)
+        if plan.gpus_per_trial:
+            per_node = min(per_node, math.floor(n.get("GPU", 0) / plan.gpus_per_trial + 1e-9))
+        slots += per_node
+    plan.concurrent = max(1, min(slots, space.num_samples, opts.max_concurrent or slots))
+    if opts.max_concurrent and opts.max_concurrent < slots:
+        plan.notes.append(f"--max-concurrent {opts.max_concurrent} caps the {slots} trials that would fit")
+    return plan
+
+
+def _auto_gpus(plan: Plan, space: SearchSpace, data: Dataset) -> None:
+    if plan.gpus == 0:
+        plan.notes.append("no GPU in the cluster: trials run on CPU")
+        return
+    plan.est_trial_gb = estimate_trial_gb(largest_config(space), data.modalities)
+    if torch.cuda.is_available():
+        plan.gpu_gb = torch.cuda.get_device_properties(0).total_memory / 1e9
+    else:
+        plan.gpu_gb = float(os.environ.get("MMTUNE_GPU_GB", ASSUMED_GPU_GB))
+        plan.notes.append(f"GPU memory not visible from the driver: assuming {plan.gpu_gb:g} GB per GPU "
+                          "(set MMTUNE_GPU_GB to change)")
+    fit_count = int(0.8 * plan.gpu_gb // plan.est_trial_gb)
+    plan.trials_per_gpu = max(1, min(8, fit_count))
+    plan.gpus_per_trial = 1.0 / plan.trials_per_gpu
+    why = "small model: several trials share a GPU" if plan.trials_per_gpu > 1 else "large model: one trial per GPU"
+    plan.notes.append(f"largest trial needs ~{plan.est_trial_gb:.2f} GB of {plan.gpu_gb:g} GB: {why}")
+
+
+def build_tuner(p: Prepared, plan: Plan) -> tune.Tuner:
+    """The Tuner: OptunaSearch (seeded multivariate TPE, constant liar) + ASHA, durable records."""
+    space = p.space
+    return tune.Tuner(
+        make_trainable(p, plan),
+        tune_config=tune.TuneConfig(
+            metric=space.metric, mode=space.mode, search_alg=make_searcher(space), scheduler=make_scheduler(space),
+            num_samples=space.num_samples, max_concurrent_trials=plan.concurrent,
+            # A fresh worker per trial costs ~2-3 s of imports and data fetch; reuse pays it once.
+            reuse_actors=True, trial_dirname_creator=trial_dirname),
+        run_config=run_config(p, space))
+
+
+def trial_dirname(trial: Any) -> str:
+    """Short, stable trial folder names (Ray's default embeds every parameter)."""
+    return f"trial_{trial.trial_id}"
+
+
+def make_trainable(p: Prepared, plan: Plan) -> Any:
+    """The trial function with the data set shared through the object store (put once, zero-copy reads)."""
+    return tune.with_resources(
+        tune.with_parameters(train_trial, data=p.data, space=p.space, exp_dir=str(p.exp_dir)),
+        {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial})
+
+
+def run_config(p: Prepared, space: SearchSpace) -> tune.RunConfig:
+    """Storage, failure retries, checkpoint retention and the durable trial records."""
+    return tune.RunConfig(
+        name=p.name, storage_path=str(p.exp_dir.parent),
+        failure_config=tune.FailureConfig(max_failures=p.opts.max_failures),
+        # The best epoch's checkpoint by the metric; Tune also keeps the latest one for resuming.
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=space.metric,
+                                                checkpoint_score_order=space.mode),
+        callbacks=[records.TrialRecorder(p.exp_dir, STATUS)], verbose=1)
+
+
+def make_searcher(space: SearchSpace) -> OptunaSearch:
+    """OptunaSearch over the space's distributions, starting points first."""
+    # TPE needs some random trials first; its default of 10 would make a small sweep pure random search.
+    startup = max(len(space.start) + 2, min(10, space.num_samples // 3))
+    sampler = optuna.samplers.TPESampler(seed=space.seed, multivariate=True, constant_liar=True,
+                                         n_startup_trials=startup)
+    return OptunaSearch(space=space.distributions(), metric=space.metric, mode=space.mode,
+                        points_to_evaluate=[dict(s) for s in space.start] or None, sampler=sampler)
+
+
+def make_scheduler(space: SearchSpace) -> ASHAScheduler:
+    """ASHA on epochs: max_t is the epoch budget."""
+    return ASHAScheduler(time_attr="training_iteration", max_t=space.epochs, grace_period=space.grace_period,
+                         reduction_factor=space.reduction_factor, brackets=space.brackets)
+
+
+def read_meta(exp_dir: Path) -> dict[str, Any]:
+    """The mmtune metadata of an experiment ({} when absent)."""
+    p = exp_dir / META
+    return json.loads(p.read_text()) if p.is_file() else {}
+
+
+def write_meta(exp_dir: Path, meta: dict[str, Any]) -> None:
+    """Atomically write the metadata."""
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    tmp = exp_dir / f".{META}.tmp"
+    tmp.write_text(json.dumps(meta, indent=2, default=str))
+    tmp.replace(exp_dir / META)
+
+
+def run(p: Prepared, plan: Plan) -> Path:
+    """Start the sweep and wait for it; returns the experiment folder."""
+    if p.exp_dir.exists():
+        shutil.rmtree(p.exp_dir)  # only reached with --overwrite (prepare refuses otherwise)
+    write_meta(p.exp_dir, {
+        "name": p.name, "data": str(Path(p.opts.data).resolve()), "space_file": str(Path(p.opts.space).resolve()),
+        "space": {**p.space.raw, "num_samples": p.space.num_samples, "epochs": p.space.epochs, "seed": p.space.seed},
+        "options": asdict(p.opts), "plan": asdict(plan), "started": time.time(), "finished": False,
+    })
+    tuner = build_tuner(p, plan)
+    _fit(tuner, p.exp_dir)
+    return p.exp_dir
+
+
+def _fit(tuner: tune.Tuner, exp_dir: Path) -> None:
+    grid = tuner.fit()
+    meta = read_meta(exp_dir)
+    meta.update(finished=True, ended=time.time(), errors=len(grid.errors))
+    write_meta(exp_dir, meta)
+
+
+def prepare_resume(exp_dir: str | Path) -> Prepared:
+    """Rebuild what a sweep needs from its folder (the space as it was, the data path)."""
+    exp_dir = Path(exp_dir).resolve()
+    meta = read_meta(exp_dir)
+    if not meta:
+        raise SweepError(f"{exp_dir}: not an mmtune experiment (no {META}); pass results/<experiment>")
+    if not tune.Tuner.can_restore(str(exp_dir)):
+        raise SweepError(f"{exp_dir}: Ray's experiment state is missing (the sweep died before its first save); "
+                         "start it again with `mmtune sweep ... --overwrite`")
+    opts = SweepOptions(**{**meta["options"], "overwrite": False})
+    space = parse_space(meta["space"], f"{meta['space_file']} (as recorded in {exp_dir / META})")
+    base = TrainConfig()
+    data = load_dataset(meta["data"], space.fixed.get("val_fraction", base.val_fraction),
+                        space.fixed.get("split_seed", base.split_seed))
+    return Prepared(opts, space, data, exp_dir, meta["name"])
+
+
+def resume(p: Prepared) -> Path:
+    """Continue an interrupted sweep: finished trials kept, errored ones resumed, searcher state kept."""
+    plan = Plan(**read_meta(p.exp_dir)["plan"])
+    tuner = tune.Tuner.restore(str(p.exp_dir), trainable=make_trainable(p, plan), resume_errored=True)
+    _fit(tuner, p.exp_dir)
+    return p.exp_dir
+

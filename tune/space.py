@@ -1,0 +1,263 @@
+"""Search spaces: a YAML file -> checked parameters, Optuna distributions and training configs."""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from model.config import FIELD_TYPES, MONITOR_CHOICES, ConfigError, TrainConfig, build_config, coerce, read_yaml
+from model.metrics import mode_of
+
+
+class SpaceError(ConfigError):
+    """A search space that cannot run; the message names the file, the key and the fix."""
+
+
+# Search-only parameters that are not config fields: d_model = nhead * head_dim, so any pair is valid.
+VIRTUAL = {"head_dim": int}
+TOP_KEYS = {"metric", "mode", "num_samples", "seed", "epochs", "asha", "fixed", "params", "start", "description"}
+ASHA_KEYS = {"grace_period", "reduction_factor", "brackets"}
+PARAM_KEYS = {"type", "low", "high", "log", "step", "choices"}
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched parameter."""
+
+    name: str
+    kind: str  # "float", "int" or "categorical"
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: int | None = None
+    choices: tuple = ()
+
+    def distribution(self) -> optuna.distributions.BaseDistribution:
+        """The Optuna distribution of this parameter."""
+        if self.kind == "float":
+            return optuna.distributions.FloatDistribution(self.low, self.high, log=self.log)
+        if self.kind == "int":
+            return optuna.distributions.IntDistribution(int(self.low), int(self.high), log=self.log,
+                                                        step=self.step or 1)
+        return optuna.distributions.CategoricalDistribution(self.choices)
+
+    def values(self) -> list | None:
+        """Every value this parameter can take, when that is a small finite set."""
+        if self.kind == "categorical":
+            return list(self.choices)
+        if self.kind == "int" and (self.high - self.low) / (self.step or 1) <= 64:
+            return list(range(int(self.low), int(self.high) + 1, self.step or 1))
+        return None
+
+    def on_edge(self, value: Any) -> str | None:
+        """'low'/'high' when VALUE sits in the outer 5 % of a numeric range (log-aware), else None."""
+        if self.kind == "categorical" or value is None:
+            return None
+        lo, hi, v = (math.log(x) for x in (self.low, self.high, value)) if self.log else (self.low, self.high, value)
+        span = hi - lo
+        return "low" if v <= lo + 0.05 * span else "high" if v >= hi - 0.05 * span else None
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A parsed search-space file."""
+
+    source: str
+    params: tuple[Param, ...]
+    fixed: dict[str, Any] = field(default_factory=dict)
+    metric: str = "val/f1"
+    mode: str = "max"
+    num_samples: int = 20
+    seed: int = 0
+    epochs: int = 30  # ASHA's max_t, and every trial's epoch budget
+    grace_period: int = 2
+    reduction_factor: float = 3.0
+    brackets: int = 1
+    start: tuple[dict[str, Any], ...] = ()
+    raw: dict[str, Any] = field(default_factory=dict)  # the file as read, for the record
+
+    @property
+    def names(self) -> list[str]:
+        return [p.name for p in self.params]
+
+    def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
+        """Optuna distributions keyed by parameter name."""
+        return {p.name: p.distribution() for p in self.params}
+
+    def train_config(self, params: dict[str, Any]) -> TrainConfig:
+        """The full training config of one trial: defaults, fixed overrides, sampled PARAMS."""
+        values = {**self.fixed, **{k: v for k, v in params.items() if k not in VIRTUAL}}
+        if "head_dim" in params:
+            values["d_model"] = int(values.get("nhead", TrainConfig.nhead)) * int(params["head_dim"])
+        values.update(epochs=self.epochs, monitor=self.metric)
+        return build_config(values, source=f"{self.source} (trial)")
+
+    def with_overrides(self, **kw: Any) -> "SearchSpace":
+        """A copy with command-line overrides (None values ignored), checked again."""
+        space = replace(self, **{k: v for k, v in kw.items() if v is not None})
+        _check_settings(space)
+        return space
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    """Read and check a search-space YAML; every problem is a SpaceError naming file and key."""
+    try:
+        raw = read_yaml(path)
+    except ConfigError as e:
+        raise SpaceError(str(e)) from None
+    return parse_space(raw, str(path))
+
+
+def parse_space(raw: dict[str, Any], src: str) -> SearchSpace:
+    """Check a search space given as a mapping; SRC names it in errors."""
+    unknown = set(raw) - TOP_KEYS
+    if unknown:
+        raise SpaceError(f"{src}: unknown key {sorted(unknown)[0]!r}; allowed top-level keys: {sorted(TOP_KEYS)}")
+    params = raw.get("params") or {}
+    if not isinstance(params, dict) or not params:
+        raise SpaceError(f"{src}: key 'params' must map parameter names to their ranges (at least one)")
+    metric = _typed(src, "metric", raw.get("metric", "val/f1"), str)
+    if metric not in MONITOR_CHOICES:
+        raise SpaceError(f"{src}: key 'metric': {metric!r} is never reported; use one of {', '.join(MONITOR_CHOICES)}")
+    mode = _typed(src, "mode", raw.get("mode", mode_of(metric)), str)
+    if mode != mode_of(metric):
+        raise SpaceError(f"{src}: key 'mode': {metric} is to be {mode_of(metric)}imized, not {mode!r}")
+    asha = raw.get("asha") or {}
+    if not isinstance(asha, dict) or set(asha) - ASHA_KEYS:
+        raise SpaceError(f"{src}: key 'asha' takes only {sorted(ASHA_KEYS)}")
+    fixed = raw.get("fixed") or {}
+    if not isinstance(fixed, dict):
+        raise SpaceError(f"{src}: key 'fixed' must map config fields to values")
+    fixed = {k: _checked(src, f"fixed.{k}", k, v) for k, v in fixed.items()}
+    for k in ("epochs", "monitor"):
+        if k in fixed:
+            raise SpaceError(f"{src}: key 'fixed.{k}': set it with the top-level key "
+                             f"'{'epochs' if k == 'epochs' else 'metric'}' instead")
+    space = SearchSpace(
+        source=src, params=tuple(_param(src, n, spec) for n, spec in params.items()), fixed=fixed,
+        metric=metric, mode=mode,
+        num_samples=_typed(src, "num_samples", raw.get("num_samples", 20), int),
+        seed=_typed(src, "seed", raw.get("seed", 0), int),
+        epochs=_typed(src, "epochs", raw.get("epochs", 30), int),
+        grace_period=_typed(src, "asha.grace_period", asha.get("grace_period", 2), int),
+        reduction_factor=float(_typed(src, "asha.reduction_factor", asha.get("reduction_factor", 3), (int, float))),
+        brackets=_typed(src, "asha.brackets", asha.get("brackets", 1), int),
+        start=tuple(_start_points(src, raw.get("start") or [], params)), raw=raw)
+    _check_settings(space)
+    _check_combinations(space)
+    return space
+
+
+def _typed(src: str, key: str, value: Any, kind: type | tuple) -> Any:
+    if not isinstance(value, kind) or isinstance(value, bool):
+        name = kind.__name__ if isinstance(kind, type) else "number"
+        raise SpaceError(f"{src}: key {key!r} must be {name}, got {value!r}")
+    return value
+
+
+def _checked(src: str, key: str, name: str, value: Any) -> Any:
+    """VALUE checked against config field NAME, errors naming KEY in SRC."""
+    if name in VIRTUAL:
+        return _typed(src, key, value, VIRTUAL[name])
+    try:
+        return coerce(name, value, source=f"{src}: key {key!r}")
+    except ConfigError as e:
+        raise SpaceError(str(e)) from None
+
+
+def _param(src: str, name: str, spec: Any) -> Param:
+    key = f"params.{name}"
+    if name not in FIELD_TYPES and name not in VIRTUAL:
+        raise SpaceError(f"{src}: key {key!r}: {name!r} is not a config field; known: "
+                         f"{', '.join([*FIELD_TYPES, *VIRTUAL])}")
+    if not isinstance(spec, dict) or set(spec) - PARAM_KEYS or "type" not in spec:
+        raise SpaceError(f"{src}: key {key!r} must be a mapping with 'type' (float, int, categorical) and "
+                         f"its settings ({', '.join(sorted(PARAM_KEYS - {'type'}))})")
+    kind = spec["type"]
+    field_type = VIRTUAL.get(name) or FIELD_TYPES[name]
+    if kind == "categorical":
+        choices = spec.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise SpaceError(f"{src}: key '{key}.choices' must be a non-empty list")
+        return Param(name, kind, choices=tuple(_checked(src, f"{key}.choices", name, c) for c in choices))
+    if kind not in ("float", "int"):
+        raise SpaceError(f"{src}: key '{key}.type' must be float, int or categorical, got {kind!r}")
+    if field_type is not float and kind == "float" or field_type not in (int, float):
+        raise SpaceError(f"{src}: key '{key}.type': {name} is {field_type.__name__}; use "
+                         f"{'int or categorical' if field_type is int else 'categorical'}")
+    low, high = spec.get("low"), spec.get("high")
+    for k, v in (("low", low), ("high", high)):
+        _typed(src, f"{key}.{k}", v, (int, float))
+    log, step = spec.get("log", False), spec.get("step")
+    if not isinstance(log, bool):
+        raise SpaceError(f"{src}: key '{key}.log' must be true or false, got {log!r}")
+    if low >= high:
+        raise SpaceError(f"{src}: key '{key}': low ({low}) must be below high ({high})")
+    if log and low <= 0:
+        raise SpaceError(f"{src}: key '{key}': log scale needs low > 0, got {low}")
+    if step is not None and (kind != "int" or not isinstance(step, int) or step < 1 or log):
+        raise SpaceError(f"{src}: key '{key}.step' must be a positive int, for int parameters without log")
+    if kind == "int" and not (float(low).is_integer() and float(high).is_integer()):
+        raise SpaceError(f"{src}: key '{key}': int bounds must be whole numbers")
+    for bound in (low, high):
+        _checked(src, key, name, int(bound) if kind == "int" else float(bound))
+    return Param(name, kind, float(low), float(high), log, step)
+
+
+def _start_points(src: str, start: Any, params: dict) -> list[dict[str, Any]]:
+    if not isinstance(start, list):
+        raise SpaceError(f"{src}: key 'start' must be a list of parameter mappings")
+    points = []
+    for i, point in enumerate(start):
+        if not isinstance(point, dict) or set(point) != set(params):
+            missing = sorted(set(params) - set(point or {}))
+            extra = sorted(set(point or {}) - set(params))
+            raise SpaceError(f"{src}: key 'start[{i}]' must give every searched parameter once "
+                             f"(missing {missing}, not searched {extra})")
+        points.append({k: _checked(src, f"start[{i}].{k}", k, v) for k, v in point.items()})
+    return points
+
+
+def _check_settings(s: SearchSpace) -> None:
+    rules = [(s.num_samples >= 1, "num_samples", "must be >= 1"), (s.epochs >= 1, "epochs", "must be >= 1"),
+             (1 <= s.grace_period <= s.epochs, "asha.grace_period", f"must be in [1, epochs={s.epochs}]"),
+             (s.reduction_factor > 1, "asha.reduction_factor", "must be > 1"),
+             (s.brackets >= 1, "asha.brackets", "must be >= 1")]
+    for ok, key, what in rules:
+        if not ok:
+            raise SpaceError(f"{s.source}: key {key!r} {what}")
+
+
+def _check_combinations(s: SearchSpace) -> None:
+    """Every combination of the architecture parameters must build, so no trial is born infeasible."""
+    arch = [p for p in s.params if p.name in ("d_model", "nhead", "head_dim")]
+    if "head_dim" in s.names and "d_model" in s.names:
+        raise SpaceError(f"{s.source}: key 'params.head_dim': search head_dim or d_model, not both "
+                         "(d_model = nhead * head_dim)")
+    grids = [p.values() or [p.low, p.high] for p in arch]
+    for combo in itertools.product(*grids):
+        params = dict(zip([p.name for p in arch], combo))
+        try:
+            s.train_config(params)
+        except ConfigError as e:
+            raise SpaceError(f"{s.source}: key 'params' allows an impossible combination {params}: "
+                             f"{str(e).split(': ', 1)[-1]}. Make every nhead choice divide every d_model choice, "
+                             "or search head_dim instead of d_model") from None
+    for p in s.params:
+        if p.name in ("d_model", "nhead", "head_dim"):
+            continue
+        for v in p.values() or [p.low, p.high]:
+            try:
+                s.train_config({p.name: int(v) if p.kind == "int" else v})
+            except ConfigError as e:
+                raise SpaceError(f"{s.source}: key 'params.{p.name}' allows {v!r}: "
+                                 f"{str(e).split(': ', 1)[-1]}") from None
+    for i, point in enumerate(s.start):
+        try:
+            s.train_config(point)
+        except ConfigError as e:
+            raise SpaceError(f"{s.source}: key 'start[{i}]': {str(e).split(': ', 1)[-1]}") from None

@@ -1,0 +1,73 @@
+"""The Ray Tune function trainable: the core `fit` loop, reporting once per epoch."""
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from ray import tune
+
+from data.npz import Dataset
+from model.checkpoint import load_checkpoint, save_checkpoint
+from model.config import ConfigError
+from model.loop import Trainer, fit
+from model.metrics import worst_value
+from tune import records
+from tune.space import SearchSpace
+
+log = logging.getLogger(__name__)
+
+CKPT_FILE = "checkpoint.pt"
+STATUS = "trial_status"  # reported every epoch: running, completed, early_stopped, nan, infeasible
+
+
+class Reporter:
+    """Loop callback: one `tune.report` per epoch, with a resumable checkpoint."""
+
+    def __init__(self, metric: str, epochs: int):
+        self.metric, self.epochs = metric, epochs
+        self.node = ray.get_runtime_context().get_node_id()
+
+    def __call__(self, record: dict[str, Any], trainer: Trainer) -> None:
+        metrics = {k: v for k, v in record.items() if isinstance(v, (int, float, str, bool))}
+        metrics["node_id"] = self.node
+        if record["status"] == "nan":
+            # A diverged trial reports the worst value so that ASHA and TPE rank it last.
+            metrics.update({self.metric: worst_value(self.metric), STATUS: "nan", "nonfinite": True})
+            tune.report(metrics)
+            return
+        metrics[STATUS] = ("early_stopped" if trainer.should_stop_early
+                           else "completed" if trainer.epoch >= self.epochs else "running")
+        metrics["nonfinite"] = False
+        with tempfile.TemporaryDirectory() as d:
+            save_checkpoint(trainer.state_dict("current"), Path(d) / CKPT_FILE)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def train_trial(config: dict[str, Any], data: Dataset, space: SearchSpace, exp_dir: str) -> None:
+    """Train one trial of SPACE on DATA (shared through the object store)."""
+    ctx = tune.get_context()
+    done = records.read(exp_dir, ctx.get_trial_id())
+    if done is not None:
+        # Finished before the driver died: hand back its result instead of training again.
+        log.info("trial %s already finished (%s); re-reporting", ctx.get_trial_id(), done["status"])
+        tune.report(done["last_result"])
+        return
+    cpus = ctx.get_trial_resources().required_resources.get("CPU", 1)
+    torch.set_num_threads(max(1, math.floor(cpus)))
+    try:
+        cfg = space.train_config(config)
+    except ConfigError as e:
+        tune.report({space.metric: worst_value(space.metric), STATUS: "infeasible", "error": str(e)[:500],
+                     "epoch": 0, "nonfinite": False})
+        return
+    checkpoint = tune.get_checkpoint()
+    resume = None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            resume = load_checkpoint(Path(d) / CKPT_FILE)
+    fit(cfg, data, [Reporter(space.metric, cfg.epochs)], resume=resume)
