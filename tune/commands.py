@@ -26,6 +26,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--seed", type=int, help="sampler seed (overrides the YAML)")
     s.add_argument("--overwrite", action="store_true", help="replace an experiment of the same name")
     s.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray (default: all)")
+    s.add_argument("--num-gpus", type=int, help="GPUs of the embedded local Ray (default: detected; "
+                   "logical GPUs for testing placement)")
 
     r = sub.add_parser("resume", help="continue an interrupted sweep")
     r.add_argument("experiment", help="results/<experiment>")
@@ -52,8 +54,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     s = prepared.space
     print(f"sweep {prepared.name}: {s.num_samples} trials x <= {s.epochs} epochs, metric {s.metric} ({s.mode}), "
           f"{len(s.params)} parameters from {args.space}")
-    runner.connect(args.address, args.num_cpus)
-    plan = runner.plan_resources(s, prepared.data, opts)
+    runner.connect(args.address, args.num_cpus, args.num_gpus)
+    plan = runner.plan_resources(s, prepared.data, opts, runner.cluster_nodes())
     print(plan.describe(), flush=True)
     exp_dir = runner.run(prepared, plan)
     return _finish(exp_dir)

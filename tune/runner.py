@@ -133,7 +133,7 @@ def _check_flags(o: SweepOptions) -> None:
         raise SweepError(f"--max-failures {o.max_failures}: must be >= 0")
 
 
-def connect(address: str | None, num_cpus: int | None = None) -> None:
+def connect(address: str | None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
     """Join ADDRESS (or RAY_ADDRESS), or start an embedded local Ray bound to 127.0.0.1."""
     if ray.is_initialized():
         return
@@ -142,7 +142,7 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
         ray.init(address=address, logging_level=logging.WARNING)
         return
     # Embedded default: no dashboard, every port on loopback; nobody else can submit work to it.
-    ray.init(num_cpus=num_cpus, include_dashboard=False, dashboard_host="127.0.0.1",
+    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, dashboard_host="127.0.0.1",
              _node_ip_address="127.0.0.1", logging_level=logging.WARNING, configure_logging=False)
 
 
@@ -164,9 +164,14 @@ def largest_config(space: SearchSpace) -> TrainConfig:
     return space.train_config(top)
 
 
-def plan_resources(space: SearchSpace, data: Dataset, opts: SweepOptions) -> Plan:
-    """Per-trial resources and concurrency from the live cluster (`ray.nodes()`)."""
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+def cluster_nodes() -> list[dict[str, float]]:
+    """Resources of each live node of the connected cluster."""
+    return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+
+
+def plan_resources(space: SearchSpace, data: Dataset, opts: SweepOptions,
+                   nodes: list[dict[str, float]]) -> Plan:
+    """Per-trial resources and concurrency for NODES (the resources of each node)."""
     cpus = sum(n.get("CPU", 0) for n in nodes)
     gpus = sum(n.get("GPU", 0) for n in nodes)
     plan = Plan(len(nodes), cpus, gpus, opts.cpus_per_trial, 0.0, 0)

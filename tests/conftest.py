@@ -1,0 +1,60 @@
+"""Shared fixtures: a small demo data set, tiny configs, one real Ray runtime for the session."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from data.demo import make_demo
+from data.npz import load_dataset
+from model.config import TrainConfig
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = dict(d_model=16, nhead=2, num_layers=1, ff_mult=2, batch_size=32, train_steps=4, epochs=3, patience=0,
+            device="cpu")
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic approach-intent data set with train/val/test."""
+    return make_demo(tmp_path_factory.mktemp("demo"), n_train=240, n_val=80, n_test=80, seed=0)
+
+
+@pytest.fixture(scope="session")
+def demo(demo_dir: Path):
+    """The demo set loaded and standardized."""
+    return load_dataset(demo_dir)
+
+
+@pytest.fixture
+def tiny_cfg() -> TrainConfig:
+    """A model small enough to train in well under a second per epoch on CPU."""
+    return TrainConfig(**TINY)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One real local Ray runtime for the whole session: 2 CPUs and 4 logical GPUs, private temp dir."""
+    import ray
+
+    # A short private temp dir: Ray's socket paths have a length limit, and a stale cluster file
+    # from an earlier `ray stop` must not make init think it joins a cluster.
+    tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    ray.init(num_cpus=2, num_gpus=4, include_dashboard=False, _node_ip_address="127.0.0.1", _temp_dir=tmp,
+             object_store_memory=300 * 1024 * 1024, logging_level="ERROR", configure_logging=False)
+    yield ray
+    ray.shutdown()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def subprocess_env(tmp_path: Path) -> dict[str, str]:
+    """Environment for a child `mmtune` with its own embedded Ray in a private temp dir."""
+    env = dict(os.environ)
+    env.pop("RAY_ADDRESS", None)
+    ray_tmp = tempfile.mkdtemp(prefix="rs", dir="/tmp")
+    env.update(RAY_TMPDIR=ray_tmp, PYTHONUNBUFFERED="1")
+    return env

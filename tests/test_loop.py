@@ -1,0 +1,115 @@
+"""The training loop: determinism, early stopping, divergence, exact resume, run folder, pretraining."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+
+import pytest
+import torch
+
+from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from model.loop import fit
+from model.run import BEST, LAST, train_run
+
+
+def numbers(history):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
+
+
+def test_same_seed_same_metrics_other_seed_differs(tiny_cfg, demo):
+    a, _ = fit(tiny_cfg, demo)
+    b, _ = fit(tiny_cfg, demo)
+    c, _ = fit(replace(tiny_cfg, seed=1), demo)
+    assert numbers(a.history) == numbers(b.history)
+    assert numbers(a.history) != numbers(c.history)
+
+
+def test_every_epoch_reports_train_and_val_metrics(tiny_cfg, demo):
+    result, _ = fit(tiny_cfg, demo)
+    keys = {"loss", "acc", "precision", "recall", "f1", "f1_best", "threshold", "auroc", "ap"}
+    for r in result.history:
+        assert {f"train/{k}" for k in keys} | {f"val/{k}" for k in keys} <= set(r)
+        assert 0.0 <= r["val/f1"] <= 1.0 and 0.0 <= r["val/auroc"] <= 1.0
+    assert result.best_value == max(r["val/f1"] for r in result.history)
+
+
+def test_early_stopping_after_patience(tiny_cfg, demo):
+    # lr at the floor of the schedule: nothing improves after the first epoch or two.
+    cfg = replace(tiny_cfg, epochs=30, patience=2, lr=2e-6, eta_min=1e-6)
+    result, trainer = fit(cfg, demo)
+    assert result.status == "early_stopped"
+    assert result.epochs_run < 30
+    assert result.epochs_run - result.best_epoch == 2
+
+
+def test_diverging_loss_stops_with_status_nan(tiny_cfg, demo):
+    result, _ = fit(replace(tiny_cfg, lr=1e6, grad_clip=0.0, epochs=5), demo)
+    assert result.status == "nan"
+    assert result.epochs_run < 5 and result.history[-1]["status"] == "nan"
+
+
+def test_resume_from_checkpoint_continues_exactly(tiny_cfg, demo, tmp_path):
+    cfg = replace(tiny_cfg, epochs=4, modality_dropout=0.2, dropout=0.2)
+    straight, _ = fit(cfg, demo)
+    saved = {}
+
+    def stop_after_two(record, trainer):
+        if trainer.epoch == 2:
+            saved["state"] = save_checkpoint(trainer.state_dict(), tmp_path / "c.pt")
+            return True
+
+    first, _ = fit(cfg, demo, [stop_after_two])
+    assert first.status == "stopped" and first.epochs_run == 2
+    torch.manual_seed(123)  # whatever the global RNG holds now must not matter
+    resumed, _ = fit(cfg, demo, resume=load_checkpoint(saved["state"]))
+    assert numbers(resumed.history) == numbers(straight.history)
+
+
+def test_run_folder_best_only_and_summary(tiny_cfg, demo, tmp_path):
+    summary = train_run(tiny_cfg, demo, tmp_path / "run", save_best_only=True)
+    run = tmp_path / "run"
+    assert (run / BEST).is_file() and not (run / LAST).exists()
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == summary["epochs_run"] == 3
+    on_disk = json.loads((run / "summary.json").read_text())
+    assert on_disk["best_epoch"] == summary["best_epoch"] and "test" in on_disk
+    best = load_checkpoint(run / BEST)
+    assert best["epoch"] == summary["best_epoch"] or best["weights"] == "best"
+    assert set(best["stats"]) == {"traj", "pose"}  # normalisation travels with the weights
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_checkpoint_refuses_pickles_and_names_bad_files(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"format": 1, "payload": Evil()}, path)
+    with pytest.raises(CheckpointError, match="evil.pt"):
+        load_checkpoint(path)
+    assert not (tmp_path / "pwned").exists()
+    good = save_checkpoint({"format": 1, "x": torch.ones(100)}, tmp_path / "good.pt")
+    good.write_bytes(good.read_bytes()[:200])  # truncated on disk
+    with pytest.raises(CheckpointError, match="good.pt"):
+        load_checkpoint(good)
+    save_checkpoint({"format": 0}, tmp_path / "old.pt")
+    with pytest.raises(CheckpointError, match="not an mmtune checkpoint"):
+        load_checkpoint(tmp_path / "old.pt")
+
+
+def test_pretrain_then_load_encoder(tiny_cfg, demo, tmp_path):
+    summary = train_run(replace(tiny_cfg, epochs=2), demo, tmp_path / "pre", kind="pretrain")
+    assert summary["monitor"] == "val/loss" and summary["best_value"] > 0
+    ckpt = tmp_path / "pre" / BEST
+    state = load_checkpoint(ckpt)
+    assert state["kind"] == "pretrain"
+    result, trainer = fit(replace(tiny_cfg, epochs=1, lr=1e-12, eta_min=0.0, dropout=0.0), demo,
+                          pretrained=str(ckpt))
+    own = trainer.model.state_dict()
+    enc = [k for k in own if k.startswith("encoder.")]
+    # With a vanishing learning rate the encoder still holds the pretrained weights.
+    assert all(torch.allclose(own[k], state["model"][k], atol=1e-6) for k in enc)
+    with pytest.raises(CheckpointError, match="encoder.proj.pose.weight|encoder.modality_emb|shape"):
+        fit(replace(tiny_cfg, d_model=32), demo, pretrained=str(ckpt))

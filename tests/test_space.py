@@ -1,0 +1,110 @@
+"""Search-space files: every shipped file loads; every kind of mistake is named before Ray starts."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from model.config import TrainConfig
+from tests.conftest import REPO
+from tune.space import SpaceError, load_space
+
+SPACES = sorted((REPO / "search_spaces").glob("*.yaml"))
+
+
+def test_shipped_spaces_exist():
+    assert {p.name for p in SPACES} >= {"default.yaml", "smoke.yaml", "seed-baseline.yaml"}
+
+
+@pytest.mark.parametrize("path", SPACES, ids=lambda p: p.name)
+def test_every_shipped_space_loads_and_builds(path: Path):
+    space = load_space(path)
+    dists = space.distributions()
+    assert set(dists) == set(space.names)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0), direction="maximize")
+    for _ in range(30):  # every sampled point is a buildable training config
+        trial = study.ask(dists)
+        cfg = space.train_config(trial.params)
+        assert isinstance(cfg, TrainConfig) and cfg.epochs == space.epochs and cfg.monitor == space.metric
+        study.tell(trial, 0.5)
+    for point in space.start:
+        space.train_config(point)
+
+
+def test_default_space_searches_what_the_issue_names():
+    names = set(load_space(REPO / "search_spaces/default.yaml").names)
+    assert {"d_model", "num_layers", "nhead", "aux_weight", "dropout", "focal_gamma", "lr", "weight_decay",
+            "modality_dropout", "batch_size"} <= names
+
+
+def test_seed_baseline_starts_from_the_old_configs():
+    start = load_space(REPO / "search_spaces/seed-baseline.yaml").start
+    small = {k: start[0][k] for k in ("d_model", "num_layers", "nhead", "aux_weight", "modality_dropout")}
+    big = {k: start[1][k] for k in ("d_model", "num_layers", "nhead", "aux_weight", "modality_dropout")}
+    assert small == {"d_model": 64, "num_layers": 2, "nhead": 4, "aux_weight": 1.0, "modality_dropout": 0.1}
+    assert big == {"d_model": 256, "num_layers": 4, "nhead": 8, "aux_weight": 0.5, "modality_dropout": 0.0}
+
+
+BASE = {"params": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}}
+
+
+def _write(tmp_path, doc, raw=None):
+    p = tmp_path / "space.yaml"
+    p.write_text(raw if raw is not None else yaml.safe_dump(doc))
+    return p
+
+
+@pytest.mark.parametrize("doc, key, words", [
+    ({**BASE, "bogus": 1}, "bogus", ["unknown key"]),
+    ({"params": {"d_modl": {"type": "int", "low": 8, "high": 16}}}, "params.d_modl", ["not a config field"]),
+    ({"params": {"lr": {"type": "float", "low": 1e-2, "high": 1e-4}}}, "params.lr", ["low", "below high"]),
+    ({"params": {"lr": {"type": "float", "low": 0.0, "high": 1e-2, "log": True}}}, "params.lr", ["log scale"]),
+    ({"params": {"d_model": {"type": "categorical", "choices": []}}}, "params.d_model.choices", ["non-empty"]),
+    ({"params": {"d_model": {"type": "float", "low": 8, "high": 64}}}, "params.d_model.type", ["int"]),
+    ({"params": {"d_model": {"type": "categorical", "choices": ["big"]}}}, "params.d_model.choices", ["must be int"]),
+    ({"params": {"lr": {"type": "uniform", "low": 1, "high": 2}}}, "params.lr.type", ["float, int or categorical"]),
+    ({"params": {"lr": {"type": "float", "low": "a", "high": 2}}}, "params.lr.low", ["must be number"]),
+    ({**BASE, "metric": "val/f2"}, "metric", ["never reported"]),
+    ({**BASE, "metric": "val/loss", "mode": "max"}, "mode", ["minimized"]),
+    ({**BASE, "num_samples": 0}, "num_samples", [">= 1"]),
+    ({**BASE, "num_samples": "ten"}, "num_samples", ["must be int"]),
+    ({**BASE, "asha": {"grace_period": 50}, "epochs": 10}, "asha.grace_period", ["epochs=10"]),
+    ({**BASE, "fixed": {"dropoutt": 0.1}}, "fixed.dropoutt", ["unknown key"]),
+    ({**BASE, "fixed": {"epochs": 3}}, "fixed.epochs", ["top-level key 'epochs'"]),
+    ({"params": {"dropout": {"type": "float", "low": 0.0, "high": 1.5}}}, "params.dropout", ["dropout"]),
+    ({"params": {"d_model": {"type": "categorical", "choices": [64, 100]},
+                 "nhead": {"type": "categorical", "choices": [4, 8]}}}, "params", ["does not divide", "head_dim"]),
+    ({**BASE, "start": [{"lr": 1e-3, "d_model": 64}]}, "start[0]", ["not searched"]),
+    ({}, "params", ["at least one"]),
+])
+def test_bad_space_names_file_and_key(tmp_path, doc, key, words):
+    path = _write(tmp_path, doc)
+    with pytest.raises(SpaceError) as e:
+        load_space(path)
+    msg = str(e.value)
+    assert str(path) in msg and key in msg, msg
+    for w in words:
+        assert w in msg, msg
+
+
+def test_yaml_syntax_error_has_its_line(tmp_path):
+    path = _write(tmp_path, None, raw="params:\n  lr: {type: float, low: 1\n")
+    with pytest.raises(SpaceError, match=r"line \d+"):
+        load_space(path)
+
+
+def test_head_dim_makes_every_pair_valid(tmp_path):
+    path = _write(tmp_path, {"params": {"nhead": {"type": "categorical", "choices": [3, 4, 6]},
+                                        "head_dim": {"type": "categorical", "choices": [8, 16]}}})
+    space = load_space(path)
+    cfg = space.train_config({"nhead": 3, "head_dim": 16})
+    assert (cfg.nhead, cfg.d_model) == (3, 48)
+
+
+def test_overrides_are_checked_again():
+    space = load_space(REPO / "search_spaces/smoke.yaml")
+    assert space.with_overrides(num_samples=7, epochs=None).num_samples == 7
+    with pytest.raises(SpaceError, match="key .epochs. must be >= 1"):
+        space.with_overrides(epochs=0)
