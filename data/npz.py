@@ -80,13 +80,16 @@ def read_split(path: Path) -> Split:
 def _read_arrays(path: Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise DataError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic.startswith(b"\x93NUMPY"):
+        raise DataError(f"{path}: a single .npy array, not an .npz archive; save the split with np.savez")
+    if not magic.startswith(b"PK"):
+        what = "an empty file" if not magic else "not an .npz (zip) archive"
+        raise DataError(f"{path}: {what}; save the split with np.savez")
     try:
         with np.load(path, allow_pickle=False) as z:
-            if not isinstance(z, np.lib.npyio.NpzFile):
-                raise DataError(f"{path}: a single array, not an .npz archive; save the split with np.savez")
             return {k: z[k] for k in z.files}
-    except DataError:
-        raise
     except ValueError as e:
         if "allow_pickle" in str(e) or "Object arrays" in str(e):
             raise DataError(f"{path}: holds an object (pickled) array, refused for safety; "
@@ -163,10 +166,12 @@ def load_dataset(root: str | Path, val_fraction: float = 0.2, split_seed: int = 
     _check_consistent(root, splits)
     for name, s in splits.items():
         if name != "test" and len(np.unique(s.y)) < 2:
-            raise DataError(f"{root / (name + '.npz')}: key 'y' holds a single class ({int(s.y[0])}); "
+            where = (f"{root / 'train.npz'} (the val split made from it)" if name == "val" and "made_from" in
+                     info["val"] else root / f"{name}.npz")
+            raise DataError(f"{where}: key 'y' holds a single class ({int(s.y[0])}); "
                             "both classes are needed to train and evaluate")
-    if stats is not None and set(stats) != set(splits["train"].x):
-        raise DataError(f"{root}: modalities {sorted(splits['train'].x)} differ from the checkpoint's {sorted(stats)}")
+    if stats is not None:
+        _check_stats(root, splits["train"], stats)
     stats = feature_stats(splits["train"]) if stats is None else stats
     ds = Dataset({k: apply_stats(v, stats) for k, v in splits.items()}, stats, info)
     log.info("loaded %s: %s", root, {k: len(v) for k, v in ds.splits.items()})
@@ -178,8 +183,10 @@ def _check_consistent(root: Path, splits: dict[str, Split]) -> None:
     for name, s in splits.items():
         got = {m: a.shape[2] for m, a in s.x.items()}
         if set(got) != set(ref):
-            raise DataError(f"{root / (name + '.npz')}: modalities {sorted(got)} differ from train.npz's "
-                            f"{sorted(ref)}; every split needs the same x_<name> keys")
+            missing = [f"x_{m}" for m in sorted(set(ref) - set(got))]
+            extra = [f"x_{m}" for m in sorted(set(got) - set(ref))]
+            raise DataError(f"{root / (name + '.npz')}: modalities differ from train.npz's (missing keys {missing}, "
+                            f"extra keys {extra}); every split needs the same x_<name> keys")
         for m in ref:
             if got[m] != ref[m]:
                 raise DataError(f"{root / (name + '.npz')}: key 'x_{m}' has {got[m]} features, train.npz has "
@@ -187,6 +194,16 @@ def _check_consistent(root: Path, splits: dict[str, Split]) -> None:
             if s.x[m].shape[1] != splits["train"].x[m].shape[1]:
                 raise DataError(f"{root / (name + '.npz')}: key 'x_{m}' has {s.x[m].shape[1]} steps, train.npz "
                                 f"has {splits['train'].x[m].shape[1]}; pad to the same length and mask")
+
+
+def _check_stats(root: Path, train: Split, stats: dict) -> None:
+    """Statistics from a checkpoint must fit the data's modalities and channels."""
+    if set(stats) != set(train.x):
+        raise DataError(f"{root}: modalities {sorted(train.x)} differ from the checkpoint's {sorted(stats)}")
+    for m, a in train.x.items():
+        if len(stats[m]["mean"]) != a.shape[2]:
+            raise DataError(f"{root}: key 'x_{m}' has {a.shape[2]} features, the checkpoint was trained on "
+                            f"{len(stats[m]['mean'])}")
 
 
 def split_train(train: Split, fraction: float, seed: int) -> tuple[Split, Split, dict]:

@@ -1,0 +1,227 @@
+"""Real sweeps: Ray Tune + OptunaSearch + ASHA on the demo data, results, failures, resume."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from model.config import load_config
+from model.loop import fit
+from tests.conftest import REPO
+from tune import records, runner
+from tune.cli import run
+from tune.errors import SweepError
+from tune.results import export
+from tune.space import load_space
+
+SMOKE = str(REPO / "search_spaces/smoke.yaml")
+
+
+def sweep(data: Path, storage: Path, name: str, space: str = SMOKE, **kw) -> Path:
+    """Run a sweep in this process on the session's Ray runtime."""
+    opts = runner.SweepOptions(data=str(data), space=space, name=name, storage=str(storage), **kw)
+    prepared = runner.prepare(opts)
+    plan = runner.plan_resources(prepared.space, prepared.data, opts, runner.cluster_nodes())
+    runner.run(prepared, plan)
+    export(prepared.exp_dir)
+    return prepared.exp_dir
+
+
+def rows(exp: Path) -> list[dict]:
+    with open(exp / "trials.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def smoke_exp(ray_session, demo_dir, tmp_path_factory) -> Path:
+    return sweep(demo_dir, tmp_path_factory.mktemp("res"), "smoke")
+
+
+def test_smoke_sweep_writes_every_result(smoke_exp):
+    trials = rows(smoke_exp)
+    space = load_space(SMOKE)
+    assert len(trials) == space.num_samples
+    assert {t["status"] for t in trials} <= {"completed", "stopped", "early_stopped"}
+    assert all(1 <= int(t["epochs"]) <= space.epochs for t in trials)
+    summary = json.loads((smoke_exp / "summary.json").read_text())
+    assert summary["trials"] == space.num_samples and summary["finished"] is True
+    assert summary["best_value"] == max(float(t["best val/f1"]) for t in trials)
+    assert summary["selection"].startswith("best epoch")
+    assert {"torch", "ray", "optuna"} <= set(summary["versions"]) and summary["seeds"]["sampler"] == space.seed
+    assert (smoke_exp / "best" / "checkpoint.pt").is_file()
+    # Per-epoch reports: training_iteration is the epoch.
+    best_dir = smoke_exp / f"trial_{summary['best_trial']}"
+    lines = [json.loads(x) for x in (best_dir / "result.json").read_text().splitlines()]
+    assert [r["training_iteration"] for r in lines] == [r["epoch"] for r in lines]
+
+
+def test_asha_stopped_some_trials(smoke_exp):
+    # 4 trials, grace 1, reduction 2, max_t 3: the rungs cannot let everyone run to the end.
+    epochs = [int(t["epochs"]) for t in rows(smoke_exp)]
+    assert sum(epochs) < 4 * 3
+
+
+def test_best_config_retrains_to_the_same_value(smoke_exp, demo):
+    summary = json.loads((smoke_exp / "summary.json").read_text())
+    cfg = load_config(smoke_exp / "best_config.yaml")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the trial (1 CPU per trial)
+    try:
+        result, _ = fit(cfg, demo)
+    finally:
+        torch.set_num_threads(threads)
+    at_epoch = result.history[summary["best_epoch"] - 1]["val/f1"]
+    assert at_epoch == pytest.approx(summary["best_value"], abs=1e-9)
+
+
+def test_status_and_export_commands(smoke_exp, tmp_path, capsys):
+    assert run(["status", str(smoke_exp)]) == 0
+    out = capsys.readouterr().out
+    assert "4/4 trials started, finished" in out and "best val/f1" in out
+    target = tmp_path / "best.yaml"
+    assert run(["export", str(smoke_exp), "--out", str(target)]) == 0
+    assert load_config(target) == load_config(smoke_exp / "best_config.yaml")
+
+
+def test_same_name_is_refused_unless_overwrite(smoke_exp, demo_dir):
+    opts = runner.SweepOptions(data=str(demo_dir), space=SMOKE, name="smoke", storage=str(smoke_exp.parent))
+    with pytest.raises(SweepError, match="finished experiment of that name exists.*mmtune resume"):
+        runner.prepare(opts)
+    opts.overwrite = True
+    assert runner.prepare(opts).exp_dir == smoke_exp
+
+
+def test_failed_and_nan_trials_do_not_stop_the_sweep(ray_session, demo_dir, tmp_path):
+    space = yaml.safe_load(Path(SMOKE).read_text())
+    space.update(num_samples=5, epochs=2, asha={"grace_period": 2, "reduction_factor": 2})
+    space["fixed"]["grad_clip"] = 0.0
+    # device=cuda fails on this CPU-only machine: a real error inside the trial, not a mock.
+    space["params"] = {"lr": {"type": "categorical", "choices": [1e-3, 1e6]},
+                       "device": {"type": "categorical", "choices": ["cpu", "cuda"]}}
+    space["start"] = [{"lr": 1e-3, "device": "cpu"}, {"lr": 1e6, "device": "cpu"}, {"lr": 1e-3, "device": "cuda"}]
+    path = tmp_path / "faulty.yaml"
+    path.write_text(yaml.safe_dump(space))
+    exp = sweep(demo_dir, tmp_path, "faulty", space=str(path), max_failures=0)
+    by_status: dict[str, list] = {}
+    for t in rows(exp):
+        by_status.setdefault(t["status"], []).append(t)
+    assert len(rows(exp)) == 5
+    assert by_status.get("failed") and by_status.get("nan") and by_status.get("completed"), by_status
+    assert all(t["device"] == "cuda" for t in by_status["failed"])
+    assert "CUDA is not available" in by_status["failed"][0]["error"]
+    assert all(float(t["lr"]) == 1e6 for t in by_status["nan"])
+    summary = json.loads((exp / "summary.json").read_text())
+    assert summary["best_params"]["device"] == "cpu" and summary["best_params"]["lr"] == 1e-3
+
+
+def test_plan_packs_small_models_on_logical_gpus(ray_session, demo):
+    space = load_space(SMOKE)
+    opts = runner.SweepOptions(data="", space=SMOKE)
+    plan = runner.plan_resources(space, demo, opts, runner.cluster_nodes())
+    assert plan.gpus == 4 and plan.trials_per_gpu > 1 and plan.gpus_per_trial == 1 / plan.trials_per_gpu
+    assert plan.concurrent == 2  # two CPUs bound it
+    assert "cluster: 1 node(s), 2 CPUs, 4 GPUs" in plan.describe()
+
+
+def test_plan_on_heterogeneous_nodes(demo, monkeypatch):
+    monkeypatch.setenv("MMTUNE_GPU_GB", "16")
+    nodes = [{"CPU": 8.0, "GPU": 4.0}, {"CPU": 8.0}]
+    small = load_space(SMOKE).with_overrides(num_samples=100)
+    opts = runner.SweepOptions(data="", space=SMOKE)
+    plan = runner.plan_resources(small, demo, opts, nodes)
+    # GPU trials fit only on the GPU node: its 8 CPUs bound them, not the GPUs.
+    assert plan.trials_per_gpu == 8 and plan.concurrent == 8
+    big = load_space(REPO / "search_spaces/default.yaml").with_overrides(num_samples=100)
+    monkeypatch.setenv("MMTUNE_GPU_GB", "1")
+    plan = runner.plan_resources(big, demo, opts, nodes)
+    assert plan.trials_per_gpu == 1 and plan.concurrent == 4 and "one trial per GPU" in plan.describe()
+    opts.max_concurrent = 3
+    assert runner.plan_resources(big, demo, opts, nodes).concurrent == 3
+    cpu_only = runner.plan_resources(small, demo, runner.SweepOptions(data="", space=SMOKE), [{"CPU": 2.0}])
+    assert cpu_only.gpus_per_trial == 0 and cpu_only.concurrent == 2
+    with pytest.raises(SweepError, match="no node has that many GPUs"):
+        runner.plan_resources(small, demo, runner.SweepOptions(data="", space=SMOKE, gpus_per_trial="8"), nodes)
+
+
+@pytest.mark.parametrize("flag, value, words", [
+    ("--gpus-per-trial", "1.5", "fraction"), ("--cpus-per-trial", "0", "> 0"),
+    ("--max-concurrent", "0", ">= 1"), ("--name", "../escape", "no '/' or '..'"),
+    ("--epochs", "0", "epochs"), ("--num-samples", "-2", "num_samples"),
+])
+def test_bad_sweep_flags_exit_2_before_ray(demo_dir, tmp_path, capsys, flag, value, words):
+    code = run(["sweep", "--data", str(demo_dir), "--space", SMOKE, "--storage", str(tmp_path), flag, value])
+    err = capsys.readouterr().err
+    assert code == 2 and words in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_space_exits_2_before_ray_starts(demo_dir, tmp_path, subprocess_env):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("params:\n  d_modl: {type: int, low: 8, high: 16}\n")
+    proc = subprocess.run([sys.executable, "-m", "tune", "sweep", "--data", str(demo_dir), "--space", str(bad),
+                           "--storage", str(tmp_path / "res")], capture_output=True, text=True, env=subprocess_env)
+    assert proc.returncode == 2
+    assert f"{bad}: key 'params.d_modl'" in proc.stderr and "Traceback" not in proc.stderr
+    assert "cluster:" not in proc.stdout and not (tmp_path / "res").exists()
+    assert not list(Path(subprocess_env["RAY_TMPDIR"]).iterdir())  # Ray never started
+
+
+def _kill_tree(proc: subprocess.Popen, ray_tmp: str) -> None:
+    """SIGKILL the driver's process group, then any process of its Ray (found by its temp dir)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=30)
+    for pid_dir in Path("/proc").iterdir():
+        if not pid_dir.name.isdigit():
+            continue
+        try:
+            cmdline = (pid_dir / "cmdline").read_bytes().decode(errors="ignore")
+            environ = (pid_dir / "environ").read_bytes().decode(errors="ignore")
+        except OSError:
+            continue
+        if ray_tmp in cmdline or ray_tmp in environ:
+            try:
+                os.kill(int(pid_dir.name), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.mark.slow
+def test_sigkill_driver_then_resume_loses_nothing(demo_dir, tmp_path, subprocess_env):
+    storage, name, n = tmp_path / "res", "killed", 6
+    cmd = [sys.executable, "-m", "tune", "sweep", "--data", str(demo_dir), "--space", SMOKE, "--name", name,
+           "--storage", str(storage), "--num-samples", str(n), "--num-cpus", "2"]
+    exp = storage / name
+    proc = subprocess.Popen(cmd, env=subprocess_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while len(records.read_all(exp)) < 2 and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        killed_at = time.time()
+    finally:
+        _kill_tree(proc, subprocess_env["RAY_TMPDIR"])
+    before = records.read_all(exp)
+    assert 2 <= len(before) < n, "the sweep should be killed mid-way"
+    proc = subprocess.run([sys.executable, "-m", "tune", "resume", str(exp), "--num-cpus", "2"],
+                          env=subprocess_env, capture_output=True, text=True, timeout=400)
+    _kill_tree(subprocess.Popen(["true"], start_new_session=True), subprocess_env["RAY_TMPDIR"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    after = records.read_all(exp)
+    assert len(after) == n and len(rows(exp)) == n  # exactly num_samples trials
+    for trial_id, rec in before.items():
+        assert after[trial_id] == rec  # finished trials kept as they were
+        ckpts = list((exp / f"trial_{trial_id}").glob("checkpoint_*"))
+        assert all(c.stat().st_mtime < killed_at for c in ckpts), "a finished trial trained again"
+    assert "best config:" in proc.stdout
