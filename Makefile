@@ -25,7 +25,8 @@ test-fast: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/mmtune data demo demo_data
 	$(BIN)/mmtune data check demo_data
-	$(BIN)/mmtune sweep --data demo_data --space search_spaces/default.yaml --name demo --overwrite
+	$(BIN)/mmtune sweep --data demo_data --space search_spaces/default.yaml --name demo --overwrite \
+		--num-samples 16 --epochs 10
 
 bench: $(STAMP)
 	$(BIN)/python bench/loop_throughput.py

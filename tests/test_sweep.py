@@ -225,3 +225,55 @@ def test_sigkill_driver_then_resume_loses_nothing(demo_dir, tmp_path, subprocess
         ckpts = list((exp / f"trial_{trial_id}").glob("checkpoint_*"))
         assert all(c.stat().st_mtime < killed_at for c in ckpts), "a finished trial trained again"
     assert "best config:" in proc.stdout
+
+
+LISTENERS = r'''
+import json, os, socket, struct, sys
+from pathlib import Path
+from tune import runner
+runner.connect(None, num_cpus=1)
+import ray
+ray.get(ray.remote(lambda: 1).remote())  # a worker too
+def table():
+    t = {}
+    for fn in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in open(fn).read().splitlines()[1:]:
+            p = line.split()
+            if p[3] == "0A":  # LISTEN
+                ip = p[1].split(":")[0]
+                raw = bytes.fromhex(ip)  # the kernel prints 32-bit words in host (little-endian) order
+                raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+                t[p[9]] = socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
+    return t
+session = ray.get_runtime_context().gcs_address
+tmp = os.environ["RAY_TMPDIR"]
+listening, tab = {}, table()
+for d in Path("/proc").iterdir():
+    if not d.name.isdigit():
+        continue
+    try:
+        mine = int(d.name) == os.getpid() or tmp in (d / "cmdline").read_bytes().decode(errors="ignore")
+        fds = list((d / "fd").iterdir()) if mine else []
+    except OSError:
+        continue
+    for fd in fds:
+        try:
+            link = os.readlink(fd)
+        except OSError:
+            continue
+        if link.startswith("socket:[") and link[8:-1] in tab:
+            listening.setdefault(tab[link[8:-1]], []).append(d.name)
+print(json.dumps({"gcs": session, "node_ip": ray.util.get_node_ip_address(), "listening": listening}))
+ray.shutdown()
+'''
+
+
+def test_embedded_ray_listens_on_loopback_only(subprocess_env):
+    """Every listening socket of the embedded runtime (driver, GCS, raylet, workers) is on loopback."""
+    proc = subprocess.run([sys.executable, "-c", LISTENERS], capture_output=True, text=True, env=subprocess_env,
+                          timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert seen["gcs"].startswith("127.0.0.1:") and seen["node_ip"] == "127.0.0.1"
+    assert seen["listening"], "found no listening socket at all: the check itself is broken"
+    assert all(a in ("127.0.0.1", "::ffff:127.0.0.1", "::1") for a in seen["listening"]), seen["listening"]

@@ -14,6 +14,7 @@ from typing import Any
 
 import optuna
 import ray
+from ray._private import ray_constants
 import torch
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
@@ -141,7 +142,11 @@ def connect(address: str | None, num_cpus: int | None = None, num_gpus: int | No
     if address:
         ray.init(address=address, logging_level=logging.WARNING)
         return
-    # Embedded default: no dashboard, every port on loopback; nobody else can submit work to it.
+    # Embedded default: no dashboard, every server on loopback, so nobody else can submit work to it.
+    # Ray turns 127.0.0.1 into the machine's routable address unless clustering is off (its own
+    # mechanism on macOS/Windows); the driver has read that switch at import, children read the env.
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
     ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, dashboard_host="127.0.0.1",
              _node_ip_address="127.0.0.1", logging_level=logging.WARNING, configure_logging=False)
 

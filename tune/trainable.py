@@ -20,6 +20,8 @@ from tune import records
 from tune.space import SearchSpace
 
 log = logging.getLogger(__name__)
+# One "Checkpoint successfully created" line per trial epoch would drown Ray's trial table.
+logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
 
 CKPT_FILE = "checkpoint.pt"
 STATUS = "trial_status"  # reported every epoch: running, completed, early_stopped, nan, infeasible
