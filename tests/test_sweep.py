@@ -105,9 +105,12 @@ def test_failed_and_nan_trials_do_not_stop_the_sweep(ray_session, demo_dir, tmp_
     space.update(num_samples=5, epochs=2, asha={"grace_period": 2, "reduction_factor": 2})
     space["fixed"]["grad_clip"] = 0.0
     # device=cuda fails on this CPU-only machine: a real error inside the trial, not a mock.
+    # eta_min 1e-2 is fine alone but not with lr 1e-3 (eta_min must stay below lr): an infeasible trial.
     space["params"] = {"lr": {"type": "categorical", "choices": [1e-3, 1e6]},
-                       "device": {"type": "categorical", "choices": ["cpu", "cuda"]}}
-    space["start"] = [{"lr": 1e-3, "device": "cpu"}, {"lr": 1e6, "device": "cpu"}, {"lr": 1e-3, "device": "cuda"}]
+                       "device": {"type": "categorical", "choices": ["cpu", "cuda"]},
+                       "eta_min": {"type": "categorical", "choices": [1e-6, 1e-2]}}
+    space["start"] = [{"lr": 1e-3, "device": "cpu", "eta_min": 1e-6}, {"lr": 1e6, "device": "cpu", "eta_min": 1e-6},
+                      {"lr": 1e-3, "device": "cuda", "eta_min": 1e-6}, {"lr": 1e-3, "device": "cpu", "eta_min": 1e-2}]
     path = tmp_path / "faulty.yaml"
     path.write_text(yaml.safe_dump(space))
     exp = sweep(demo_dir, tmp_path, "faulty", space=str(path), max_failures=0)
@@ -116,11 +119,12 @@ def test_failed_and_nan_trials_do_not_stop_the_sweep(ray_session, demo_dir, tmp_
         by_status.setdefault(t["status"], []).append(t)
     assert len(rows(exp)) == 5
     assert by_status.get("failed") and by_status.get("nan") and by_status.get("completed"), by_status
+    assert by_status.get("infeasible") and all(float(t["eta_min"]) >= float(t["lr"]) for t in by_status["infeasible"])
     assert all(t["device"] == "cuda" for t in by_status["failed"])
     assert "CUDA is not available" in by_status["failed"][0]["error"]
     assert all(float(t["lr"]) == 1e6 for t in by_status["nan"])
     summary = json.loads((exp / "summary.json").read_text())
-    assert summary["best_params"]["device"] == "cpu" and summary["best_params"]["lr"] == 1e-3
+    assert summary["best_params"] == {"lr": 1e-3, "device": "cpu", "eta_min": 1e-6}
 
 
 def test_plan_packs_small_models_on_logical_gpus(ray_session, demo):
