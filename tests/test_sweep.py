@@ -103,14 +103,14 @@ def test_same_name_is_refused_unless_overwrite(smoke_exp, demo_dir):
 def test_failed_and_nan_trials_do_not_stop_the_sweep(ray_session, demo_dir, tmp_path):
     space = yaml.safe_load(Path(SMOKE).read_text())
     space.update(num_samples=5, epochs=2, asha={"grace_period": 2, "reduction_factor": 2})
-    space["fixed"]["grad_clip"] = 0.0
+    space["fixed"].update(grad_clip=0.0, lr=1e-2)  # lr 1e-2 only where a point does not set it
     # device=cuda fails on this CPU-only machine: a real error inside the trial, not a mock.
-    # eta_min 1e-2 is fine alone but not with lr 1e-3 (eta_min must stay below lr): an infeasible trial.
+    # eta_min 5e-3 passes the per-parameter check (against lr 1e-2) but not with lr 1e-3: infeasible.
     space["params"] = {"lr": {"type": "categorical", "choices": [1e-3, 1e6]},
                        "device": {"type": "categorical", "choices": ["cpu", "cuda"]},
-                       "eta_min": {"type": "categorical", "choices": [1e-6, 1e-2]}}
+                       "eta_min": {"type": "categorical", "choices": [1e-6, 5e-3]}}
     space["start"] = [{"lr": 1e-3, "device": "cpu", "eta_min": 1e-6}, {"lr": 1e6, "device": "cpu", "eta_min": 1e-6},
-                      {"lr": 1e-3, "device": "cuda", "eta_min": 1e-6}, {"lr": 1e-3, "device": "cpu", "eta_min": 1e-2}]
+                      {"lr": 1e-3, "device": "cuda", "eta_min": 1e-6}, {"lr": 1e-3, "device": "cpu", "eta_min": 5e-3}]
     path = tmp_path / "faulty.yaml"
     path.write_text(yaml.safe_dump(space))
     exp = sweep(demo_dir, tmp_path, "faulty", space=str(path), max_failures=0)
