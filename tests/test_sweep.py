@@ -16,7 +16,7 @@ import yaml
 
 from model.config import load_config
 from model.loop import fit
-from tests.conftest import REPO
+from tests.conftest import REPO, kill_processes_of
 from tune import records, runner
 from tune.cli import run
 from tune.errors import SweepError
@@ -197,19 +197,7 @@ def _kill_tree(proc: subprocess.Popen, ray_tmp: str) -> None:
     except ProcessLookupError:
         pass
     proc.wait(timeout=30)
-    for pid_dir in Path("/proc").iterdir():
-        if not pid_dir.name.isdigit():
-            continue
-        try:
-            cmdline = (pid_dir / "cmdline").read_bytes().decode(errors="ignore")
-            environ = (pid_dir / "environ").read_bytes().decode(errors="ignore")
-        except OSError:
-            continue
-        if ray_tmp in cmdline or ray_tmp in environ:
-            try:
-                os.kill(int(pid_dir.name), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    kill_processes_of(ray_tmp)
 
 
 @pytest.mark.slow
@@ -231,7 +219,7 @@ def test_sigkill_driver_then_resume_loses_nothing(demo_dir, tmp_path, subprocess
     assert 2 <= len(before) < n, "the sweep should be killed mid-way"
     proc = subprocess.run([sys.executable, "-m", "tune", "resume", str(exp), "--num-cpus", "2"],
                           env=subprocess_env, capture_output=True, text=True, timeout=400)
-    _kill_tree(subprocess.Popen(["true"], start_new_session=True), subprocess_env["RAY_TMPDIR"])
+    kill_processes_of(subprocess_env["RAY_TMPDIR"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     after = records.read_all(exp)
     assert len(after) == n and len(rows(exp)) == n  # exactly num_samples trials

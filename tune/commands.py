@@ -25,6 +25,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--epochs", type=int, help="epoch budget per trial = ASHA max_t (overrides the YAML)")
     s.add_argument("--seed", type=int, help="sampler seed (overrides the YAML)")
     s.add_argument("--overwrite", action="store_true", help="replace an experiment of the same name")
+    s.add_argument("--allow-local-storage", action="store_true",
+                   help="accept a plain --storage path on a multi-node cluster (it must be a shared mount)")
     s.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray (default: all)")
     s.add_argument("--num-gpus", type=int, help="GPUs of the embedded local Ray (default: detected; "
                    "logical GPUs for testing placement)")
@@ -49,13 +51,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         data=args.data, space=args.space, name=args.name, storage=args.storage, address=args.address,
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
         max_failures=args.max_failures, num_samples=args.num_samples, epochs=args.epochs, seed=args.seed,
-        overwrite=args.overwrite)
+        overwrite=args.overwrite, allow_local_storage=args.allow_local_storage)
     prepared = runner.prepare(opts)  # every input checked before Ray starts
     s = prepared.space
     print(f"sweep {prepared.name}: {s.num_samples} trials x <= {s.epochs} epochs, metric {s.metric} ({s.mode}), "
           f"{len(s.params)} parameters from {args.space}")
     runner.connect(args.address, args.num_cpus, args.num_gpus)
-    plan = runner.plan_resources(s, prepared.data, opts, runner.cluster_nodes())
+    nodes = runner.cluster_nodes()
+    runner.check_cluster(prepared, nodes)
+    plan = runner.plan_resources(s, prepared.data, opts, nodes)
     print(plan.describe(), flush=True)
     exp_dir = runner.run(prepared, plan)
     return _finish(exp_dir)

@@ -116,16 +116,16 @@ def best_trial(trials: list[Trial], space: SearchSpace) -> Trial:
 def write_trials_csv(trials: list[Trial], space: SearchSpace, path: Path) -> None:
     """One row per trial: params, best and final metric, epochs, status, node."""
     cols = ["trial_id", "status", "epochs", "best_epoch", f"best {space.metric}", f"final {space.metric}",
-            *space.names, "node_id", "error"]
+            *space.names, "node_id", "gpu_ids", "error"]
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(cols)
         for t in trials:
-            node = t.history[-1].get("node_id") if t.history else None
+            last = t.history[-1] if t.history else {}
             err = (t.error or "").strip().splitlines()[-1][:200] if t.error else ""
             w.writerow([t.trial_id, t.status, t.epochs, t.best_epoch, t.best_value, t.final_value,
-                        *[t.params.get(n) for n in space.names], node, err])
+                        *[t.params.get(n) for n in space.names], last.get("node_id"), last.get("gpu_ids"), err])
     tmp.replace(path)
 
 

@@ -52,6 +52,7 @@ class SweepOptions:
     gpus_per_trial: str = "auto"  # "auto" or a number of GPUs (a fraction packs trials on one GPU)
     max_concurrent: int | None = None
     max_failures: int = 2
+    allow_local_storage: bool = False  # a plain path on a multi-node cluster (the user says it is shared)
     num_samples: int | None = None
     epochs: int | None = None
     seed: int | None = None
@@ -71,6 +72,7 @@ class Plan:
     trials_per_gpu: int = 0
     est_trial_gb: float = 0.0
     gpu_gb: float = 0.0
+    per_node: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
@@ -79,7 +81,7 @@ class Plan:
                  f"per trial: {self.cpus_per_trial:g} CPU, {self.gpus_per_trial:g} GPU"
                  + (f" ({self.trials_per_gpu} trial(s) per GPU)" if self.gpus_per_trial else ""),
                  f"concurrent trials: {self.concurrent}"]
-        return "\n".join(lines + [f"  - {n}" for n in self.notes])
+        return "\n".join(lines + [f"  {n}" for n in self.per_node] + [f"  - {n}" for n in self.notes])
 
 
 @dataclass
@@ -151,6 +153,22 @@ def connect(address: str | None, num_cpus: int | None = None, num_gpus: int | No
              _node_ip_address="127.0.0.1", logging_level=logging.WARNING, configure_logging=False)
 
 
+def check_cluster(p: Prepared, nodes: list[dict[str, float]]) -> None:
+    """Refuse what would fail later on this cluster: unshared storage, data too big for the object store."""
+    storage = p.opts.storage
+    if len(nodes) > 1 and "://" not in storage and not p.opts.allow_local_storage:
+        raise SweepError(
+            f"--storage {storage}: the cluster has {len(nodes)} nodes, and trials on other nodes cannot write "
+            "to a plain local path. Use storage every node reaches (a file:///mnt/nfs/... URI on a shared "
+            "filesystem, or s3://...), or pass --allow-local-storage if this path is such a shared mount")
+    store = min((n.get("object_store_memory", 0) for n in nodes), default=0)
+    if store and p.data.nbytes > 0.8 * store:
+        raise SweepError(
+            f"--data {p.opts.data}: the data set needs {p.data.nbytes / 2**30:.2f} GiB in Ray's object store, "
+            f"but the smallest node has {store / 2**30:.2f} GiB. Start Ray with a larger "
+            "--object-store-memory, or reduce the data set")
+
+
 def estimate_trial_gb(cfg: TrainConfig, modalities: dict[str, tuple[int, int]]) -> float:
     """Rough GPU memory of one trial: weights, grads and AdamW moments, bf16 activations, CUDA context."""
     d, layers, tokens = cfg.d_model, cfg.num_layers, 1 + sum(t for t, _ in modalities.values())
@@ -191,11 +209,13 @@ def plan_resources(space: SearchSpace, data: Dataset, opts: SweepOptions,
     if opts.cpus_per_trial > max((n.get("CPU", 0) for n in nodes), default=0):
         raise SweepError(f"--cpus-per-trial {opts.cpus_per_trial:g}: no node has that many CPUs")
     slots = 0
-    for n in nodes:
+    for i, n in enumerate(nodes):
         per_node = math.floor(n.get("CPU", 0) / opts.cpus_per_trial + 1e-9)
         if plan.gpus_per_trial:
             per_node = min(per_node, math.floor(n.get("GPU", 0) / plan.gpus_per_trial + 1e-9))
         slots += per_node
+        plan.per_node.append(f"node {i + 1}: {n.get('CPU', 0):g} CPU, {n.get('GPU', 0):g} GPU -> room for "
+                             f"{per_node} trial(s)")
     plan.concurrent = max(1, min(slots, space.num_samples, opts.max_concurrent or slots))
     if opts.max_concurrent and opts.max_concurrent < slots:
         plan.notes.append(f"--max-concurrent {opts.max_concurrent} caps the {slots} trials that would fit")

@@ -33,10 +33,11 @@ class Reporter:
     def __init__(self, metric: str, epochs: int):
         self.metric, self.epochs = metric, epochs
         self.node = ray.get_runtime_context().get_node_id()
+        self.gpus = ",".join(str(g) for g in ray.get_gpu_ids())  # Ray's assignment, fractions share an id
 
     def __call__(self, record: dict[str, Any], trainer: Trainer) -> None:
         metrics = {k: v for k, v in record.items() if isinstance(v, (int, float, str, bool))}
-        metrics["node_id"] = self.node
+        metrics["node_id"], metrics["gpu_ids"] = self.node, self.gpus
         if record["status"] == "nan":
             # A diverged trial reports the worst value so that ASHA and TPE rank it last.
             metrics.update({self.metric: worst_value(self.metric), STATUS: "nan", "nonfinite": True})
