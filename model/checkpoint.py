@@ -1,11 +1,12 @@
 """Checkpoint files: written atomically, read with weights_only=True."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from model.io import atomic_file
 
 FORMAT = 1  # bump when the layout of a checkpoint changes
 
@@ -16,15 +17,9 @@ class CheckpointError(ValueError):
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     """Write STATE to PATH atomically: a crash leaves the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_file(path, "wb", durable=True) as f:
         torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    return Path(path)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

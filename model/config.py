@@ -9,6 +9,8 @@ from typing import Any
 
 import yaml
 
+from model.io import atomic_file
+
 
 class ConfigError(ValueError):
     """A configuration that cannot be built; the message names the source, key and fix."""
@@ -158,4 +160,5 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:
     """Write CFG as YAML that load_config reads back unchanged."""
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    with atomic_file(path) as f:
+        f.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ from data.batches import Batches
 from data.npz import Dataset
 from model.checkpoint import save_checkpoint
 from model.config import TrainConfig, save_config
+from model.io import atomic_file
 from model.loop import Callback, FitResult, Trainer, evaluate, fit
 
 log = logging.getLogger(__name__)
@@ -23,9 +23,8 @@ BEST, LAST = "best.pt", "last.pt"
 
 def write_json(obj: Any, path: Path) -> None:
     """Write OBJ as JSON atomically (NaN/Inf become null, which every JSON reader accepts)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_finite(obj), indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    with atomic_file(path) as f:
+        f.write(json.dumps(_finite(obj), indent=2, sort_keys=False) + "\n")
 
 
 def _finite(obj: Any) -> Any:

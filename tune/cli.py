@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
@@ -209,6 +210,16 @@ def run(argv: list[str] | None = None) -> int:
             raise
         print(f"mmtune: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if args.debug:
+            raise
+        if e.errno == errno.ENOSPC:
+            print(f"mmtune: error: no space left on the device while writing {e.filename or 'a result file'}; "
+                  "files written before are intact. Free space or choose another --storage / --checkpoint-dir",
+                  file=sys.stderr)
+        else:
+            print(f"mmtune: {type(e).__name__}: {e} (run with --debug for the traceback)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("mmtune: interrupted", file=sys.stderr)
         return 130

@@ -25,6 +25,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--epochs", type=int, help="epoch budget per trial = ASHA max_t (overrides the YAML)")
     s.add_argument("--seed", type=int, help="sampler seed (overrides the YAML)")
     s.add_argument("--overwrite", action="store_true", help="replace an experiment of the same name")
+    s.add_argument("--resume", action="store_true", help="continue an unfinished experiment of the same name")
     s.add_argument("--allow-local-storage", action="store_true",
                    help="accept a plain --storage path on a multi-node cluster (it must be a shared mount)")
     s.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray (default: all)")
@@ -46,6 +47,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from tune import runner
+
+    if args.resume and args.overwrite:
+        raise SweepError("--resume and --overwrite contradict each other; choose one")
+    if args.resume:
+        if not args.name:
+            raise SweepError("--resume needs --name (the experiment to continue)")
+        args.experiment = str(runner.experiment_dir(args.storage, args.name))
+        return cmd_resume(args)
 
     opts = runner.SweepOptions(
         data=args.data, space=args.space, name=args.name, storage=args.storage, address=args.address,

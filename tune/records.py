@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from ray import tune
+
+from model.io import atomic_file
 
 RECORDS_DIR = "mmtune_trials"
 ASHA_STOPPED = "stopped"  # still improving when the scheduler stopped it
@@ -36,14 +37,8 @@ def read_all(exp_dir: str | Path) -> dict[str, dict[str, Any]]:
 
 def write(exp_dir: str | Path, trial_id: str, record: dict[str, Any]) -> None:
     """Write a record atomically and durably (fsync before rename)."""
-    p = _path(exp_dir, trial_id)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp")
-    with open(tmp, "w") as f:
+    with atomic_file(_path(exp_dir, trial_id), durable=True) as f:
         json.dump(record, f, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, p)
 
 
 def _clean(result: dict[str, Any]) -> dict[str, Any]:

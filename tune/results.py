@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from model.checkpoint import CheckpointError, load_checkpoint
+from model.io import atomic_file
 from model.metrics import is_better
 from model.run import write_json
 from tune import records
@@ -117,8 +118,7 @@ def write_trials_csv(trials: list[Trial], space: SearchSpace, path: Path) -> Non
     """One row per trial: params, best and final metric, epochs, status, node."""
     cols = ["trial_id", "status", "epochs", "best_epoch", f"best {space.metric}", f"final {space.metric}",
             *space.names, "node_id", "gpu_ids", "error"]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_file(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(cols)
         for t in trials:
@@ -126,7 +126,6 @@ def write_trials_csv(trials: list[Trial], space: SearchSpace, path: Path) -> Non
             err = (t.error or "").strip().splitlines()[-1][:200] if t.error else ""
             w.writerow([t.trial_id, t.status, t.epochs, t.best_epoch, t.best_value, t.final_value,
                         *[t.params.get(n) for n in space.names], last.get("node_id"), last.get("gpu_ids"), err])
-    tmp.replace(path)
 
 
 def best_checkpoint(t: Trial) -> tuple[Path, int]:
@@ -156,12 +155,14 @@ def export(exp_dir: str | Path, out: str | Path | None = None) -> dict[str, Any]
     config_path = Path(out) if out else exp_dir / "best_config.yaml"
     header = (f"# Best trial {best.trial_id} of {exp_dir.name}: {space.metric} = {best.best_value:.4f} at epoch "
               f"{best.best_epoch}.\n# Reproduce: mmtune train --config {config_path} --data DATA\n")
-    config_path.write_text(header + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    with atomic_file(config_path) as f:
+        f.write(header + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     notes = []
     try:
         src, epoch = best_checkpoint(best)
         (exp_dir / "best").mkdir(exist_ok=True)
-        shutil.copyfile(src, exp_dir / "best" / CKPT_FILE)
+        with atomic_file(exp_dir / "best" / CKPT_FILE, "wb") as f, open(src, "rb") as s:
+            shutil.copyfileobj(s, f)
         if epoch != best.best_epoch:
             notes.append(f"best checkpoint is from epoch {epoch}; epoch {best.best_epoch} was not kept")
     except ResultsError as e:

@@ -22,6 +22,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from data.npz import Dataset, load_dataset
 from model.config import TrainConfig
+from model.io import atomic_file
 from tune import records
 from tune.errors import SweepError
 from tune.space import SearchSpace, load_space, parse_space
@@ -93,6 +94,7 @@ class Prepared:
     data: Dataset
     exp_dir: Path
     name: str
+    callbacks: tuple = ()  # extra loop callbacks for every trial (fault injection in tests and benches)
 
 
 def prepare(opts: SweepOptions) -> Prepared:
@@ -261,7 +263,8 @@ def trial_dirname(trial: Any) -> str:
 def make_trainable(p: Prepared, plan: Plan) -> Any:
     """The trial function with the data set shared through the object store (put once, zero-copy reads)."""
     return tune.with_resources(
-        tune.with_parameters(train_trial, data=p.data, space=p.space, exp_dir=str(p.exp_dir)),
+        tune.with_parameters(train_trial, data=p.data, space=p.space, exp_dir=str(p.exp_dir),
+                             callbacks=tuple(p.callbacks)),
         {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial})
 
 
@@ -300,10 +303,8 @@ def read_meta(exp_dir: Path) -> dict[str, Any]:
 
 def write_meta(exp_dir: Path, meta: dict[str, Any]) -> None:
     """Atomically write the metadata."""
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    tmp = exp_dir / f".{META}.tmp"
-    tmp.write_text(json.dumps(meta, indent=2, default=str))
-    tmp.replace(exp_dir / META)
+    with atomic_file(exp_dir / META) as f:
+        f.write(json.dumps(meta, indent=2, default=str))
 
 
 def run(p: Prepared, plan: Plan) -> Path:
@@ -333,9 +334,6 @@ def prepare_resume(exp_dir: str | Path) -> Prepared:
     meta = read_meta(exp_dir)
     if not meta:
         raise SweepError(f"{exp_dir}: not an mmtune experiment (no {META}); pass results/<experiment>")
-    if not tune.Tuner.can_restore(str(exp_dir)):
-        raise SweepError(f"{exp_dir}: Ray's experiment state is missing (the sweep died before its first save); "
-                         "start it again with `mmtune sweep ... --overwrite`")
     opts = SweepOptions(**{**meta["options"], "overwrite": False})
     space = parse_space(meta["space"], f"{meta['space_file']} (as recorded in {exp_dir / META})")
     base = TrainConfig()
@@ -346,8 +344,17 @@ def prepare_resume(exp_dir: str | Path) -> Prepared:
 
 def resume(p: Prepared) -> Path:
     """Continue an interrupted sweep: finished trials kept, errored ones resumed, searcher state kept."""
-    plan = Plan(**read_meta(p.exp_dir)["plan"])
-    tuner = tune.Tuner.restore(str(p.exp_dir), trainable=make_trainable(p, plan), resume_errored=True)
+    meta = read_meta(p.exp_dir)
+    plan = Plan(**meta["plan"])
+    if not tune.Tuner.can_restore(str(p.exp_dir)):
+        # Killed before Tune's first state save: no trial had finished, so starting over loses nothing.
+        log.warning("%s: Ray saved no experiment state yet; starting the sweep over", p.exp_dir)
+        for child in p.exp_dir.iterdir():
+            if child.name != META:
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        tuner = build_tuner(p, plan)
+    else:
+        tuner = tune.Tuner.restore(str(p.exp_dir), trainable=make_trainable(p, plan), resume_errored=True)
     _fit(tuner, p.exp_dir)
     return p.exp_dir
 

@@ -12,7 +12,7 @@ import torch
 from ray import tune
 
 from data.npz import Dataset
-from model.checkpoint import load_checkpoint, save_checkpoint
+from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from model.config import ConfigError
 from model.loop import Trainer, fit
 from model.metrics import worst_value
@@ -51,8 +51,9 @@ class Reporter:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
 
-def train_trial(config: dict[str, Any], data: Dataset, space: SearchSpace, exp_dir: str) -> None:
-    """Train one trial of SPACE on DATA (shared through the object store)."""
+def train_trial(config: dict[str, Any], data: Dataset, space: SearchSpace, exp_dir: str,
+                callbacks: tuple = ()) -> None:
+    """Train one trial of SPACE on DATA (shared through the object store); CALLBACKS join the loop's."""
     ctx = tune.get_context()
     done = records.read(exp_dir, ctx.get_trial_id())
     if done is not None:
@@ -68,9 +69,26 @@ def train_trial(config: dict[str, Any], data: Dataset, space: SearchSpace, exp_d
         tune.report({space.metric: worst_value(space.metric), STATUS: "infeasible", "error": str(e)[:500],
                      "epoch": 0, "nonfinite": False})
         return
-    checkpoint = tune.get_checkpoint()
-    resume = None
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            resume = load_checkpoint(Path(d) / CKPT_FILE)
-    fit(cfg, data, [Reporter(space.metric, cfg.epochs)], resume=resume)
+    fit(cfg, data, [Reporter(space.metric, cfg.epochs), *callbacks], resume=restore(tune.get_checkpoint()))
+
+
+def restore(checkpoint: tune.Checkpoint | None) -> dict[str, Any] | None:
+    """The newest readable checkpoint of this trial: a corrupt latest one falls back to an older one."""
+    if checkpoint is None:
+        return None
+    latest = Path(checkpoint.path)
+    if checkpoint.filesystem.type_name != "local":
+        with checkpoint.as_directory() as d:  # remote storage: only the latest is fetched
+            return load_checkpoint(Path(d) / CKPT_FILE)
+    candidates = [latest, *sorted((p for p in latest.parent.glob("checkpoint_*") if p != latest), reverse=True)]
+    for d in candidates:
+        try:
+            state = load_checkpoint(d / CKPT_FILE)
+        except CheckpointError as e:
+            log.warning("%s; trying an older checkpoint", e)
+            continue
+        if d != latest:
+            log.warning("resuming from %s (epoch %d) instead of the unreadable %s", d, state["epoch"], latest)
+        return state
+    log.warning("no readable checkpoint in %s: the trial starts over", latest.parent)
+    return None

@@ -1,0 +1,33 @@
+"""Atomic file writes: a crash or a full disk leaves the old file or the new one, never half of one."""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Iterator
+
+
+@contextmanager
+def atomic_file(path: str | Path, mode: str = "w", durable: bool = False, **open_kw: str) -> Iterator[IO]:
+    """Open a temporary sibling of PATH for writing; rename it over PATH only if the block succeeds.
+
+    DURABLE also fsyncs before the rename (for records that must survive a machine crash).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, mode, **open_kw) as f:
+            yield f
+            f.flush()
+            if durable:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.filename is None:
+            e.filename = str(path)  # a failed write or flush names no file; say which one it was
+        raise
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

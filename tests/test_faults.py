@@ -1,0 +1,122 @@
+"""Injected faults: a trial that raises, a killed worker, a corrupt checkpoint, a full disk."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from ray import tune
+
+from model.checkpoint import save_checkpoint
+from tests.conftest import REPO
+from tune import runner
+from tune.cli import run
+from tune.faults import FaultInjector
+from tune.results import export, load_trials, space_of
+from tune.trainable import CKPT_FILE, restore
+
+SMOKE = str(REPO / "search_spaces/smoke.yaml")
+
+
+def sweep(data, storage, name, callbacks=(), **kw):
+    """An in-process sweep with ASHA out of the way (grace period = epochs)."""
+    opts = runner.SweepOptions(data=str(data), space=SMOKE, name=name, storage=str(storage), **kw)
+    p = runner.prepare(opts)
+    p.space = p.space.with_overrides(grace_period=p.space.epochs)
+    p.callbacks = tuple(callbacks)
+    runner.run(p, runner.plan_resources(p.space, p.data, opts, runner.cluster_nodes()))
+    export(p.exp_dir)
+    return p.exp_dir
+
+
+def histories(exp):
+    return {t.trial_id: t for t in load_trials(exp, space_of(exp))}
+
+
+def test_trial_that_raises_is_retried_from_its_checkpoint(ray_session, demo_dir, tmp_path):
+    fault = FaultInjector(str(tmp_path / "markers"), epoch=2)
+    exp = sweep(demo_dir, tmp_path, "retry", [fault], num_samples=2, epochs=4, max_failures=1)
+    trials = histories(exp)
+    assert len(list((tmp_path / "markers").iterdir())) == 1  # the fault fired (once: markers are per match)
+    for t in trials.values():
+        assert t.status == "completed", (t.trial_id, t.status, t.error)
+        epochs = [r["epoch"] for r in t.history]
+        assert epochs == [1, 2, 3, 4]  # continued after the failure, not restarted from epoch 1
+    raw = [json.loads(x) for t in trials.values() for x in (t.path / "result.json").read_text().splitlines()]
+    assert sorted(r["epoch"] for r in raw).count(1) == 2  # each trial trained epoch 1 once
+
+
+def test_trial_out_of_retries_is_recorded_failed(ray_session, demo_dir, tmp_path):
+    fault = FaultInjector(str(tmp_path / "markers"), epoch=1)
+    exp = sweep(demo_dir, tmp_path, "fail", [fault], num_samples=2, epochs=2, max_failures=0)
+    trials = histories(exp)
+    failed = [t for t in trials.values() if t.status == "failed"]
+    assert len(failed) == 1 and "injected fault at epoch 1" in failed[0].error
+    assert [t.status for t in trials.values() if t.status != "failed"] == ["completed"]
+
+
+def test_worker_killed_with_sigkill_is_retried(ray_session, demo_dir, tmp_path):
+    exp_dir = tmp_path / "killed"
+    victim: dict = {}
+
+    def kill_a_worker():
+        deadline = time.time() + 120
+        while time.time() < deadline and not victim:
+            for result in exp_dir.glob("trial_*/result.json"):
+                lines = result.read_text().splitlines()
+                if len(lines) >= 2:
+                    last = json.loads(lines[-1])
+                    victim.update(trial=result.parent.name, pid=last["pid"], epoch=last["epoch"])
+                    os.kill(last["pid"], signal.SIGKILL)
+                    return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_a_worker, daemon=True)
+    killer.start()
+    exp = sweep(demo_dir, tmp_path, "killed", num_samples=2, epochs=8, max_failures=2)
+    killer.join()
+    assert victim, "no worker was killed"
+    t = histories(exp)[victim["trial"].removeprefix("trial_")]
+    assert t.status == "completed" and [r["epoch"] for r in t.history] == list(range(1, 9))
+    pids = {json.loads(x)["pid"] for x in (t.path / "result.json").read_text().splitlines()}
+    assert victim["pid"] in pids and len(pids) == 2  # a new worker took over
+
+
+def _state(epoch: int) -> dict:
+    return {"format": 1, "epoch": epoch, "weights": torch.zeros(3)}
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_an_older_one(tmp_path, caplog):
+    trial = tmp_path / "trial_x"
+    save_checkpoint(_state(3), trial / "checkpoint_000002" / CKPT_FILE)
+    bad = save_checkpoint(_state(5), trial / "checkpoint_000004" / CKPT_FILE)
+    bad.write_bytes(bad.read_bytes()[:100])
+    with caplog.at_level(logging.WARNING):
+        state = restore(tune.Checkpoint.from_directory(str(bad.parent)))
+    assert state["epoch"] == 3
+    assert str(bad) in caplog.text and "instead of the unreadable" in caplog.text
+    bad_old = trial / "checkpoint_000002" / CKPT_FILE
+    bad_old.write_bytes(b"garbage")
+    assert restore(tune.Checkpoint.from_directory(str(bad.parent))) is None
+
+
+def test_disk_full_while_training_keeps_earlier_files(demo_dir, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    flags = ["--d-model", "16", "--nhead", "2", "--num-layers", "1", "--ff-mult", "2", "--train-steps", "2",
+             "--device", "cpu", "--checkpoint-dir", str(run_dir)]
+    assert run(["train", "--data", str(demo_dir), "--epochs", "1", *flags]) == 0
+    before = (run_dir / "best.pt").read_bytes()
+    (run_dir / ".last.pt.tmp").symlink_to("/dev/full")  # the next checkpoint write hits a full disk
+    code = run(["train", "--data", str(demo_dir), "--epochs", "2", *flags])
+    err = capsys.readouterr().err
+    assert code == 1 and "no space left" in err and "last.pt" in err and "Traceback" not in err
+    assert not (run_dir / ".last.pt.tmp").exists()
+    assert (run_dir / "best.pt").read_bytes() != b"" and len(before) > 0
+    assert (run_dir / "config.yaml").is_file()
+
