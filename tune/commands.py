@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from tune import report
 from tune.errors import ResultsError, SweepError
 
 BAD_INPUT = (SweepError, ResultsError)
@@ -43,6 +44,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     st = sub.add_parser("status", help="table of an experiment's trials, read from disk")
     st.add_argument("experiment")
+
+    report.add_parser(sub)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -111,4 +114,5 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-HANDLERS = {"sweep": cmd_sweep, "resume": cmd_resume, "export": cmd_export, "status": cmd_status}
+HANDLERS = {"sweep": cmd_sweep, "resume": cmd_resume, "export": cmd_export, "status": cmd_status,
+            "report": report.cmd_report}

@@ -17,6 +17,7 @@ import ray
 from ray._private import ray_constants
 import torch
 from ray import tune
+from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
@@ -36,6 +37,9 @@ ASSUMED_GPU_GB = 16.0  # when the driver cannot see a GPU to measure (e.g. logic
 # Tune saves its experiment state every max(10 s, 19 x save time) by default; a short period keeps a
 # driver crash from forgetting recent trial events (the durable records cover the rest).
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+# Only result.json is read back (results, report); the CSV and TensorBoard loggers Tune adds by default
+# would write every result twice more.
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 # Snapshots forced by checkpoint retention are intended here; Ray's warning about them is noise.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
@@ -276,7 +280,7 @@ def run_config(p: Prepared, space: SearchSpace) -> tune.RunConfig:
         # The best epoch's checkpoint by the metric; Tune also keeps the latest one for resuming.
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=space.metric,
                                                 checkpoint_score_order=space.mode),
-        callbacks=[records.TrialRecorder(p.exp_dir, STATUS)], verbose=1)
+        callbacks=[JsonLoggerCallback(), records.TrialRecorder(p.exp_dir, STATUS)], verbose=1)
 
 
 def make_searcher(space: SearchSpace) -> OptunaSearch:
