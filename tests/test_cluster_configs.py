@@ -79,7 +79,9 @@ def check_sweep(argv: list[str], where: str) -> None:
     assert args.cmd == "sweep", where
     assert args.address, f"{where}: a cluster sweep needs --address"
     assert "--storage" in argv and args.storage, f"{where}: --storage must be given"
-    assert "://" in args.storage, f"{where}: storage every node reaches, as a URI (got {args.storage})"
+    # Shared storage as a file:// URI: a plain path is refused on a multi-node cluster, and mmtune
+    # writes its trial records with file operations (other URI schemes are refused).
+    assert args.storage.startswith("file:///"), f"{where}: --storage file:///<shared mount> (got {args.storage})"
     assert "--gpus-per-trial" in argv and args.gpus_per_trial, f"{where}: --gpus-per-trial must be given"
     assert "--allow-local-storage" not in argv, f"{where}: shared storage needs no --allow-local-storage"
     assert args.data and args.name, where
@@ -169,6 +171,7 @@ def test_aws_mmtune_command_parses():
     execs = [shlex.split(line.lstrip("# "))[-1] for line in text.splitlines()
              if line.startswith("#") and "ray exec" in line and "mmtune sweep" in line]
     assert len(execs) == 1
+    bash_ok(execs[0])
     assert program_argv(execs[0], "mmtune") == [argv]
     [wait] = check_wait_calls(execs[0], AWS.name)
     assert wait.request and wait.gpus > 0
@@ -209,15 +212,20 @@ def test_rayjob_required_keys(rayjob):
 
     # Every pod mounts the shared volume, and the storage of the sweep is on it.
     pods = [head["template"]["spec"], *(g["template"]["spec"] for g in groups)]
+    shared = set()
     for pod in pods:
         claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]
                   if "persistentVolumeClaim" in v}
-        mounts = {m["mountPath"]: m["name"] for c in pod["containers"] for m in c.get("volumeMounts", [])}
-        assert mounts.get("/mnt/shared") in claims
+        for c in pod["containers"]:
+            mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
+            assert mounts.get("/mnt/shared") in claims, f"{c['name']}: the shared PVC at /mnt/shared"
+            shared.add(claims[mounts["/mnt/shared"]])
+    assert len(shared) == 1, f"one shared PVC for every pod, got {shared}"
 
 
 def test_rayjob_entrypoint_parses(rayjob):
     entry = rayjob["spec"]["entrypoint"]
+    bash_ok(entry)
     sweeps = program_argv(entry, "mmtune")
     assert len(sweeps) == 1
     check_sweep(sweeps[0], f"{RAYJOB.name} entrypoint")
@@ -297,6 +305,9 @@ def test_wait_helper_against_a_running_ray(ray_session):
     main = wait_helper().main
     assert main(["--gpus", "4", "--timeout", "5"]) == 0
     assert main(["--gpus", "5", "--timeout", "0.5", "--interval", "0.2"]) == 1
+    # A standing autoscaler request (no autoscaler here: accepted and ignored), then withdrawn.
+    assert main(["--request", "--gpus", "2", "--timeout", "5"]) == 0
+    assert main(["--release"]) == 0
 
 
 def test_readme_names_the_three_paths():

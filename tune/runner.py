@@ -165,8 +165,8 @@ def check_cluster(p: Prepared, nodes: list[dict[str, float]]) -> None:
     if len(nodes) > 1 and "://" not in storage and not p.opts.allow_local_storage:
         raise SweepError(
             f"--storage {storage}: the cluster has {len(nodes)} nodes, and trials on other nodes cannot write "
-            "to a plain local path. Use storage every node reaches (a file:///mnt/nfs/... URI on a shared "
-            "filesystem, or s3://...), or pass --allow-local-storage if this path is such a shared mount")
+            "to a plain local path. Use a shared filesystem every node mounts at the same path, given as a "
+            "file:///mnt/shared/... URI, or pass --allow-local-storage if this path is such a mount")
     store = min((n.get("object_store_memory", 0) for n in nodes), default=0)
     if store and p.data.nbytes > 0.8 * store:
         raise SweepError(
