@@ -14,6 +14,7 @@ from data.npz import load_dataset
 from model.config import TrainConfig
 
 REPO = Path(__file__).resolve().parent.parent
+SMOKE = str(REPO / "search_spaces/smoke.yaml")
 TINY = dict(d_model=16, nhead=2, num_layers=1, ff_mult=2, batch_size=32, train_steps=4, epochs=3, patience=0,
             device="cpu")
 
@@ -78,3 +79,19 @@ def kill_processes_of(marker: str) -> int:
             except ProcessLookupError:
                 pass
     return killed
+
+
+def run_sweep(data: Path, storage: Path, name: str, space: str = SMOKE, callbacks: tuple = (),
+              no_asha: bool = False, **options) -> Path:
+    """A real sweep in this process on the session's Ray runtime, exported; returns its folder."""
+    from tune import runner
+    from tune.results import export
+
+    opts = runner.SweepOptions(data=str(data), space=space, name=name, storage=str(storage), **options)
+    prepared = runner.prepare(opts)
+    if no_asha:
+        prepared.space = prepared.space.with_overrides(grace_period=prepared.space.epochs)
+    prepared.callbacks = tuple(callbacks)
+    runner.run(prepared, runner.plan_resources(prepared.space, prepared.data, opts, runner.cluster_nodes()))
+    export(prepared.exp_dir)
+    return prepared.exp_dir

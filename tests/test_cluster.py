@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, kill_processes_of
+from tests.conftest import REPO, SMOKE, kill_processes_of
 
-SMOKE = str(REPO / "search_spaces/smoke.yaml")
 RAY = str(Path(sys.executable).parent / "ray")
 
 

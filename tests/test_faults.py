@@ -7,32 +7,17 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 
-import pytest
 import torch
 from ray import tune
 
 from model.checkpoint import save_checkpoint
-from tests.conftest import REPO
-from tune import runner
+from tests.conftest import run_sweep
 from tune.cli import run
 from tune.faults import FaultInjector
-from tune.results import export, load_trials, space_of
+from tune.results import load_trials, space_of
 from tune.trainable import CKPT_FILE, restore
 
-SMOKE = str(REPO / "search_spaces/smoke.yaml")
-
-
-def sweep(data, storage, name, callbacks=(), **kw):
-    """An in-process sweep with ASHA out of the way (grace period = epochs)."""
-    opts = runner.SweepOptions(data=str(data), space=SMOKE, name=name, storage=str(storage), **kw)
-    p = runner.prepare(opts)
-    p.space = p.space.with_overrides(grace_period=p.space.epochs)
-    p.callbacks = tuple(callbacks)
-    runner.run(p, runner.plan_resources(p.space, p.data, opts, runner.cluster_nodes()))
-    export(p.exp_dir)
-    return p.exp_dir
 
 
 def histories(exp):
@@ -41,7 +26,8 @@ def histories(exp):
 
 def test_trial_that_raises_is_retried_from_its_checkpoint(ray_session, demo_dir, tmp_path):
     fault = FaultInjector(str(tmp_path / "markers"), epoch=2)
-    exp = sweep(demo_dir, tmp_path, "retry", [fault], num_samples=2, epochs=4, max_failures=1)
+    exp = run_sweep(demo_dir, tmp_path, "retry", callbacks=[fault], no_asha=True, num_samples=2, epochs=4,
+                    max_failures=1)
     trials = histories(exp)
     assert len(list((tmp_path / "markers").iterdir())) == 1  # the fault fired (once: markers are per match)
     for t in trials.values():
@@ -54,7 +40,8 @@ def test_trial_that_raises_is_retried_from_its_checkpoint(ray_session, demo_dir,
 
 def test_trial_out_of_retries_is_recorded_failed(ray_session, demo_dir, tmp_path):
     fault = FaultInjector(str(tmp_path / "markers"), epoch=1)
-    exp = sweep(demo_dir, tmp_path, "fail", [fault], num_samples=2, epochs=2, max_failures=0)
+    exp = run_sweep(demo_dir, tmp_path, "fail", callbacks=[fault], no_asha=True, num_samples=2, epochs=2,
+                    max_failures=0)
     trials = histories(exp)
     failed = [t for t in trials.values() if t.status == "failed"]
     assert len(failed) == 1 and "injected fault at epoch 1" in failed[0].error
@@ -79,7 +66,7 @@ def test_worker_killed_with_sigkill_is_retried(ray_session, demo_dir, tmp_path):
 
     killer = threading.Thread(target=kill_a_worker, daemon=True)
     killer.start()
-    exp = sweep(demo_dir, tmp_path, "killed", num_samples=2, epochs=8, max_failures=2)
+    exp = run_sweep(demo_dir, tmp_path, "killed", no_asha=True, num_samples=2, epochs=8, max_failures=2)
     killer.join()
     assert victim, "no worker was killed"
     t = histories(exp)[victim["trial"].removeprefix("trial_")]

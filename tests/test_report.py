@@ -11,31 +11,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
-from tune import report, runner
+from tests.conftest import REPO, run_sweep
+from tune import report
 from tune.errors import ResultsError
-from tune.results import export, load_trials, space_of
+from tune.results import load_trials, space_of
 from tune.space import Param
 
-SMOKE = str(REPO / "search_spaces/smoke.yaml")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 N_TRIALS = 6
-
-
-def sweep(data: Path, storage: Path, name: str, space: str = SMOKE, **kw) -> Path:
-    """Run a sweep in this process on the session's Ray runtime (as tests/test_sweep.py does)."""
-    opts = runner.SweepOptions(data=str(data), space=space, name=name, storage=str(storage), **kw)
-    prepared = runner.prepare(opts)
-    plan = runner.plan_resources(prepared.space, prepared.data, opts, runner.cluster_nodes())
-    runner.run(prepared, plan)
-    export(prepared.exp_dir)
-    return prepared.exp_dir
 
 
 @pytest.fixture(scope="module")
 def exp(ray_session, demo_dir, tmp_path_factory) -> Path:
     """A finished real smoke sweep of 6 trials, with its report written once."""
-    exp_dir = sweep(demo_dir, tmp_path_factory.mktemp("res"), "report-smoke", num_samples=N_TRIALS)
+    exp_dir = run_sweep(demo_dir, tmp_path_factory.mktemp("res"), "report-smoke", num_samples=N_TRIALS)
     report.write_report(exp_dir, top_k=3)
     return exp_dir
 

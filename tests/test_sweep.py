@@ -16,24 +16,12 @@ import yaml
 
 from model.config import load_config
 from model.loop import fit
-from tests.conftest import REPO, kill_processes_of
+from tests.conftest import REPO, SMOKE, kill_processes_of, run_sweep
 from tune import records, runner
 from tune.cli import run
 from tune.errors import SweepError
-from tune.results import export
 from tune.space import load_space
 
-SMOKE = str(REPO / "search_spaces/smoke.yaml")
-
-
-def sweep(data: Path, storage: Path, name: str, space: str = SMOKE, **kw) -> Path:
-    """Run a sweep in this process on the session's Ray runtime."""
-    opts = runner.SweepOptions(data=str(data), space=space, name=name, storage=str(storage), **kw)
-    prepared = runner.prepare(opts)
-    plan = runner.plan_resources(prepared.space, prepared.data, opts, runner.cluster_nodes())
-    runner.run(prepared, plan)
-    export(prepared.exp_dir)
-    return prepared.exp_dir
 
 
 def rows(exp: Path) -> list[dict]:
@@ -43,7 +31,7 @@ def rows(exp: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def smoke_exp(ray_session, demo_dir, tmp_path_factory) -> Path:
-    return sweep(demo_dir, tmp_path_factory.mktemp("res"), "smoke")
+    return run_sweep(demo_dir, tmp_path_factory.mktemp("res"), "smoke")
 
 
 def test_smoke_sweep_writes_every_result(smoke_exp):
@@ -110,7 +98,7 @@ def test_failed_and_nan_trials_do_not_stop_the_sweep(ray_session, demo_dir, tmp_
     space["start"] = [{"lr": 1e-3, "device": "cpu"}, {"lr": 1e6, "device": "cpu"}, {"lr": 1e-3, "device": "cuda"}]
     path = tmp_path / "faulty.yaml"
     path.write_text(yaml.safe_dump(space))
-    exp = sweep(demo_dir, tmp_path, "faulty", space=str(path), max_failures=0)
+    exp = run_sweep(demo_dir, tmp_path, "faulty", space=str(path), max_failures=0)
     by_status: dict[str, list] = {}
     for t in rows(exp):
         by_status.setdefault(t["status"], []).append(t)
