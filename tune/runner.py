@@ -14,9 +14,9 @@ from typing import Any
 
 import optuna
 import ray
-from ray._private import ray_constants
 import torch
 from ray import tune
+from ray._private import ray_constants
 from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
@@ -111,10 +111,14 @@ def prepare(opts: SweepOptions) -> Prepared:
         state = "finished" if read_meta(exp_dir).get("finished") else "unfinished"
         raise SweepError(f"{exp_dir}: an {state} experiment of that name exists; continue it with "
                          f"`mmtune resume {exp_dir}`, replace it with --overwrite, or pick another --name")
+    return Prepared(opts, space, load_data(opts.data, space), exp_dir, name)
+
+
+def load_data(path: str | Path, space: SearchSpace) -> Dataset:
+    """The data set, loaded and validated once in the driver, split as every trial's config says."""
     base = TrainConfig()
-    data = load_dataset(Path(opts.data).resolve(), space.fixed.get("val_fraction", base.val_fraction),
+    return load_dataset(Path(path).resolve(), space.fixed.get("val_fraction", base.val_fraction),
                         space.fixed.get("split_seed", base.split_seed))
-    return Prepared(opts, space, data, exp_dir, name)
 
 
 def experiment_dir(storage: str, name: str) -> Path:
@@ -340,10 +344,7 @@ def prepare_resume(exp_dir: str | Path) -> Prepared:
         raise SweepError(f"{exp_dir}: not an mmtune experiment (no {META}); pass results/<experiment>")
     opts = SweepOptions(**{**meta["options"], "overwrite": False})
     space = parse_space(meta["space"], f"{meta['space_file']} (as recorded in {exp_dir / META})")
-    base = TrainConfig()
-    data = load_dataset(meta["data"], space.fixed.get("val_fraction", base.val_fraction),
-                        space.fixed.get("split_seed", base.split_seed))
-    return Prepared(opts, space, data, exp_dir, meta["name"])
+    return Prepared(opts, space, load_data(meta["data"], space), exp_dir, meta["name"])
 
 
 def resume(p: Prepared) -> Path:
