@@ -80,6 +80,20 @@ def test_status_and_export_commands(smoke_exp, tmp_path, capsys):
     assert load_config(target) == load_config(smoke_exp / "best_config.yaml")
 
 
+def test_disk_full_while_writing_results_keeps_earlier_files(smoke_exp, tmp_path, capsys):
+    import shutil
+
+    exp = tmp_path / "copy"
+    shutil.copytree(smoke_exp, exp)
+    before = (exp / "summary.json").read_text()
+    (exp / ".summary.json.tmp").symlink_to("/dev/full")  # the next summary write finds the disk full
+    assert run(["export", str(exp)]) == 1
+    err = capsys.readouterr().err
+    assert "no space left" in err and "summary.json" in err and "Traceback" not in err
+    assert (exp / "summary.json").read_text() == before and not (exp / ".summary.json.tmp").exists()
+    assert (exp / "best_config.yaml").is_file() and (exp / "trials.csv").is_file()
+
+
 def test_same_name_is_refused_unless_overwrite(smoke_exp, demo_dir):
     opts = runner.SweepOptions(data=str(demo_dir), space=SMOKE, name="smoke", storage=str(smoke_exp.parent))
     with pytest.raises(SweepError, match="finished experiment of that name exists.*mmtune resume"):
@@ -224,6 +238,14 @@ def test_sigkill_driver_then_resume_loses_nothing(demo_dir, tmp_path, subprocess
         ckpts = list((exp / f"trial_{trial_id}").glob("checkpoint_*"))
         assert all(c.stat().st_mtime < killed_at for c in ckpts), "a finished trial trained again"
     assert "best config:" in proc.stdout
+    # The searcher came back with its history: every trial, those before the kill included, is in its study.
+    import pickle
+
+    state = pickle.loads(max(exp.glob("searcher-state-*.pkl"), key=lambda p: p.stat().st_mtime).read_bytes())
+    told = [t.params for t in state["_ot_study"].trials if t.state.is_finished()]
+    assert len(told) == n
+    for rec in before.values():
+        assert {k: rec["config"][k] for k in told[0]} in told
 
 LISTENERS = r'''
 import json, os, socket, struct, sys
