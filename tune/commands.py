@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tune import report
+from tune import finalize, report
 from tune.errors import ResultsError, SweepError
 
 BAD_INPUT = (SweepError, ResultsError)
@@ -46,6 +46,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     st.add_argument("experiment")
 
     report.add_parser(sub)
+    finalize.add_parser(sub)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -115,4 +116,4 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 HANDLERS = {"sweep": cmd_sweep, "resume": cmd_resume, "export": cmd_export, "status": cmd_status,
-            "report": report.cmd_report}
+            "report": report.cmd_report, "finalize": finalize.cmd_finalize}

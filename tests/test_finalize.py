@@ -1,0 +1,187 @@
+"""`mmtune finalize` on a real small sweep: top-k configs retrained with several seeds as a second Tune run."""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from data.batches import Batches
+from data.npz import load_dataset
+from model.checkpoint import load_checkpoint
+from model.config import build_config, load_config
+from model.loop import evaluate, make_objective
+from tests.conftest import run_sweep
+from tune import finalize as fin
+from tune.errors import ResultsError
+from tune.results import load_trials, space_of
+
+TOP_K, SEEDS = 2, 2
+
+
+@pytest.fixture(scope="module")
+def exp(ray_session, demo_dir, tmp_path_factory) -> Path:
+    """A finished real smoke sweep (4 trials), finalized once with 2 configs x 2 seeds."""
+    exp_dir = run_sweep(demo_dir, tmp_path_factory.mktemp("res"), "fin-smoke")
+    fin.finalize(exp_dir, top_k=TOP_K, seeds=SEEDS)
+    return exp_dir
+
+
+def rows(exp_dir: Path) -> list[dict]:
+    with open(exp_dir / "final" / "leaderboard.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def summary(exp_dir: Path) -> dict:
+    return json.loads((exp_dir / "final" / "summary.json").read_text())
+
+
+def test_leaderboard_has_mean_and_std_of_the_top_configs(exp):
+    lb = rows(exp)
+    assert len(lb) == TOP_K
+    for col in ("val/f1 mean", "val/f1 std", "val/auroc mean", "val/loss std", "sweep best val/f1", "lr"):
+        assert col in lb[0], col
+    assert all(r["n_seeds"] == str(SEEDS) and r["failed_seeds"] == "0" for r in lb)
+    # The top-k of the sweep by each trial's best epoch, nothing else.
+    space = space_of(exp)
+    best = sorted((t.best_value for t in load_trials(exp, space) if t.best_value is not None), reverse=True)
+    assert sorted(float(r["sweep best val/f1"]) for r in lb) == sorted(best[:TOP_K])
+    assert {r["sweep_rank"] for r in lb} == {"1", "2"}
+
+
+def test_every_config_trained_with_every_seed_in_final(exp):
+    final = exp / "final"
+    dirs = sorted(d.name for d in final.iterdir() if (d / "params.json").is_file())
+    assert dirs == [f"rank{r}_seed{s}" for r in range(TOP_K) for s in range(SEEDS)]
+    for d in dirs:
+        reports = [json.loads(x) for x in (final / d / "result.json").read_text().splitlines()]
+        assert len(reports) == 1  # one report at the end
+        r = reports[0]
+        assert f"rank{r['rank']}_seed{r['seed']}" == d and r["status"] in ("completed", "early_stopped")
+        assert 1 <= r["best_epoch"] <= r["epochs_run"] == space_of(exp).epochs  # patience 0: the full budget
+    s = summary(exp)
+    assert s["seeds"] == list(range(SEEDS)) and s["top_k"] == TOP_K and s["metric"] == "val/f1"
+    assert all([r["seed"] for r in c["runs"]] == s["seeds"] for c in s["configs"])
+
+
+def test_winner_has_the_best_mean_val_metric(exp):
+    lb = rows(exp)
+    means = [float(r["val/f1 mean"]) for r in lb]
+    assert lb[0]["final_rank"] == "1" and means[0] == max(means)
+    s = summary(exp)
+    assert s["winner"]["trial_id"] == lb[0]["trial_id"]
+    runs = s["winner"]["runs"]
+    assert s["winner"]["mean"]["val/f1"] == pytest.approx(sum(r["val/f1"] for r in runs) / SEEDS)
+
+
+def test_best_config_is_the_winners_config(exp):
+    s = summary(exp)
+    cfg = load_config(exp / "final" / "best_config.yaml")
+    expected = space_of(exp).train_config(s["winner"]["params"])
+    assert cfg.seed == 0 and cfg == replace(expected, seed=cfg.seed)
+    assert cfg.epochs == space_of(exp).epochs
+
+
+def test_test_metrics_present(exp):
+    lb = rows(exp)
+    assert all(math.isfinite(float(r["test/f1 mean"])) and r["test/auroc std"] != "" for r in lb)
+    assert all("test/ap" in run for c in summary(exp)["configs"] for run in c["runs"])
+
+
+def test_winner_checkpoints_hold_the_best_epoch_weights(exp, demo_dir):
+    s = summary(exp)
+    data = None
+    for run in s["winner"]["runs"]:
+        path = exp / "final" / "winner" / f"seed_{run['seed']}.pt"
+        assert str(path) in s["winner"]["checkpoints"]
+        state = load_checkpoint(path)
+        assert state["weights"] == "best" and state["best_epoch"] == run["best_epoch"]
+        cfg = build_config(state["config"])
+        assert cfg.seed == run["seed"]
+        # The reported val metrics are those of these weights.
+        data = data or load_dataset(demo_dir, cfg.val_fraction, cfg.split_seed, stats=state["stats"])
+        objective = make_objective(cfg, data)
+        model = objective.build({m: tuple(v) for m, v in state["modalities"].items()})
+        model.load_state_dict(state["model"])
+        val = evaluate(model, objective, Batches(data.splits["val"], torch.device("cpu")))
+        assert val["f1"] == pytest.approx(run["val/f1"], abs=1e-6)
+
+
+def test_leaderboard_table_lists_the_winner_first(exp):
+    s = summary(exp)
+    lines = fin.leaderboard_table(s).splitlines()
+    assert len(lines) == 1 + TOP_K and "val/f1 mean ± std" in lines[0]
+    assert s["winner"]["trial_id"] in lines[1] and "±" in lines[1]
+
+
+@pytest.mark.parametrize("top_k, seeds", [(0, 2), (2, 0), (-1, -1)])
+def test_bad_counts_raise_before_anything_runs(tmp_path, top_k, seeds):
+    with pytest.raises(ResultsError, match=">= 1"):
+        fin.finalize(tmp_path, top_k=top_k, seeds=seeds)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_not_an_experiment_or_no_usable_trial_raises(exp, tmp_path):
+    with pytest.raises(ResultsError, match="not an mmtune experiment"):
+        fin.finalize(tmp_path / "nothing")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    shutil.copy(exp / "mmtune.json", empty / "mmtune.json")  # the experiment, none of its trials
+    with pytest.raises(ResultsError, match="no trial of the experiment has a finite val/f1"):
+        fin.finalize(empty)
+    assert not (empty / "final").exists()
+
+
+def test_cli_parser_and_bad_flag(exp):
+    p = argparse.ArgumentParser()
+    fin.add_parser(p.add_subparsers(dest="cmd"))
+    args = p.parse_args(["finalize", str(exp), "--top-k", "0", "--seeds", "4"])
+    assert (args.top_k, args.seeds, args.address, args.num_cpus) == (0, 4, None, None)
+    assert args.handler is fin.cmd_finalize
+    with pytest.raises(ResultsError, match="--top-k 0"):
+        args.handler(args)
+
+
+def test_select_top_uses_what_exists_and_skips_duplicates(exp, caplog):
+    space = space_of(exp)
+    trials = load_trials(exp, space)
+    usable = [t for t in trials if t.best_value is not None]
+    clone = replace(usable[0], trial_id="clone", best_value=max(t.best_value for t in usable) + 1)
+    with caplog.at_level(logging.WARNING, logger="tune.finalize"):
+        picked = fin.select_top([*trials, clone], space, 10)
+    assert picked[0].trial.trial_id == "clone" and len(picked) == len(usable)  # the original is a duplicate
+    assert [c.rank for c in picked] == list(range(len(picked)))
+    assert "only" in caplog.text and "--top-k 10" in caplog.text
+
+
+def _cand(rank: int, mean: float, std: float, failed: int = 0) -> fin.Candidate:
+    c = fin.Candidate(rank, rank + 1, trial=None, cfg=None)
+    c.runs = [{"ok": True}] * 2 + [{"ok": False}] * failed
+    c.mean, c.std = {"val/f1": mean}, {"val/f1": std}
+    return c
+
+
+def test_ranking_prefers_mean_then_lower_std_and_demotes_failed_seeds():
+    a, b, c, d = _cand(0, 0.80, 0.05), _cand(1, 0.80, 0.01), _cand(2, 0.90, 0.0, failed=1), _cand(3, 0.70, 0.1)
+    assert [x.rank for x in fin.ranking([a, b, c, d], "val/f1", "max")] == [1, 0, 3, 2]
+    lo = [_cand(0, 0.5, 0.1), _cand(1, 0.4, 0.2)]
+    assert [x.rank for x in fin.ranking(lo, "val/f1", "min")] == [1, 0]
+
+
+def test_finalize_command_end_to_end(exp, tmp_path, capsys):
+    from tune.cli import run
+
+    copy = tmp_path / "exp"
+    shutil.copytree(exp, copy)
+    assert run(["finalize", str(copy), "--top-k", "1", "--seeds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert str(copy / "final" / "best_config.yaml") in out
+    assert len(rows(copy)) == 1 and load_config(copy / "final" / "best_config.yaml")
+    assert run(["finalize", str(copy), "--top-k", "0"]) == 2

@@ -1,0 +1,368 @@
+"""`mmtune finalize`: retrain the sweep's top-k configs with several seeds and pick the winner by the mean.
+
+One trial's best epoch on a small, imbalanced val set is a noisy estimate: the sweep's winner is partly luck.
+Finalize retrains the top-k configs S times each at the full epoch budget, as a second Ray Tune run (a grid
+over config x seed, no scheduler, no searcher) with the sweep's own resource planning, then ranks the configs
+by the mean validation metric over seeds. Torch and Ray are imported only when it runs.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import math
+import shutil
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tune.errors import ResultsError
+
+if TYPE_CHECKING:
+    from ray import tune
+
+    from data.npz import Dataset
+    from model.config import TrainConfig
+    from tune.results import Trial
+    from tune.runner import Plan, SweepOptions
+    from tune.space import SearchSpace
+
+log = logging.getLogger(__name__)
+
+FINAL_DIR = "final"  # <experiment>/final: the finalize Tune run and its outputs
+WINNER_DIR = "winner"
+CKPT_FILE = "checkpoint.pt"  # same name as the sweep's trial checkpoints
+SPLITS = ("val", "test")
+
+
+@dataclass
+class Candidate:
+    """One of the top-k sweep configs and its retraining runs (one per seed)."""
+
+    rank: int  # 0-based position among the top-k: the grid's "rank"
+    sweep_rank: int  # 1-based rank of its trial among the sweep's usable trials
+    trial: Trial
+    cfg: TrainConfig
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    mean: dict[str, float] = field(default_factory=dict)
+    std: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok_runs(self) -> list[dict[str, Any]]:
+        return [r for r in self.runs if r["ok"]]
+
+    @property
+    def failed(self) -> int:
+        return len(self.runs) - len(self.ok_runs)
+
+
+def finalize(exp_dir: str | Path, top_k: int = 3, seeds: int = 3, address: str | None = None,
+             num_cpus: int | None = None) -> dict[str, Any]:
+    """Retrain the top TOP_K configs of EXP_DIR with SEEDS seeds each; write <exp>/final/ and return the summary."""
+    from tune import runner
+    from tune.results import load_trials, space_of
+
+    if top_k < 1 or seeds < 1:
+        raise ResultsError(f"--top-k {top_k}, --seeds {seeds}: both must be >= 1")
+    exp_dir = Path(exp_dir).resolve()
+    space = space_of(exp_dir)
+    cands = select_top(load_trials(exp_dir, space), space, top_k)
+    seed_list = seeds_for(space, seeds)
+    opts, data = recorded_inputs(exp_dir, space)
+    runner.connect(address, num_cpus)
+    nodes = runner.cluster_nodes()
+    runner.check_cluster(runner.Prepared(opts, space, data, exp_dir, exp_dir.name), nodes)
+    # The grid has K x S trials: plan concurrency for that many, not for the sweep's num_samples.
+    plan = runner.plan_resources(space.with_overrides(num_samples=len(cands) * seeds), data, opts, nodes)
+    log.info("finalize %s: %d config(s) x %d seed(s), %d epochs\n%s", exp_dir.name, len(cands), seeds,
+             space.epochs, plan.describe())
+    out = fresh_dir(exp_dir / FINAL_DIR)
+    started = time.time()
+    grid = build_tuner(cands, seed_list, data, exp_dir, opts, plan).fit()
+    collect(grid, cands)
+    return write_outputs(exp_dir, out, space, cands, seed_list, top_k, plan, time.time() - started)
+
+
+def select_top(trials: list[Trial], space: SearchSpace, k: int) -> list[Candidate]:
+    """The K best usable trials by their best epoch (failed, diverged, infeasible and empty ones skipped)."""
+    from tune.results import FAILED
+
+    usable = [t for t in trials if t.status not in FAILED and t.best_value is not None and math.isfinite(t.best_value)]
+    if not usable:
+        raise ResultsError(f"no trial of the experiment has a finite {space.metric}; nothing to finalize")
+    sign = -1.0 if space.mode == "max" else 1.0
+    usable.sort(key=lambda t: sign * t.best_value)  # stable: ties keep the earlier trial first
+    cands: list[Candidate] = []
+    for pos, t in enumerate(usable, start=1):
+        cfg = space.train_config(t.params)
+        # Retraining the same config twice (e.g. a repeated start point) would only waste the budget.
+        if len(cands) < k and all(c.cfg != cfg for c in cands):
+            cands.append(Candidate(len(cands), pos, t, cfg))
+    if len(cands) < k:
+        log.warning("--top-k %d: only %d distinct usable config(s) in the sweep; finalizing those", k, len(cands))
+    return cands
+
+
+def seeds_for(space: SearchSpace, n: int) -> list[int]:
+    """N training seeds starting at the sweep's own training seed (so seed 0 of the list repeats the sweep)."""
+    from model.config import TrainConfig
+
+    base = int(space.fixed.get("seed", TrainConfig.seed))
+    return [base + i for i in range(n)]
+
+
+def recorded_inputs(exp_dir: Path, space: SearchSpace) -> tuple[SweepOptions, Dataset]:
+    """The sweep's recorded options and its data set, loaded once in the driver from the recorded path."""
+    from tune import runner
+
+    meta = runner.read_meta(exp_dir)
+    opts = runner.SweepOptions(**{**meta["options"], "overwrite": False})
+    return opts, runner.load_data(meta["data"], space)
+
+
+def fresh_dir(path: Path) -> Path:
+    """PATH emptied: a previous finalize's trials would otherwise mix into this one's results."""
+    if path.exists():
+        log.warning("%s exists; replacing the previous finalize run", path)
+        shutil.rmtree(path)
+    return path
+
+
+def build_tuner(cands: list[Candidate], seed_list: list[int], data: Dataset, exp_dir: Path,
+                opts: SweepOptions, plan: Plan) -> tune.Tuner:
+    """A grid over (config rank, seed): no searcher and no scheduler, every run gets the full budget."""
+    from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
+
+    trainable = tune.with_resources(
+        tune.with_parameters(final_trial, data=data, configs=tuple(c.cfg for c in cands)),
+        {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial})
+    return tune.Tuner(
+        trainable,
+        param_space={"rank": tune.grid_search(list(range(len(cands)))), "seed": tune.grid_search(seed_list)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=plan.concurrent, reuse_actors=True,
+                                    trial_dirname_creator=trial_dirname),
+        run_config=tune.RunConfig(name=FINAL_DIR, storage_path=str(exp_dir),
+                                  failure_config=tune.FailureConfig(max_failures=opts.max_failures),
+                                  callbacks=[JsonLoggerCallback()], verbose=1))
+
+
+def trial_dirname(trial: Any) -> str:
+    """Readable trial folders: final/rank<r>_seed<s>."""
+    return f"rank{trial.config['rank']}_seed{trial.config['seed']}"
+
+
+def final_trial(config: dict[str, Any], data: Dataset, configs: tuple[TrainConfig, ...]) -> None:
+    """Train configs[rank] with SEED at the full budget; evaluate the best epoch; report once with its weights."""
+    import torch
+    from ray import tune
+
+    from model.checkpoint import save_checkpoint
+    from model.loop import fit
+
+    resources = tune.get_context().get_trial_resources().required_resources
+    torch.set_num_threads(max(1, math.floor(resources.get("CPU", 1))))  # as in the sweep's trials
+    cfg = replace(configs[config["rank"]], seed=int(config["seed"]))
+    result, trainer = fit(cfg, data)
+    head = {"rank": config["rank"], "seed": cfg.seed, "status": result.status, "epochs_run": result.epochs_run,
+            "best_epoch": result.best_epoch}
+    if result.status == "nan" or trainer.best_state is None:
+        tune.report(head)  # a diverged run counts as a failed seed; its weights are not worth keeping
+        return
+    metrics = {**head, **best_epoch_metrics(trainer, data)}
+    with tempfile.TemporaryDirectory() as d:
+        save_checkpoint(trainer.state_dict("best"), Path(d) / CKPT_FILE)
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def best_epoch_metrics(trainer: Any, data: Dataset) -> dict[str, float]:
+    """Val (and test, when the set has one) metrics of the trainer's best-epoch weights."""
+    from data.batches import Batches
+    from model.loop import evaluate
+    from model.metrics import metric_name
+
+    trainer.model.load_state_dict(trainer.best_state)
+    out = {}
+    for split in (s for s in SPLITS if s in data.splits):
+        metrics = evaluate(trainer.model, trainer.objective, Batches(data.splits[split], trainer.device))
+        out.update({metric_name(split, k): v for k, v in metrics.items()})
+    return out
+
+
+def collect(grid: Any, cands: list[Candidate]) -> None:
+    """Attach every run of the result grid to its candidate; errored runs count as failed seeds."""
+    for res in grid:
+        metrics = res.metrics or {}
+        ok = res.error is None and res.checkpoint is not None and metrics.get("status") not in (None, "nan")
+        run = {k: v for k, v in metrics.items() if k in ("status", "epochs_run", "best_epoch") or "/" in k}
+        run.update(seed=int(res.config["seed"]), ok=ok, path=str(res.path),
+                   checkpoint=str(Path(res.checkpoint.path) / CKPT_FILE) if ok else None)
+        if res.error is not None:
+            run.update(status="failed", error=str(res.error).strip().splitlines()[-1][:300])
+        cands[int(res.config["rank"])].runs.append(run)
+    for c in cands:
+        c.runs.sort(key=lambda r: r["seed"])
+        c.mean, c.std = aggregate(c.ok_runs)
+
+
+def aggregate(runs: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str, float]]:
+    """Mean and sample std over RUNS of every val/test metric (non-finite values left out)."""
+    keys = metric_keys(runs)
+    mean, std = {}, {}
+    for k in keys:
+        vals = [float(r[k]) for r in runs if isinstance(r.get(k), (int, float)) and math.isfinite(r[k])]
+        mean[k] = statistics.fmean(vals) if vals else math.nan
+        std[k] = statistics.stdev(vals) if len(vals) > 1 else 0.0 if vals else math.nan
+    return mean, std
+
+
+def metric_keys(runs: list[dict[str, Any]]) -> list[str]:
+    """The val/test metric names found in RUNS, in the loop's order."""
+    from model.metrics import CLASSIFICATION_KEYS, metric_name
+
+    names = [metric_name(s, k) for s in SPLITS for k in CLASSIFICATION_KEYS]
+    return [n for n in names if any(n in r for r in runs)]
+
+
+def ranking(cands: list[Candidate], metric: str, mode: str) -> list[Candidate]:
+    """Best first: configs with every seed trained, then by mean METRIC, then lower std, then sweep rank."""
+    sign = -1.0 if mode == "max" else 1.0
+
+    def key(c: Candidate) -> tuple:
+        m, s = c.mean.get(metric, math.nan), c.std.get(metric, math.nan)
+        # A config that diverges or fails for some seed is not reliable, whatever its mean on the others.
+        return (not math.isfinite(m), c.failed, sign * m if math.isfinite(m) else 0.0,
+                s if math.isfinite(s) else math.inf, c.sweep_rank)
+
+    return sorted(cands, key=key)
+
+
+def write_outputs(exp_dir: Path, out: Path, space: SearchSpace, cands: list[Candidate], seed_list: list[int],
+                  top_k: int, plan: Plan, seconds: float) -> dict[str, Any]:
+    """best_config.yaml, leaderboard.csv, winner/seed_<s>.pt and summary.json; returns the summary."""
+    from dataclasses import asdict
+
+    from model.run import write_json
+    from tune.runner import read_meta
+
+    ordered = ranking(cands, space.metric, space.mode)
+    winner = ordered[0]
+    if not winner.ok_runs:
+        raise RuntimeError(f"every finalize run failed; see the error files under {out}")
+    data_path = read_meta(exp_dir).get("data")
+    config_path = write_best_config(out, winner, space, seed_list[0], exp_dir.name, data_path)
+    write_leaderboard(out / "leaderboard.csv", ordered, space)
+    checkpoints = copy_winner(out / WINNER_DIR, winner)
+    summary = {
+        "experiment": exp_dir.name, "metric": space.metric, "mode": space.mode, "epochs": space.epochs,
+        "selection": f"mean {space.metric} over seeds of the best epoch's weights; configs with a failed seed "
+                     "rank last; ties: lower std, then sweep rank",
+        "top_k": len(cands), "top_k_requested": top_k, "seeds": seed_list,
+        "winner": {**_entry(winner), "config": str(config_path), "checkpoints": checkpoints},
+        "configs": [_entry(c) for c in ordered],
+        "best_config": str(config_path), "leaderboard": str(out / "leaderboard.csv"),
+        "data": data_path, "plan": asdict(plan), "wall_time_s": seconds,
+    }
+    write_json(summary, out / "summary.json")
+    return summary
+
+
+def _entry(c: Candidate) -> dict[str, Any]:
+    return {"rank": c.rank, "sweep_rank": c.sweep_rank, "trial_id": c.trial.trial_id,
+            "sweep_best_value": c.trial.best_value, "sweep_best_epoch": c.trial.best_epoch, "params": c.trial.params,
+            "n_seeds": len(c.ok_runs), "failed_seeds": c.failed, "mean": c.mean, "std": c.std, "runs": c.runs}
+
+
+def write_best_config(out: Path, winner: Candidate, space: SearchSpace, seed: int, exp: str,
+                      data: str | None) -> Path:
+    """The winner's complete TrainConfig (first seed), readable by load_config and `mmtune train --config`."""
+    import yaml
+
+    from model.io import atomic_file
+
+    path = out / "best_config.yaml"
+    m, s = winner.mean[space.metric], winner.std[space.metric]
+    header = (f"# Finalized winner of {exp}: sweep trial {winner.trial.trial_id} (sweep rank {winner.sweep_rank}), "
+              f"{space.metric} {m:.4f} +- {s:.4f} over {len(winner.ok_runs)} seed(s).\n"
+              f"# Reproduce: mmtune train --config {path} --data {data or 'DATA'}\n")
+    with atomic_file(path) as f:
+        f.write(header + yaml.safe_dump(replace(winner.cfg, seed=seed).to_dict(), sort_keys=False))
+    return path
+
+
+def write_leaderboard(path: Path, ordered: list[Candidate], space: SearchSpace) -> None:
+    """One row per config, best first: ranks, sweep value, mean and std of every metric, seeds, params."""
+    from model.io import atomic_file
+
+    keys = metric_keys([r for c in ordered for r in c.ok_runs])
+    cols = ["final_rank", "sweep_rank", "trial_id", f"sweep best {space.metric}", "n_seeds", "failed_seeds",
+            *[f"{k} {stat}" for k in keys for stat in ("mean", "std")], *space.names]
+    with atomic_file(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        for i, c in enumerate(ordered, start=1):
+            stats = [x for k in keys for x in (c.mean.get(k, math.nan), c.std.get(k, math.nan))]
+            w.writerow([i, c.sweep_rank, c.trial.trial_id, c.trial.best_value, len(c.ok_runs), c.failed, *stats,
+                        *[c.trial.params.get(n) for n in space.names]])
+
+
+def copy_winner(folder: Path, winner: Candidate) -> list[str]:
+    """Copy the winner's best-epoch checkpoint of every seed to FOLDER/seed_<seed>.pt."""
+    from model.io import atomic_file
+
+    paths = []
+    for r in winner.ok_runs:
+        target = folder / f"seed_{r['seed']}.pt"
+        with atomic_file(target, "wb") as f, open(r["checkpoint"], "rb") as src:
+            shutil.copyfileobj(src, f)
+        paths.append(str(target))
+    return paths
+
+
+def leaderboard_table(summary: dict[str, Any]) -> str:
+    """The leaderboard of a finalize summary as aligned text, best first."""
+    metric = summary["metric"]
+    test = metric.replace("val/", "test/", 1)
+    cols = ["#", "sweep rank", "trial", f"sweep {metric}", f"{metric} mean ± std", f"{test} mean ± std", "seeds"]
+    rows = [[i, c["sweep_rank"], c["trial_id"], _fmt(c["sweep_best_value"]), _pm(c, metric), _pm(c, test),
+             f"{c['n_seeds']}" + (f" ({c['failed_seeds']} failed)" if c["failed_seeds"] else "")]
+            for i, c in enumerate(summary["configs"], start=1)]
+    widths = [max(len(str(x)) for x in col) for col in zip(cols, *rows)]
+    return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(r, widths)) for r in [cols, *rows])
+
+
+def _pm(c: dict[str, Any], key: str) -> str:
+    m, s = c["mean"].get(key), c["std"].get(key)
+    return "-" if m is None or not math.isfinite(m) else f"{m:.4f} ± {s:.4f}"
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else "-" if v is None else str(v)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Add `mmtune finalize results/<exp> [--top-k K] [--seeds S] [--address A] [--num-cpus N]`."""
+    f = sub.add_parser("finalize", help="retrain the sweep's top-k configs with several seeds; pick by the mean")
+    f.add_argument("experiment", help="results/<experiment> (a sweep with at least one usable trial)")
+    f.add_argument("--top-k", type=int, default=3, help="configs to retrain, best first (default 3)")
+    f.add_argument("--seeds", type=int, default=3, help="training seeds per config (default 3)")
+    f.add_argument("--address", help="Ray cluster to join ('auto', host:port); default: embedded local Ray")
+    f.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray (default: all)")
+    f.set_defaults(handler=cmd_finalize)
+
+
+def cmd_finalize(args: argparse.Namespace) -> int:
+    """Finalize ARGS.experiment and print the leaderboard and where the files are."""
+    summary = finalize(args.experiment, args.top_k, args.seeds, args.address, args.num_cpus)
+    w = summary["winner"]
+    print(leaderboard_table(summary))
+    print(f"\nwinner: sweep trial {w['trial_id']} (sweep rank {w['sweep_rank']}), {summary['metric']} "
+          f"{_pm(w, summary['metric'])} over seeds {summary['seeds']}")
+    print(f"best config: {summary['best_config']}")
+    print(f"leaderboard: {summary['leaderboard']}")
+    print(f"checkpoints: {Path(summary['best_config']).parent / WINNER_DIR}/ ({len(w['checkpoints'])} file(s))")
+    print(f"retrain it:  mmtune train --config {summary['best_config']} --data {summary['data'] or 'DATA'}")
+    return 0
