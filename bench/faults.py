@@ -13,6 +13,7 @@ Measured (one JSON object on stdout, and in `--out FILE`):
   trials_lost       expected configs without a final record after the last resume (must be 0)
   trials_run_twice  trials recorded before a driver kill whose record changed afterwards or that got a
                     checkpoint written after the kill, plus configs recorded under two trial ids (must be 0)
+  (--kill-delay 0, the default, kills a driver right after the record that reached --kill-at is written.)
   fault_cost_s      faulty wall time (first driver start to end of the last resume) - clean wall time
   statuses, faults_injected, retried_trials (result.json shows more than one worker pid)
 Exits 1 when a trial is lost or run twice. Run from the repository root (a few minutes):
@@ -253,13 +254,15 @@ def run_clean(args: argparse.Namespace, work: Path, data: Path, space: Path) -> 
     return time.perf_counter() - t0
 
 
-def driver_phase(ph: Phase, exp: Path, at_records: int, worker: Callable[[], bool] | None) -> dict[str, Any]:
-    """Wait for AT_RECORDS records (and the worker kill, if asked), then SIGKILL the driver."""
+def driver_phase(ph: Phase, exp: Path, at_records: int, worker: Callable[[], bool] | None,
+                 delay: float) -> dict[str, Any]:
+    """Wait for AT_RECORDS records (and the worker kill, if asked), then DELAY s, then SIGKILL the driver."""
     def ready() -> bool:
         worker_done = worker is None or worker() or len(records_of(exp)) >= at_records + 3
         return worker_done and len(records_of(exp)) >= at_records
 
     reached = wait_until(ph.proc, ready)
+    wait_until(ph.proc, lambda: False, delay)
     if ph.proc.poll() is not None:
         return {"killed": False, "exit_code": ph.proc.returncode, "records": len(records_of(exp))}
     killed_at = time.time()
@@ -283,9 +286,9 @@ def run_faulty(args: argparse.Namespace, work: Path, data: Path, space: Path) ->
             if not victim:
                 victim.update(kill_a_worker(exp, args.epochs, spare, ph.ray_tmp) or {})
             return bool(victim)
-        kills.append(driver_phase(ph, exp, args.kill_at[0], worker))
+        kills.append(driver_phase(ph, exp, args.kill_at[0], worker, args.kill_delay))
     with Phase("resume", exp, work / "faulty.log", common) as ph:
-        kills.append(driver_phase(ph, exp, args.kill_at[1], None))
+        kills.append(driver_phase(ph, exp, args.kill_at[1], None, args.kill_delay))
     with Phase("resume", exp, work / "faulty.log", common) as ph:
         ph.wait()
     wall = time.perf_counter() - t0
@@ -302,7 +305,7 @@ def run_twice(exp: Path, kills: list[dict[str, Any]], after: dict[str, dict]) ->
         for tid, rec in k.get("before", {}).items():
             new_ckpts = [m for m in checkpoint_mtimes(exp, tid) if m > k["at"]]
             if after.get(tid) != rec or new_ckpts:
-                found.append({"trial": tid, "kill": n, "record_changed": after.get(tid) != rec,
+                found.append({"trial": tid, "kill": n, "record_changed": _changed(rec, after.get(tid) or {}),
                               "checkpoints_after_kill": len(new_ckpts),
                               "before": _brief(rec), "after": _brief(after.get(tid))})
     by_config: dict[float, list[str]] = {}
@@ -310,6 +313,11 @@ def run_twice(exp: Path, kills: list[dict[str, Any]], after: dict[str, dict]) ->
         by_config.setdefault(rec["config"]["dropout"], []).append(tid)
     found += [{"config_dropout": d, "trials": ids} for d, ids in by_config.items() if len(ids) > 1]
     return found
+
+
+def _changed(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """Keys whose values differ between two records."""
+    return sorted(key for key in {*a, *b} if a.get(key) != b.get(key))
 
 
 def _brief(rec: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -337,6 +345,9 @@ def report(args: argparse.Namespace, clean_s: float, f: dict[str, Any]) -> dict[
     for rec in after.values():
         statuses[rec["status"]] = statuses.get(rec["status"], 0) + 1
     twice = run_twice(exp, f["kills"], after)
+    if args.keep:  # the records as they were at each kill, for a closer look
+        (Path(args.keep) / "records_at_kills.json").write_text(
+            json.dumps([k.get("before") for k in f["kills"]], indent=1, default=str))
     markers = Path(f["plan"]["markers"])
     twice_ids = {x.get("trial") or f"config dropout={x['config_dropout']}" for x in twice}
     return {
@@ -351,6 +362,7 @@ def report(args: argparse.Namespace, clean_s: float, f: dict[str, Any]) -> dict[
             "markers": sorted(p.name for p in markers.iterdir()) if markers.is_dir() else [],
             "planned": {"raise_dropouts": f["plan"]["raise"], "nan_dropouts": f["plan"]["nan"]},
             "worker_killed": f["victim"] or None,
+            "kill_delay_s": args.kill_delay,
             "driver_kills": [{k: v for k, v in x.items() if k not in ("before", "ckpts")} for x in f["kills"]],
         },
         "retried_trials": retried(exp),
@@ -388,6 +400,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep", help="work in this folder and keep it (experiments, logs, markers)")
     p.add_argument("--kill-at", type=lambda s: [int(x) for x in s.split(",")], default=None,
                    help="records before the first and second driver kill (default: 3,10 for 20 trials)")
+    p.add_argument("--kill-delay", type=float, default=0.0,
+                   help="seconds between reaching --kill-at and the driver kill (default 0: right after a "
+                        "trial's record is written)")
     p.add_argument("--no-clean", action="store_true", help="skip the clean baseline (fault_cost_s is then 0)")
     p.add_argument("--role", choices=["bench", "driver", "resume"], default="bench", help=argparse.SUPPRESS)
     p.add_argument("--exp", help=argparse.SUPPRESS)

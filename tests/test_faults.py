@@ -4,20 +4,24 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import signal
 import threading
 import time
 
+import pytest
 import torch
 from ray import tune
 
 from model.checkpoint import save_checkpoint
 from tests.conftest import run_sweep
+from tune import records, runner
 from tune.cli import run
+from tune.errors import SweepError
 from tune.faults import FaultInjector
 from tune.results import load_trials, space_of
+from tune.runner import tune_state_saved
 from tune.trainable import CKPT_FILE, restore
-
 
 
 def histories(exp):
@@ -45,7 +49,16 @@ def test_trial_out_of_retries_is_recorded_failed(ray_session, demo_dir, tmp_path
     trials = histories(exp)
     failed = [t for t in trials.values() if t.status == "failed"]
     assert len(failed) == 1 and "injected fault at epoch 1" in failed[0].error
-    assert [t.status for t in trials.values() if t.status != "failed"] == ["completed"]
+    ok = [t for t in trials.values() if t.status != "failed"]
+    assert [t.status for t in ok] == ["completed"]
+    # `mmtune resume` retries the failed trial from its checkpoint (the fault fires once) and keeps the other.
+    kept = records.read(exp, ok[0].trial_id)
+    p = runner.prepare_resume(exp)
+    p.callbacks = (fault,)
+    runner.resume(p)
+    after = histories(exp)
+    assert {t.status for t in after.values()} == {"completed"} and records.read(exp, ok[0].trial_id) == kept
+    assert [r["epoch"] for r in after[failed[0].trial_id].history] == [1, 2]
 
 
 def test_worker_killed_with_sigkill_is_retried(ray_session, demo_dir, tmp_path):
@@ -107,3 +120,17 @@ def test_disk_full_while_training_keeps_earlier_files(demo_dir, tmp_path, capsys
     assert (run_dir / "best.pt").read_bytes() != b"" and len(before) > 0
     assert (run_dir / "config.yaml").is_file()
 
+
+
+def test_tuner_state_cut_by_a_driver_kill_starts_over_or_says_why(tmp_path):
+    assert not tune_state_saved(tmp_path)  # nothing saved yet
+    state = pickle.dumps({"trainable": "x" * 1000})
+    (tmp_path / "tuner.pkl").write_bytes(b"")  # killed right as Ray opened the file
+    assert not tune_state_saved(tmp_path)
+    (tmp_path / "tuner.pkl").write_bytes(state[:-20])  # killed halfway through
+    assert not tune_state_saved(tmp_path)
+    (tmp_path / "experiment_state-2026-01-01_00-00-00.json").write_text("{}")
+    with pytest.raises(SweepError, match="tuner.pkl"):  # trials were saved: never silently start over
+        tune_state_saved(tmp_path)
+    (tmp_path / "tuner.pkl").write_bytes(state)
+    assert tune_state_saved(tmp_path)

@@ -17,6 +17,7 @@ from model.io import atomic_file
 
 RECORDS_DIR = "mmtune_trials"
 ASHA_STOPPED = "stopped"  # still improving when the scheduler stopped it
+FAILED = "failed"  # out of retries; the one status that a resume retries
 
 
 def _path(exp_dir: str | Path, trial_id: str) -> Path:
@@ -27,6 +28,12 @@ def read(exp_dir: str | Path, trial_id: str) -> dict[str, Any] | None:
     """The final record of TRIAL_ID, or None while it has not ended."""
     p = _path(exp_dir, trial_id)
     return json.loads(p.read_text()) if p.is_file() else None
+
+
+def final(exp_dir: str | Path, trial_id: str) -> dict[str, Any] | None:
+    """The record of a trial that ended for good (not failed: a resume retries those), or None."""
+    rec = read(exp_dir, trial_id)
+    return rec if rec is not None and rec["status"] != FAILED else None
 
 
 def read_all(exp_dir: str | Path) -> dict[str, dict[str, Any]]:
@@ -56,6 +63,8 @@ class TrialRecorder(tune.Callback):
         self.exp_dir, self.status_key = str(exp_dir), status_key
 
     def _write(self, trial: Any, status: str, error: str | None = None) -> None:
+        if final(self.exp_dir, trial.trial_id) is not None:
+            return  # a trial that a resume re-reported keeps the record it ended with
         last = trial.last_result or {}
         write(self.exp_dir, trial.trial_id, {
             "trial_id": trial.trial_id, "status": status, "config": trial.config,
@@ -71,4 +80,4 @@ class TrialRecorder(tune.Callback):
         error = None
         if trial.error_file and Path(trial.error_file).is_file():
             error = Path(trial.error_file).read_text()[-2000:]
-        self._write(trial, "failed", error)
+        self._write(trial, FAILED, error)

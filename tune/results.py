@@ -142,6 +142,22 @@ def best_checkpoint(t: Trial) -> tuple[Path, int]:
     return path, epoch
 
 
+def prune_checkpoints(exp_dir: Path) -> int:
+    """Keep each ended trial's best-epoch and latest checkpoints, delete the rest; return bytes freed."""
+    space = space_of(exp_dir)
+    freed = 0
+    for t in load_trials(exp_dir, space):
+        if t.status == "unfinished":
+            continue
+        by_epoch = {r.get("epoch"): r.get("checkpoint_dir_name") for r in t.history}
+        keep = {by_epoch.get(t.best_epoch), max((d.name for d in t.path.glob("checkpoint_*")), default=None)}
+        for d in t.path.glob("checkpoint_*"):
+            if d.name not in keep:
+                freed += sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
+                shutil.rmtree(d)
+    return freed
+
+
 def export(exp_dir: str | Path, out: str | Path | None = None) -> dict[str, Any]:
     """Write trials.csv, best_config.yaml (or OUT), best/checkpoint.pt and summary.json; return the summary."""
     exp_dir = Path(exp_dir).resolve()

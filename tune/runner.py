@@ -5,6 +5,7 @@ import json
 import logging
 import math
 import os
+import pickletools
 import re
 import shutil
 import time
@@ -281,7 +282,8 @@ def run_config(p: Prepared, space: SearchSpace) -> tune.RunConfig:
     return tune.RunConfig(
         name=p.name, storage_path=str(p.exp_dir.parent),
         failure_config=tune.FailureConfig(max_failures=p.opts.max_failures),
-        # The best epoch's checkpoint by the metric; Tune also keeps the latest one for resuming.
+        # The best epoch's checkpoint by the metric; Tune also keeps the latest one for resuming. Retention
+        # also forces a state snapshot per checkpoint, which keeps a killed driver from forgetting trials.
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=space.metric,
                                                 checkpoint_score_order=space.mode),
         callbacks=[JsonLoggerCallback(), records.TrialRecorder(p.exp_dir, STATUS)], verbose=1)
@@ -331,6 +333,10 @@ def run(p: Prepared, plan: Plan) -> Path:
 
 def _fit(tuner: tune.Tuner, exp_dir: Path) -> None:
     grid = tuner.fit()
+    from tune.results import prune_checkpoints
+
+    freed = prune_checkpoints(exp_dir)
+    log.info("pruned checkpoints: %.1f MB freed", freed / 2**20)
     meta = read_meta(exp_dir)
     meta.update(finished=True, ended=time.time(), errors=len(grid.errors))
     write_meta(exp_dir, meta)
@@ -347,11 +353,50 @@ def prepare_resume(exp_dir: str | Path) -> Prepared:
     return Prepared(opts, space, load_data(meta["data"], space), exp_dir, meta["name"])
 
 
+def repair_checkpoints(exp_dir: Path) -> int:
+    """Fill each missing older checkpoint index with (hard links to) the next newer checkpoint.
+
+    Retention deletes a trial's previous checkpoint when it writes a new one; a driver killed before
+    Tune's next state save leaves that state naming the deleted one, and the trial could never be
+    restored. Its newer checkpoint is the right place to continue from.
+    """
+    repaired = 0
+    for trial in exp_dir.glob("trial_*"):
+        present = sorted(int(d.name.split("_")[-1]) for d in trial.glob("checkpoint_*") if d.is_dir())
+        for i in range(present[-1] if present else 0):
+            if i not in present:
+                newer = min(j for j in present if j > i)
+                shutil.copytree(trial / f"checkpoint_{newer:06d}", trial / f"checkpoint_{i:06d}",
+                                copy_function=os.link)
+                repaired += 1
+    return repaired
+
+
+def tune_state_saved(exp_dir: Path) -> bool:
+    """Whether Tune saved a complete tuner.pkl (a driver killed while writing it leaves it cut short)."""
+    if not tune.Tuner.can_restore(str(exp_dir)):
+        return False
+    try:
+        # Walks the opcodes without unpickling anything: a cut file has no STOP.
+        for _ in pickletools.genops((exp_dir / "tuner.pkl").read_bytes()):
+            pass
+    except ValueError:
+        if any(exp_dir.glob("experiment_state-*.json")):
+            raise SweepError(f"{exp_dir / 'tuner.pkl'}: the file is damaged but trials were saved; "
+                             "it cannot be resumed, start a new sweep (--overwrite)") from None
+        return False
+    return True
+
+
 def resume(p: Prepared) -> Path:
     """Continue an interrupted sweep: finished trials kept, errored ones resumed, searcher state kept."""
     meta = read_meta(p.exp_dir)
     plan = Plan(**meta["plan"])
-    if not tune.Tuner.can_restore(str(p.exp_dir)):
+    repaired = repair_checkpoints(p.exp_dir)
+    if repaired:
+        log.warning("%d checkpoint(s) that Ray's saved state still named were already deleted; they now hold "
+                    "the trial's newer checkpoint", repaired)
+    if not tune_state_saved(p.exp_dir):
         # Killed before Tune's first state save: no trial had finished, so starting over loses nothing.
         log.warning("%s: Ray saved no experiment state yet; starting the sweep over", p.exp_dir)
         for child in p.exp_dir.iterdir():

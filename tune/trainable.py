@@ -55,7 +55,7 @@ def train_trial(config: dict[str, Any], data: Dataset, space: SearchSpace, exp_d
                 callbacks: tuple = ()) -> None:
     """Train one trial of SPACE on DATA (shared through the object store); CALLBACKS join the loop's."""
     ctx = tune.get_context()
-    done = records.read(exp_dir, ctx.get_trial_id())
+    done = records.final(exp_dir, ctx.get_trial_id())
     if done is not None:
         # Finished before the driver died: hand back its result instead of training again.
         log.info("trial %s already finished (%s); re-reporting", ctx.get_trial_id(), done["status"])
