@@ -31,6 +31,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/loop_throughput.py
 	$(BIN)/python bench/sweep_overhead.py
+	$(BIN)/python bench/faults.py
 
 clean:
 	rm -rf $(VENV) demo_data runs .pytest_cache
