@@ -113,25 +113,6 @@ def role_resume(args: argparse.Namespace) -> None:
 # ----------------------------------------------------------------------------- processes
 
 
-def kill_processes_of(marker: str) -> int:
-    """SIGKILL every process whose command line or environment mentions MARKER (a private Ray temp dir)."""
-    killed = 0
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit() or int(d.name) == os.getpid():
-            continue
-        try:
-            text = (d / "cmdline").read_bytes() + (d / "environ").read_bytes()
-        except OSError:
-            continue
-        if marker.encode() in text:
-            try:
-                os.kill(int(d.name), signal.SIGKILL)
-                killed += 1
-            except ProcessLookupError:
-                pass
-    return killed
-
-
 def mentions(pid: int, marker: str) -> bool:
     """Whether process PID belongs to the Ray of MARKER (guards against a reused pid)."""
     try:
@@ -168,6 +149,8 @@ class Phase:
             except ProcessLookupError:
                 pass
         self.proc.wait(timeout=30)
+        from tune.faults import kill_processes_of
+
         kill_processes_of(self.ray_tmp)
 
     def wait(self, timeout: float = PHASE_TIMEOUT_S) -> None:

@@ -18,12 +18,13 @@ seconds it needed to reach 0.99 * G ("not reached" when it never did), and the m
 Finally (a)'s best run is finalized (tune.finalize: top-k configs x seeds, retrained at the full budget)
 and its winner's mean test F1 is compared with (d)'s test F1.
 
-The setting is deliberately reduced to fit ~15 minutes on 2 CPU cores: demo data 600/200/200, the
-default.yaml space capped to small models (d_model 32/64/128, 1-3 layers, batch 32/64), 8 epochs per
-trial, ASHA grace 1 / reduction 3, 48 epochs per method run. Val/test sets of 200 make single F1 values
-noisy (one sample is ~0.5 F1 points): read the medians, not single runs.
+The setting is reduced to fit about 25 minutes on 2 CPU cores: the demo data at its default size
+(1200/300/300), the default.yaml space and ASHA settings with models capped to d_model 32/64/128 and
+1-3 layers (the 256-wide, 4-layer corner costs ~10x more per epoch on CPU), 12 epochs per trial (as
+default.yaml) and 144 epochs per method run (12 full trials for FIFO). Val/test sets of 300 (~75
+positives) make single F1 values noisy: read the medians, not single runs.
 
-    .venv/bin/python bench/search_efficiency.py [--seeds 3] [--budget 48] [--epochs 8]
+    .venv/bin/python bench/search_efficiency.py [--seeds 3] [--budget 144] [--epochs 12]
         [--out FILE.json] [--plot FILE.png] [--md FILE.md] [--keep DIR]
 """
 from __future__ import annotations
@@ -76,12 +77,12 @@ class BudgetStopper(Stopper):
 
 
 def write_space(path: Path, epochs: int) -> Path:
-    """default.yaml capped to small models, EPOCHS per trial, ASHA grace 1 / reduction 3, CPU only."""
+    """default.yaml (its ASHA settings too) capped to small models, EPOCHS per trial, CPU only."""
     raw = yaml.safe_load(DEFAULT_SPACE.read_text())
     raw["params"].update({"d_model": {"type": "categorical", "choices": [32, 64, 128]},
                           "num_layers": {"type": "int", "low": 1, "high": 3},
                           "batch_size": {"type": "categorical", "choices": [32, 64]}})
-    raw.update(epochs=epochs, num_samples=MANY_TRIALS, asha={"grace_period": 1, "reduction_factor": 3, "brackets": 1},
+    raw.update(epochs=epochs, num_samples=MANY_TRIALS,
                description="bench/search_efficiency.py: default.yaml capped to small models")
     raw["fixed"] = {**raw.get("fixed", {}), "device": "cpu"}
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -315,8 +316,8 @@ def main() -> None:
     """Run every method and seed, (d), the finalize step; print JSON, write plot and markdown."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--budget", type=int, default=48, help="epochs summed over trials, per method run")
-    ap.add_argument("--epochs", type=int, default=8, help="per-trial epoch budget (ASHA max_t)")
+    ap.add_argument("--budget", type=int, default=144, help="epochs summed over trials, per method run")
+    ap.add_argument("--epochs", type=int, default=12, help="per-trial epoch budget (ASHA max_t)")
     ap.add_argument("--top-k", type=int, default=2)
     ap.add_argument("--final-seeds", type=int, default=2)
     ap.add_argument("--out", help="also write the JSON here")
@@ -347,7 +348,7 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from data.demo import make_demo
     from tune import runner
 
-    data_dir = make_demo(work / "demo", n_train=600, n_val=200, n_test=200)
+    data_dir = make_demo(work / "demo")
     space_path = write_space(work / "space.yaml", args.epochs)
     runner.connect(None, num_cpus=CONCURRENCY)
     runs = []
@@ -366,9 +367,9 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     if args.plot:
         plot(runs, old, stats["target"], args.plot)
     return {
-        "setting": {"data": "demo n_train=600 n_val=200 n_test=200", "space": "default.yaml capped: d_model "
+        "setting": {"data": "demo n_train=1200 n_val=300 n_test=300", "space": "default.yaml capped: d_model "
                     "32/64/128, num_layers 1-3, batch 32/64", "epochs": args.epochs, "budget": args.budget,
-                    "seeds": args.seeds, "asha": "grace 1, reduction 3", "concurrency": CONCURRENCY,
+                    "seeds": args.seeds, "asha": "default.yaml's", "concurrency": CONCURRENCY,
                     "metric": "val/f1"},
         "global_best": stats["global_best"], "target": stats["target"], "per_method": stats["per_method"],
         "runs": [{k: r[k] for k in ("method", "seed", "best", "trials", "epochs_used", "seconds_used",

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import tempfile
 from pathlib import Path
 
@@ -60,25 +59,6 @@ def subprocess_env(tmp_path: Path) -> dict[str, str]:
     ray_tmp = tempfile.mkdtemp(prefix="rs", dir="/tmp")
     env.update(RAY_TMPDIR=ray_tmp, PYTHONUNBUFFERED="1")
     return env
-
-
-def kill_processes_of(marker: str) -> int:
-    """SIGKILL every process whose command line or environment mentions MARKER (e.g. a private Ray temp dir)."""
-    killed = 0
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit() or int(d.name) == os.getpid():
-            continue
-        try:
-            text = (d / "cmdline").read_bytes() + (d / "environ").read_bytes()
-        except OSError:
-            continue
-        if marker.encode() in text:
-            try:
-                os.kill(int(d.name), signal.SIGKILL)
-                killed += 1
-            except ProcessLookupError:
-                pass
-    return killed
 
 
 def run_sweep(data: Path, storage: Path, name: str, space: str = SMOKE, callbacks: tuple = (),

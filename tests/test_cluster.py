@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, SMOKE, kill_processes_of
+from tests.conftest import REPO, SMOKE
+from tune.faults import kill_processes_of
 
 RAY = str(Path(sys.executable).parent / "ray")
 

@@ -16,9 +16,10 @@ import yaml
 
 from model.config import load_config
 from model.loop import fit
-from tests.conftest import REPO, SMOKE, kill_processes_of, run_sweep
+from tests.conftest import REPO, SMOKE, run_sweep
 from tune import records, runner
 from tune.cli import run
+from tune.faults import kill_processes_of
 from tune.errors import SweepError
 from tune.space import load_space
 
@@ -46,7 +47,7 @@ def test_smoke_sweep_writes_every_result(smoke_exp):
     assert summary["selection"].startswith("best epoch")
     assert {"torch", "ray", "optuna"} <= set(summary["versions"]) and summary["seeds"]["sampler"] == space.seed
     assert (smoke_exp / "best" / "checkpoint.pt").is_file()
-    # All checkpoints are kept while the sweep runs; afterwards each trial keeps its best and latest.
+    # Each trial keeps its best-epoch checkpoint and its latest one, no more.
     for t in trials:
         kept = list((smoke_exp / f"trial_{t['trial_id']}").glob("checkpoint_*"))
         assert 1 <= len(kept) <= 2

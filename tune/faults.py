@@ -1,11 +1,14 @@
 """Fault injection for tests and `bench/faults.py`: loop callbacks that fail a chosen trial once.
 
 A fault fires at most once per trial (a marker file records it), so a retried trial continues from
-its checkpoint instead of failing again. The CLI never installs these.
+its checkpoint instead of failing again. `kill_processes_of` SIGKILLs a private Ray runtime. The
+CLI never installs these.
 """
 from __future__ import annotations
 
 import math
+import os
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,3 +47,22 @@ class FaultInjector:
 
 def _key(match: dict[str, Any]) -> str:
     return "_".join(f"{k}={v}" for k, v in sorted(match.items())).replace("/", "-") or "all"
+
+
+def kill_processes_of(marker: str) -> int:
+    """SIGKILL every process whose command line or environment mentions MARKER (a private Ray temp dir)."""
+    killed = 0
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == os.getpid():
+            continue
+        try:
+            text = (d / "cmdline").read_bytes() + (d / "environ").read_bytes()
+        except OSError:
+            continue
+        if marker.encode() in text:
+            try:
+                os.kill(int(d.name), signal.SIGKILL)
+                killed += 1
+            except ProcessLookupError:
+                pass
+    return killed

@@ -333,7 +333,7 @@ def run(p: Prepared, plan: Plan) -> Path:
 
 def _fit(tuner: tune.Tuner, exp_dir: Path) -> None:
     grid = tuner.fit()
-    from tune.results import prune_checkpoints
+    from tune.results import prune_checkpoints  # late: results imports this module
 
     freed = prune_checkpoints(exp_dir)
     log.info("pruned checkpoints: %.1f MB freed", freed / 2**20)
