@@ -121,6 +121,22 @@ def test_leaderboard_table_lists_the_winner_first(exp):
     assert s["winner"]["trial_id"] in lines[1] and "±" in lines[1]
 
 
+def test_report_shows_the_re_evaluation(exp, tmp_path):
+    from tune.report import write_report
+
+    copy = tmp_path / exp.name
+    shutil.copytree(exp, copy)
+    s = summary(copy)
+    html = write_report(copy).read_text()
+    md = (copy / "report.md").read_text()
+    for text in (html, md):
+        assert "Re-evaluation (mmtune finalize)" in text and f"Winner: sweep trial {s['winner']['trial_id']}" in text
+        for c in s["configs"]:
+            assert c["trial_id"] in text and f"{c['mean']['val/f1']:.4f} ± {c['std']['val/f1']:.4f}" in text
+    shutil.rmtree(copy / "final")
+    assert "Re-evaluation" not in write_report(copy).read_text()  # no finalize run, no section
+
+
 @pytest.mark.parametrize("top_k, seeds", [(0, 2), (2, 0), (-1, -1)])
 def test_bad_counts_raise_before_anything_runs(tmp_path, top_k, seeds):
     with pytest.raises(ResultsError, match=">= 1"):

@@ -322,14 +322,20 @@ def copy_winner(folder: Path, winner: Candidate) -> list[str]:
     return paths
 
 
-def leaderboard_table(summary: dict[str, Any]) -> str:
-    """The leaderboard of a finalize summary as aligned text, best first."""
+def leaderboard_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """The leaderboard of a finalize summary: column names and one row per config, best first."""
     metric = summary["metric"]
     test = metric.replace("val/", "test/", 1)
     cols = ["#", "sweep rank", "trial", f"sweep {metric}", f"{metric} mean ± std", f"{test} mean ± std", "seeds"]
     rows = [[i, c["sweep_rank"], c["trial_id"], _fmt(c["sweep_best_value"]), _pm(c, metric), _pm(c, test),
              f"{c['n_seeds']}" + (f" ({c['failed_seeds']} failed)" if c["failed_seeds"] else "")]
             for i, c in enumerate(summary["configs"], start=1)]
+    return cols, rows
+
+
+def leaderboard_table(summary: dict[str, Any]) -> str:
+    """The leaderboard of a finalize summary as aligned text, best first."""
+    cols, rows = leaderboard_rows(summary)
     widths = [max(len(str(x)) for x in col) for col in zip(cols, *rows)]
     return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(r, widths)) for r in [cols, *rows])
 

@@ -64,6 +64,7 @@ class Ctx:
     importance_trials: int = 0
     warnings: list[str] = field(default_factory=list)
     figures: list[Plot] = field(default_factory=list)
+    final: dict[str, Any] | None = None  # final/summary.json of `mmtune finalize`, when it ran
 
     @property
     def best(self) -> Trial | None:
@@ -162,7 +163,22 @@ def _load(exp_dir: Path, top_k: int) -> Ctx:
     trials.sort(key=_start_key)
     ctx = Ctx(exp_dir, space, trials, read_meta(exp_dir), top_k)
     ctx.ranked = _rank(trials, space.mode)
+    ctx.final = _final_summary(exp_dir)
     return ctx
+
+
+def _final_summary(exp_dir: Path) -> dict[str, Any] | None:
+    """The summary `mmtune finalize` wrote, or None (not run, or unreadable: said in the log)."""
+    from tune.finalize import FINAL_DIR
+
+    path = exp_dir / FINAL_DIR / "summary.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        log.warning("%s left out of the report: %s", path, e)
+        return None
 
 
 def _start_time(t: Trial) -> float | None:
@@ -683,7 +699,7 @@ def _html(ctx: Ctx) -> str:
              f"<h1>mmtune report: {_e(ctx.exp_dir.name)}</h1>",
              f"<p class='muted'>generated {_e(time.strftime('%Y-%m-%d %H:%M:%S'))} by <code>mmtune report</code></p>",
              _html_header(ctx), _html_warnings(ctx), f"<h2>Top {ctx.top_k} trials</h2>",
-             _html_table(ctx, ctx.ranked[:ctx.top_k]), *[_html_figure(ctx, f) for f in ctx.figures],
+             _html_table(ctx, ctx.ranked[:ctx.top_k]), _html_final(ctx), *[_html_figure(ctx, f) for f in ctx.figures],
              f"<h2>All trials ({len(ctx.trials)})</h2>", _html_table(ctx, _all_trials(ctx)), "</body></html>"]
     return "\n".join(parts)
 
@@ -711,6 +727,28 @@ def _html_table(ctx: Ctx, trials: list[Trial]) -> str:
         cells = "".join(f"<td class='{'l' if i in (1, 5) else ''}'>{_e(c)}</td>" for i, c in enumerate(row))
         body.append(f"<tr class='{'best' if t is ctx.best else ''}'>{cells}</tr>")
     return f"<div class='scroll'><table><tr>{head}</tr>{''.join(body)}</table></div>"
+
+
+def _final_text(ctx: Ctx) -> str:
+    """What the re-evaluation did and which config won."""
+    f = ctx.final or {}
+    w = f.get("winner", {})
+    return (f"The top {f.get('top_k')} configs retrained with seeds {f.get('seeds')} at the full budget "
+            f"({f.get('epochs')} epochs) and ranked by {f.get('selection', '')}. Winner: sweep trial "
+            f"{w.get('trial_id')}, config {f.get('best_config')}.")
+
+
+def _html_final(ctx: Ctx) -> str:
+    if ctx.final is None:
+        return ""
+    from tune.finalize import leaderboard_rows
+
+    cols, rows = leaderboard_rows(ctx.final)
+    head = "".join(f"<th>{_e(c)}</th>" for c in cols)
+    body = "".join("<tr class='{}'>{}</tr>".format("best" if i == 0 else "", "".join(f"<td>{_e(c)}</td>" for c in r))
+                   for i, r in enumerate(rows))
+    return (f"<h2>Re-evaluation (mmtune finalize)</h2><p>{_e(_final_text(ctx))}</p>"
+            f"<div class='scroll'><table><tr>{head}</tr>{body}</table></div>")
 
 
 def _html_figure(ctx: Ctx, f: Plot) -> str:
@@ -751,6 +789,11 @@ def _markdown(ctx: Ctx) -> str:
     lines += ["", f"## Top {ctx.top_k} trials", ""]
     top = ctx.ranked[:ctx.top_k]
     lines += _md_table(*_table(ctx, top, _ranks(ctx))) if top else ["No trial has a finite value yet."]
+    if ctx.final is not None:
+        from tune.finalize import leaderboard_rows
+
+        lines += ["", "## Re-evaluation (mmtune finalize)", "", _final_text(ctx), ""]
+        lines += _md_table(*leaderboard_rows(ctx.final))
     for f in ctx.figures:
         lines += ["", f"## {f.title}", ""]
         if f.name == "importance":
