@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-fast demo bench clean
+.PHONY: test test-fast demo bench bench-search clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -32,6 +32,9 @@ bench: $(STAMP)
 	$(BIN)/python bench/loop_throughput.py
 	$(BIN)/python bench/sweep_overhead.py
 	$(BIN)/python bench/faults.py
+
+bench-search: $(STAMP)  # about 25 minutes on 2 cores
+	$(BIN)/python bench/search_efficiency.py --plot bench/search_efficiency.png
 
 clean:
 	rm -rf $(VENV) demo_data runs .pytest_cache

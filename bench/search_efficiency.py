@@ -116,13 +116,7 @@ def run_method(method: str, seed: int, data_dir: Path, space_path: Path, storage
                                max_concurrent=CONCURRENCY)
     p = runner.prepare(opts)
     plan = runner.plan_resources(p.space, p.data, opts, runner.cluster_nodes())
-    if p.exp_dir.exists():
-        shutil.rmtree(p.exp_dir)
-    runner.write_meta(p.exp_dir, {
-        "name": p.name, "data": str(data_dir), "space_file": str(space_path),
-        "space": {**p.space.raw, "num_samples": p.space.num_samples, "epochs": p.space.epochs, "seed": p.space.seed},
-        "options": dataclasses.asdict(opts), "plan": dataclasses.asdict(plan), "started": time.time(),
-        "finished": False})
+    runner.start_experiment(p, plan)
     searcher, scheduler = make_search(method, p.space, seed)
     log_path = p.exp_dir / "bench_results.jsonl"
     stopper = BudgetStopper(budget, log_path, p.space.metric)

@@ -317,8 +317,8 @@ def write_meta(exp_dir: Path, meta: dict[str, Any]) -> None:
         f.write(json.dumps(meta, indent=2, default=str))
 
 
-def run(p: Prepared, plan: Plan) -> Path:
-    """Start the sweep and wait for it; returns the experiment folder."""
+def start_experiment(p: Prepared, plan: Plan) -> None:
+    """A fresh experiment folder holding only the metadata that resume and export read."""
     if p.exp_dir.exists():
         shutil.rmtree(p.exp_dir)  # only reached with --overwrite (prepare refuses otherwise)
     write_meta(p.exp_dir, {
@@ -326,6 +326,11 @@ def run(p: Prepared, plan: Plan) -> Path:
         "space": {**p.space.raw, "num_samples": p.space.num_samples, "epochs": p.space.epochs, "seed": p.space.seed},
         "options": asdict(p.opts), "plan": asdict(plan), "started": time.time(), "finished": False,
     })
+
+
+def run(p: Prepared, plan: Plan) -> Path:
+    """Start the sweep and wait for it; returns the experiment folder."""
+    start_experiment(p, plan)
     tuner = build_tuner(p, plan)
     _fit(tuner, p.exp_dir)
     return p.exp_dir
