@@ -22,7 +22,6 @@ from pathlib import Path
 
 import yaml
 
-CONCURRENCY = 2
 
 
 def pss_tree(root: int) -> int:
@@ -115,17 +114,17 @@ def _worker_trial(args: tuple) -> float:
     return time.perf_counter() - t0
 
 
-def run_pool(data_dir: Path, space: Path, n: int) -> dict:
+def run_pool(data_dir: Path, space: Path, n: int, concurrency: int) -> dict:
     """(a): a process pool, torch imported and data loaded once per worker."""
     t0 = time.perf_counter()
     with PeakMemory() as mem:
         ctx = mp.get_context("spawn")
-        with ctx.Pool(CONCURRENCY, initializer=_worker_init, initargs=(str(data_dir),)) as pool:
+        with ctx.Pool(concurrency, initializer=_worker_init, initargs=(str(data_dir),)) as pool:
             trial_s = pool.map(_worker_trial, [(str(space), c) for c in configs(n)], chunksize=1)
     return {"wall_s": time.perf_counter() - t0, "trial_s": trial_s, "peak_pss_mb": mem.peak / 2**20}
 
 
-def run_sweep(data_dir: Path, space: Path, storage: Path) -> dict:
+def run_sweep(data_dir: Path, space: Path, storage: Path, concurrency: int) -> dict:
     """(b): mmtune's sweep on an embedded local Ray (its start-up included)."""
     import ray
 
@@ -137,7 +136,7 @@ def run_sweep(data_dir: Path, space: Path, storage: Path) -> dict:
                                    gpus_per_trial="0")
         prepared = runner.prepare(opts)
         t_init = time.perf_counter()
-        runner.connect(None, num_cpus=CONCURRENCY)
+        runner.connect(None, num_cpus=concurrency)  # 1 CPU per trial, so that many at once
         t_ready = time.perf_counter()
         plan = runner.plan_resources(prepared.space, prepared.data, opts, runner.cluster_nodes())
         runner.run(prepared, plan)
@@ -153,6 +152,7 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=8)
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--steps", type=int, default=20, help="batches per epoch (sets the trial length)")
+    p.add_argument("--concurrency", type=int, default=2, help="trials at once, in both (a) and (b)")
     p.add_argument("--out", help="also write the JSON here")
     args = p.parse_args()
     from data.demo import make_demo
@@ -161,16 +161,16 @@ def main() -> None:
         tmp = Path(tmp)
         data = make_demo(tmp / "demo")
         space = space_file(tmp, args.trials, args.epochs, args.steps)
-        a = run_pool(data, space, args.trials)
-        b = run_sweep(data, space, tmp / "results")
+        a = run_pool(data, space, args.trials, args.concurrency)
+        b = run_sweep(data, space, tmp / "results", args.concurrency)
     n = args.trials
     out = {
-        "trials": n, "epochs": args.epochs, "steps_per_epoch": args.steps, "concurrency": CONCURRENCY,
+        "trials": n, "epochs": args.epochs, "steps_per_epoch": args.steps, "concurrency": args.concurrency,
         "mean_trial_s": sum(a["trial_s"]) / n,
         "pool": {k: v for k, v in a.items() if k != "trial_s"}, "sweep": b,
         "ratio": b["wall_s"] / a["wall_s"],
         "ratio_excluding_ray_init": (b["wall_s"] - b["ray_init_s"]) / a["wall_s"],
-        "overhead_per_trial_s": (b["wall_s"] - a["wall_s"]) * CONCURRENCY / n,
+        "overhead_per_trial_s": (b["wall_s"] - a["wall_s"]) * args.concurrency / n,
     }
     text = json.dumps(out, indent=2)
     print(text)

@@ -129,6 +129,9 @@ def test_tuner_state_cut_by_a_driver_kill_starts_over_or_says_why(tmp_path):
     assert not tune_state_saved(tmp_path)
     (tmp_path / "tuner.pkl").write_bytes(state[:-20])  # killed halfway through
     assert not tune_state_saved(tmp_path)
+    (tmp_path / "tuner.pkl").write_bytes(state)  # killed before Tune's first experiment state
+    assert not tune_state_saved(tmp_path)
+    (tmp_path / "tuner.pkl").write_bytes(state[:-20])
     (tmp_path / "experiment_state-2026-01-01_00-00-00.json").write_text("{}")
     with pytest.raises(SweepError, match="tuner.pkl"):  # trials were saved: never silently start over
         tune_state_saved(tmp_path)

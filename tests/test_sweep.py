@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -205,6 +206,17 @@ def _kill_tree(proc: subprocess.Popen, ray_tmp: str) -> None:
         pass
     proc.wait(timeout=30)
     kill_processes_of(ray_tmp)
+
+
+def test_resume_after_a_kill_between_tuner_pkl_and_the_first_state_runs_the_whole_sweep(smoke_exp, tmp_path):
+    # The folder a driver leaves when killed after writing tuner.pkl, before Tune's first experiment state.
+    exp = tmp_path / "res" / smoke_exp.name
+    exp.mkdir(parents=True)
+    shutil.copy(smoke_exp / "tuner.pkl", exp)
+    meta = json.loads((smoke_exp / "mmtune.json").read_text())
+    (exp / "mmtune.json").write_text(json.dumps({**meta, "finished": False}))
+    runner.resume(runner.prepare_resume(exp))  # a restore from tuner.pkl alone would run a 1-trial sweep
+    assert len(records.read_all(exp)) == load_space(SMOKE).num_samples
 
 
 KILL_POINTS = {

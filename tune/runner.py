@@ -378,7 +378,12 @@ def repair_checkpoints(exp_dir: Path) -> int:
 
 
 def tune_state_saved(exp_dir: Path) -> bool:
-    """Whether Tune saved a complete tuner.pkl (a driver killed while writing it leaves it cut short)."""
+    """Whether Tune saved what a restore needs: a complete tuner.pkl and an experiment state.
+
+    A driver killed while writing tuner.pkl leaves it cut short; one killed after it but before the
+    first experiment state leaves nothing to restore (Ray would restore a 1-sample sweep from it).
+    """
+    states = any(exp_dir.glob("experiment_state-*.json"))
     if not tune.Tuner.can_restore(str(exp_dir)):
         return False
     try:
@@ -386,11 +391,11 @@ def tune_state_saved(exp_dir: Path) -> bool:
         for _ in pickletools.genops((exp_dir / "tuner.pkl").read_bytes()):
             pass
     except ValueError:
-        if any(exp_dir.glob("experiment_state-*.json")):
+        if states:
             raise SweepError(f"{exp_dir / 'tuner.pkl'}: the file is damaged but trials were saved; "
                              "it cannot be resumed, start a new sweep (--overwrite)") from None
         return False
-    return True
+    return states
 
 
 def resume(p: Prepared) -> Path:
