@@ -3,8 +3,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import subprocess
+import sys
+import time
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -13,6 +18,20 @@ from data.npz import load_dataset
 from model.config import TrainConfig
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# The S3 server of the remote-storage tests. Set before any Ray starts: trial workers inherit the
+# environment, and they write checkpoints to the bucket themselves.
+# (This module is imported twice, as pytest's conftest and as tests.conftest: one port for both.)
+S3_PORT = int(os.environ.setdefault("MMTUNE_TEST_S3_PORT", str(_free_port())))
+os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{S3_PORT}", AWS_ACCESS_KEY_ID="test",
+                  AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true")
 SMOKE = str(REPO / "search_spaces/smoke.yaml")
 TINY = dict(d_model=16, nhead=2, num_layers=1, ff_mult=2, batch_size=32, train_steps=4, epochs=3, patience=0,
             device="cpu")
@@ -75,3 +94,28 @@ def run_sweep(data: Path, storage: Path, name: str, space: str = SMOKE, callback
     runner.run(prepared, runner.plan_resources(prepared.space, prepared.data, opts, runner.cluster_nodes()))
     export(prepared.exp_dir)
     return prepared.exp_dir
+
+
+@pytest.fixture(scope="session")
+def s3_bucket() -> Iterator[str]:
+    """A real S3 endpoint (moto's server) on loopback with an empty bucket; returns the bucket's URI."""
+    import pyarrow.fs as pafs
+
+    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(S3_PORT)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", S3_PORT), timeout=1).close()
+                break
+            except OSError:
+                if time.time() > deadline or server.poll() is not None:
+                    raise RuntimeError("moto_server did not start") from None
+                time.sleep(0.2)
+        pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{S3_PORT}", scheme="http",
+                          allow_bucket_creation=True).create_dir("mmtune-test")
+        yield "s3://mmtune-test"
+    finally:
+        server.terminate()
+        server.wait(10)

@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import pickle
+import shutil
 import signal
 import threading
 import time
@@ -51,14 +52,17 @@ def test_trial_out_of_retries_is_recorded_failed(ray_session, demo_dir, tmp_path
     assert len(failed) == 1 and "injected fault at epoch 1" in failed[0].error
     ok = [t for t in trials.values() if t.status != "failed"]
     assert [t.status for t in ok] == ["completed"]
-    # `mmtune resume` retries the failed trial from its checkpoint (the fault fires once) and keeps the other.
+    # `mmtune resume` retries the failed trial from its checkpoint (the fault fires once) and keeps the other,
+    # also after the experiment folder moved (as on a new head node): records go to the new place.
     kept = records.read(exp, ok[0].trial_id)
+    exp = shutil.move(exp, tmp_path / "moved")
     p = runner.prepare_resume(exp)
     p.callbacks = (fault,)
     runner.resume(p)
     after = histories(exp)
     assert {t.status for t in after.values()} == {"completed"} and records.read(exp, ok[0].trial_id) == kept
     assert [r["epoch"] for r in after[failed[0].trial_id].history] == [1, 2]
+    assert not (tmp_path / "fail").exists()
 
 
 def test_worker_killed_with_sigkill_is_retried(ray_session, demo_dir, tmp_path):

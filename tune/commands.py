@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from tune import finalize, report
+from tune import finalize, report, storage
 from tune.errors import ResultsError, SweepError
 
 BAD_INPUT = (SweepError, ResultsError)
@@ -16,7 +15,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--data", required=True, help="data set folder")
     s.add_argument("--space", default="search_spaces/default.yaml", help="search-space YAML")
     s.add_argument("--name", help="experiment name (default <space>-<time>)")
-    s.add_argument("--storage", default="results", help="folder (or file:// URI) holding experiments")
+    s.add_argument("--storage", default="results",
+                   help="folder or URI holding experiments: a path, file://, s3://, gs://, ... "
+                   "(multi-node clusters need shared storage)")
     s.add_argument("--address", help="Ray cluster to join ('auto', host:port); default: embedded local Ray")
     s.add_argument("--cpus-per-trial", type=float, default=1.0)
     s.add_argument("--gpus-per-trial", default="auto", help="'auto' (pack by memory estimate), 0, a fraction, or N")
@@ -74,27 +75,29 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     runner.check_cluster(prepared, nodes)
     plan = runner.plan_resources(s, prepared.data, opts, nodes)
     print(plan.describe(), flush=True)
-    exp_dir = runner.run(prepared, plan)
-    return _finish(exp_dir)
+    return _finish(runner.run(prepared, plan))
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from tune import runner
 
     prepared = runner.prepare_resume(args.experiment)
-    print(f"resuming {prepared.exp_dir}")
+    print(f"resuming {prepared.loc}")
     runner.connect(args.address, args.num_cpus)
     return _finish(runner.resume(prepared))
 
 
-def _finish(exp_dir: Path) -> int:
+def _finish(loc: storage.Location) -> int:
     from tune.results import export, status_table
 
-    summary = export(exp_dir)
+    with storage.pushing(loc) as exp_dir:
+        summary = export(exp_dir)
     print(status_table(exp_dir))
     print(f"\nbest {summary['metric']} = {summary['best_value']:.4f} (trial {summary['best_trial']}, "
           f"epoch {summary['best_epoch']}); trials by status: {summary['trials_by_status']}")
     print(f"best config: {summary['best_config']}")
+    if loc.remote:
+        print(f"stored at:   {loc.remote} (the paths above are its local copy)")
     print(f"retrain it:  mmtune train --config {summary['best_config']} --data {summary['data']}")
     return 0
 
@@ -102,7 +105,8 @@ def _finish(exp_dir: Path) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from tune.results import export
 
-    summary = export(args.experiment, args.out)
+    with storage.synced(args.experiment) as exp_dir:
+        summary = export(exp_dir, args.out)
     print(f"best {summary['metric']} = {summary['best_value']:.4f} (trial {summary['best_trial']}); "
           f"wrote {summary['best_config']}, trials.csv, summary.json")
     return 0
@@ -111,7 +115,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from tune.results import status_table
 
-    print(status_table(args.experiment))
+    with storage.synced(args.experiment) as exp_dir:
+        print(status_table(exp_dir))
     return 0
 
 

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from tune.results import Trial
     from tune.runner import Plan, SweepOptions
     from tune.space import SearchSpace
+    from tune.storage import Location
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +62,21 @@ class Candidate:
 
 def finalize(exp_dir: str | Path, top_k: int = 3, seeds: int = 3, address: str | None = None,
              num_cpus: int | None = None) -> dict[str, Any]:
-    """Retrain the top TOP_K configs of EXP_DIR with SEEDS seeds each; write <exp>/final/ and return the summary."""
-    from tune import runner
-    from tune.results import load_trials, space_of
+    """Retrain the top TOP_K configs of EXP_DIR (a folder or URI) with SEEDS seeds each; write <exp>/final/."""
+    from tune import storage
 
     if top_k < 1 or seeds < 1:
         raise ResultsError(f"--top-k {top_k}, --seeds {seeds}: both must be >= 1")
-    exp_dir = Path(exp_dir).resolve()
+    loc = storage.locate(str(exp_dir))
+    with storage.synced(exp_dir):
+        return _finalize(loc, top_k, seeds, address, num_cpus)
+
+
+def _finalize(loc: Location, top_k: int, seeds: int, address: str | None, num_cpus: int | None) -> dict[str, Any]:
+    from tune import runner, storage
+    from tune.results import load_trials, space_of
+
+    exp_dir = loc.local
     space = space_of(exp_dir)
     cands = select_top(load_trials(exp_dir, space), space, top_k)
     seed_list = seeds_for(space, seeds)
@@ -80,9 +89,11 @@ def finalize(exp_dir: str | Path, top_k: int = 3, seeds: int = 3, address: str |
     log.info("finalize %s: %d config(s) x %d seed(s), %d epochs\n%s", exp_dir.name, len(cands), seeds,
              space.epochs, plan.describe())
     out = fresh_dir(exp_dir / FINAL_DIR)
+    storage.delete(loc, FINAL_DIR)
     started = time.time()
-    grid = build_tuner(cands, seed_list, data, exp_dir, opts, plan).fit()
-    collect(grid, cands)
+    grid = build_tuner(cands, seed_list, data, loc.remote or str(exp_dir), opts, plan).fit()
+    storage.pull(loc, FINAL_DIR)  # the runs' results and checkpoints, when Ray wrote them to remote storage
+    collect(grid, cands, out)
     return write_outputs(exp_dir, out, space, cands, seed_list, top_k, plan, time.time() - started)
 
 
@@ -131,7 +142,7 @@ def fresh_dir(path: Path) -> Path:
     return path
 
 
-def build_tuner(cands: list[Candidate], seed_list: list[int], data: Dataset, exp_dir: Path,
+def build_tuner(cands: list[Candidate], seed_list: list[int], data: Dataset, exp_location: str,
                 opts: SweepOptions, plan: Plan) -> tune.Tuner:
     """A grid over (config rank, seed): no searcher and no scheduler, every run gets the full budget."""
     from ray import tune
@@ -145,7 +156,7 @@ def build_tuner(cands: list[Candidate], seed_list: list[int], data: Dataset, exp
         param_space={"rank": tune.grid_search(list(range(len(cands)))), "seed": tune.grid_search(seed_list)},
         tune_config=tune.TuneConfig(max_concurrent_trials=plan.concurrent, reuse_actors=True,
                                     trial_dirname_creator=trial_dirname),
-        run_config=tune.RunConfig(name=FINAL_DIR, storage_path=str(exp_dir),
+        run_config=tune.RunConfig(name=FINAL_DIR, storage_path=exp_location,
                                   failure_config=tune.FailureConfig(max_failures=opts.max_failures),
                                   callbacks=[JsonLoggerCallback()], verbose=1))
 
@@ -192,14 +203,18 @@ def best_epoch_metrics(trainer: Any, data: Dataset) -> dict[str, float]:
     return out
 
 
-def collect(grid: Any, cands: list[Candidate]) -> None:
-    """Attach every run of the result grid to its candidate; errored runs count as failed seeds."""
+def collect(grid: Any, cands: list[Candidate], out: Path) -> None:
+    """Attach every run of the result grid to its candidate; errored runs count as failed seeds.
+
+    Paths point into OUT, the local final/ folder (Ray's own may be on remote storage).
+    """
     for res in grid:
+        run_dir = out / Path(res.path).name
         metrics = res.metrics or {}
         ok = res.error is None and res.checkpoint is not None and metrics.get("status") not in (None, "nan")
         run = {k: v for k, v in metrics.items() if k in ("status", "epochs_run", "best_epoch") or "/" in k}
-        run.update(seed=int(res.config["seed"]), ok=ok, path=str(res.path),
-                   checkpoint=str(Path(res.checkpoint.path) / CKPT_FILE) if ok else None)
+        run.update(seed=int(res.config["seed"]), ok=ok, path=str(run_dir),
+                   checkpoint=str(run_dir / Path(res.checkpoint.path).name / CKPT_FILE) if ok else None)
         if res.error is not None:
             run.update(status="failed", error=str(res.error).strip().splitlines()[-1][:300])
         cands[int(res.config["rank"])].runs.append(run)

@@ -14,6 +14,7 @@ from typing import Any
 from ray import tune
 
 from model.io import atomic_file
+from tune import storage
 
 RECORDS_DIR = "mmtune_trials"
 ASHA_STOPPED = "stopped"  # still improving when the scheduler stopped it
@@ -25,9 +26,9 @@ def _path(exp_dir: str | Path, trial_id: str) -> Path:
 
 
 def read(exp_dir: str | Path, trial_id: str) -> dict[str, Any] | None:
-    """The final record of TRIAL_ID, or None while it has not ended."""
-    p = _path(exp_dir, trial_id)
-    return json.loads(p.read_text()) if p.is_file() else None
+    """The final record of TRIAL_ID, or None while it has not ended; EXP_DIR may be a remote URI."""
+    text = storage.read_text(str(exp_dir), f"{RECORDS_DIR}/{trial_id}.json")
+    return json.loads(text) if text is not None else None
 
 
 def final(exp_dir: str | Path, trial_id: str) -> dict[str, Any] | None:
@@ -42,10 +43,11 @@ def read_all(exp_dir: str | Path) -> dict[str, dict[str, Any]]:
     return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))} if folder.is_dir() else {}
 
 
-def write(exp_dir: str | Path, trial_id: str, record: dict[str, Any]) -> None:
-    """Write a record atomically and durably (fsync before rename)."""
-    with atomic_file(_path(exp_dir, trial_id), durable=True) as f:
+def write(loc: storage.Location, trial_id: str, record: dict[str, Any]) -> None:
+    """Write a record atomically and durably (fsync before rename), and upload it for a remote experiment."""
+    with atomic_file(_path(loc.local, trial_id), durable=True) as f:
         json.dump(record, f, default=str)
+    storage.push(loc, f"{RECORDS_DIR}/{trial_id}.json")
 
 
 def _clean(result: dict[str, Any]) -> dict[str, Any]:
@@ -59,14 +61,15 @@ def _clean(result: dict[str, Any]) -> dict[str, Any]:
 class TrialRecorder(tune.Callback):
     """Writes a trial's final record when it completes, is stopped or fails for good."""
 
-    def __init__(self, exp_dir: str | Path, status_key: str):
-        self.exp_dir, self.status_key = str(exp_dir), status_key
+    def __init__(self, loc: storage.Location, status_key: str):
+        self.loc, self.status_key = loc, status_key
 
     def _write(self, trial: Any, status: str, error: str | None = None) -> None:
-        if final(self.exp_dir, trial.trial_id) is not None:
+        # The local copy is current: a resume pulls a remote experiment before it starts.
+        if final(self.loc.local, trial.trial_id) is not None:
             return  # a trial that a resume re-reported keeps the record it ended with
         last = trial.last_result or {}
-        write(self.exp_dir, trial.trial_id, {
+        write(self.loc, trial.trial_id, {
             "trial_id": trial.trial_id, "status": status, "config": trial.config,
             "epochs": last.get("training_iteration", 0), "last_result": _clean(last),
             "error": error, "ended": time.time(),

@@ -105,7 +105,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Write the report of ARGS.experiment and print where it is."""
-    path = write_report(args.experiment, getattr(args, "top_k", 5))
+    from tune import storage
+
+    with storage.synced(args.experiment) as exp_dir:
+        path = write_report(exp_dir, getattr(args, "top_k", 5))
     print(f"report: {path}")
     print(f"markdown: {path.with_name('report.md')} (figures in {path.with_name(FIG_DIR)}/)")
     warnings = _read_warnings(path.with_name("report.md"))

@@ -25,7 +25,7 @@ from ray.tune.search.optuna import OptunaSearch
 from data.npz import Dataset, load_dataset
 from model.config import TrainConfig
 from model.io import atomic_file
-from tune import records
+from tune import records, storage
 from tune.errors import SweepError
 from tune.space import SearchSpace, load_space, parse_space
 from tune.trainable import STATUS, train_trial
@@ -100,19 +100,27 @@ class Prepared:
     exp_dir: Path
     name: str
     callbacks: tuple = ()  # extra loop callbacks for every trial (fault injection in tests and benches)
+    remote: str | None = None  # the experiment's URI when --storage is remote (exp_dir is then its local mirror)
+
+    @property
+    def loc(self) -> storage.Location:
+        return storage.Location(self.exp_dir, self.remote)
 
 
 def prepare(opts: SweepOptions) -> Prepared:
     """Check the space, data, flags and experiment folder; nothing starts, nothing is written."""
     space = load_space(opts.space).with_overrides(num_samples=opts.num_samples, epochs=opts.epochs, seed=opts.seed)
     name = opts.name or f"{Path(opts.space).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    exp_dir = experiment_dir(opts.storage, name)
+    loc = experiment_dir(opts.storage, name)
     _check_flags(opts)
-    if exp_dir.exists() and not opts.overwrite:
-        state = "finished" if read_meta(exp_dir).get("finished") else "unfinished"
-        raise SweepError(f"{exp_dir}: an {state} experiment of that name exists; continue it with "
-                         f"`mmtune resume {exp_dir}`, replace it with --overwrite, or pick another --name")
-    return Prepared(opts, space, load_data(opts.data, space), exp_dir, name)
+    if loc.remote:
+        storage.check_writable(loc.ray_storage)
+    if storage.exists(loc) and not opts.overwrite:
+        meta = json.loads(storage.read_text(str(loc), META) or "{}")
+        state = "finished" if meta.get("finished") else "unfinished"
+        raise SweepError(f"{loc}: an {state} experiment of that name exists; continue it with "
+                         f"`mmtune resume {loc}`, replace it with --overwrite, or pick another --name")
+    return Prepared(opts, space, load_data(opts.data, space), loc.local, name, remote=loc.remote)
 
 
 def load_data(path: str | Path, space: SearchSpace) -> Dataset:
@@ -122,13 +130,11 @@ def load_data(path: str | Path, space: SearchSpace) -> Dataset:
                         space.fixed.get("split_seed", base.split_seed))
 
 
-def experiment_dir(storage: str, name: str) -> Path:
-    """The absolute experiment folder; names cannot climb out of the storage folder."""
+def experiment_dir(storage_path: str, name: str) -> storage.Location:
+    """Where experiment NAME lives under --storage (a folder or URI); names cannot climb out of it."""
     if not NAME_RE.fullmatch(name) or ".." in name:
         raise SweepError(f"--name {name!r}: use letters, digits, '.', '_' and '-' only (no '/' or '..')")
-    if "://" in storage and not storage.startswith("file://"):
-        raise SweepError(f"--storage {storage}: only local paths and file:// URIs are supported so far")
-    return (Path(storage.removeprefix("file://")).expanduser().resolve() / name)
+    return storage.locate(storage_path, name)
 
 
 def _check_flags(o: SweepOptions) -> None:
@@ -167,7 +173,7 @@ def connect(address: str | None, num_cpus: int | None = None, num_gpus: int | No
 def check_cluster(p: Prepared, nodes: list[dict[str, float]]) -> None:
     """Refuse what would fail later on this cluster: unshared storage, data too big for the object store."""
     storage = p.opts.storage
-    if len(nodes) > 1 and "://" not in storage and not p.opts.allow_local_storage:
+    if len(nodes) > 1 and not storage_path_shared(storage) and not p.opts.allow_local_storage:
         raise SweepError(
             f"--storage {storage}: the cluster has {len(nodes)} nodes, and trials on other nodes cannot write "
             "to a plain local path. Use a shared filesystem every node mounts at the same path, given as a "
@@ -178,6 +184,11 @@ def check_cluster(p: Prepared, nodes: list[dict[str, float]]) -> None:
             f"--data {p.opts.data}: the data set needs {p.data.nbytes / 2**30:.2f} GiB in Ray's object store, "
             f"but the smallest node has {store / 2**30:.2f} GiB. Start Ray with a larger "
             "--object-store-memory, or reduce the data set")
+
+
+def storage_path_shared(location: str) -> bool:
+    """Whether every node can reach LOCATION: a remote URI, or a file:// URI (by convention a shared mount)."""
+    return "://" in location
 
 
 def estimate_trial_gb(cfg: TrainConfig, modalities: dict[str, tuple[int, int]]) -> float:
@@ -272,7 +283,7 @@ def trial_dirname(trial: Any) -> str:
 def make_trainable(p: Prepared, plan: Plan) -> Any:
     """The trial function with the data set shared through the object store (put once, zero-copy reads)."""
     return tune.with_resources(
-        tune.with_parameters(train_trial, data=p.data, space=p.space, exp_dir=str(p.exp_dir),
+        tune.with_parameters(train_trial, data=p.data, space=p.space, exp_dir=str(p.loc),
                              callbacks=tuple(p.callbacks)),
         {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial})
 
@@ -280,13 +291,13 @@ def make_trainable(p: Prepared, plan: Plan) -> Any:
 def run_config(p: Prepared, space: SearchSpace) -> tune.RunConfig:
     """Storage, failure retries, checkpoint retention and the durable trial records."""
     return tune.RunConfig(
-        name=p.name, storage_path=str(p.exp_dir.parent),
+        name=p.name, storage_path=p.loc.ray_storage,
         failure_config=tune.FailureConfig(max_failures=p.opts.max_failures),
         # The best epoch's checkpoint by the metric; Tune also keeps the latest one for resuming. Retention
         # also forces a state snapshot per checkpoint, which keeps a killed driver from forgetting trials.
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=space.metric,
                                                 checkpoint_score_order=space.mode),
-        callbacks=[JsonLoggerCallback(), records.TrialRecorder(p.exp_dir, STATUS)], verbose=1)
+        callbacks=[JsonLoggerCallback(), records.TrialRecorder(p.loc, STATUS)], verbose=1)
 
 
 def make_searcher(space: SearchSpace) -> OptunaSearch:
@@ -311,61 +322,69 @@ def read_meta(exp_dir: Path) -> dict[str, Any]:
     return json.loads(p.read_text()) if p.is_file() else {}
 
 
-def write_meta(exp_dir: Path, meta: dict[str, Any]) -> None:
-    """Atomically write the metadata."""
+def write_meta(exp_dir: Path, meta: dict[str, Any], remote: str | None = None) -> None:
+    """Atomically write the metadata (and upload it, for a REMOTE experiment)."""
     with atomic_file(exp_dir / META) as f:
         f.write(json.dumps(meta, indent=2, default=str))
+    storage.push(storage.Location(exp_dir, remote), META)
 
 
 def start_experiment(p: Prepared, plan: Plan) -> None:
     """A fresh experiment folder holding only the metadata that resume and export read."""
     if p.exp_dir.exists():
         shutil.rmtree(p.exp_dir)  # only reached with --overwrite (prepare refuses otherwise)
+    storage.delete(p.loc)
     write_meta(p.exp_dir, {
         "name": p.name, "data": str(Path(p.opts.data).resolve()), "space_file": str(Path(p.opts.space).resolve()),
         "space": {**p.space.raw, "num_samples": p.space.num_samples, "epochs": p.space.epochs, "seed": p.space.seed},
         "options": asdict(p.opts), "plan": asdict(plan), "started": time.time(), "finished": False,
-    })
+    }, p.remote)
 
 
-def run(p: Prepared, plan: Plan) -> Path:
-    """Start the sweep and wait for it; returns the experiment folder."""
+def run(p: Prepared, plan: Plan) -> storage.Location:
+    """Start the sweep and wait for it; returns where the experiment is."""
     start_experiment(p, plan)
     tuner = build_tuner(p, plan)
-    _fit(tuner, p.exp_dir)
-    return p.exp_dir
+    _fit(tuner, p.loc)
+    return p.loc
 
 
-def _fit(tuner: tune.Tuner, exp_dir: Path) -> None:
+def _fit(tuner: tune.Tuner, loc: storage.Location) -> None:
     grid = tuner.fit()
     from tune.results import prune_checkpoints  # late: results imports this module
 
-    freed = prune_checkpoints(exp_dir)
-    log.info("pruned checkpoints: %.1f MB freed", freed / 2**20)
-    meta = read_meta(exp_dir)
+    if loc.remote:
+        storage.pull(loc)  # what Ray wrote there, for the export that follows
+    else:
+        # Remote checkpoints are left to Ray's retention: pruning them would download every one first.
+        freed = prune_checkpoints(loc.local)
+        log.info("pruned checkpoints: %.1f MB freed", freed / 2**20)
+    meta = read_meta(loc.local)
     meta.update(finished=True, ended=time.time(), errors=len(grid.errors))
-    write_meta(exp_dir, meta)
+    write_meta(loc.local, meta, loc.remote)
 
 
-def prepare_resume(exp_dir: str | Path) -> Prepared:
-    """Rebuild what a sweep needs from its folder (the space as it was, the data path)."""
-    exp_dir = Path(exp_dir).resolve()
-    meta = read_meta(exp_dir)
+def prepare_resume(location: str | Path) -> Prepared:
+    """Rebuild what a sweep needs from its folder or URI (the space as it was, the data path)."""
+    loc = storage.locate(str(location))
+    if loc.remote and storage.exists(loc, META):
+        storage.pull(loc)  # resume reads Ray's state, the records and the checkpoints it repairs
+    meta = read_meta(loc.local)
     if not meta:
-        raise SweepError(f"{exp_dir}: not an mmtune experiment (no {META}); pass results/<experiment>")
+        raise SweepError(f"{loc}: not an mmtune experiment (no {META}); pass results/<experiment>")
     opts = SweepOptions(**{**meta["options"], "overwrite": False})
-    space = parse_space(meta["space"], f"{meta['space_file']} (as recorded in {exp_dir / META})")
-    return Prepared(opts, space, load_data(meta["data"], space), exp_dir, meta["name"])
+    space = parse_space(meta["space"], f"{meta['space_file']} (as recorded in {loc}/{META})")
+    return Prepared(opts, space, load_data(meta["data"], space), loc.local, meta["name"], remote=loc.remote)
 
 
-def repair_checkpoints(exp_dir: Path) -> int:
+def repair_checkpoints(exp_dir: Path) -> list[str]:
     """Fill each missing older checkpoint index with (hard links to) the next newer checkpoint.
 
     Retention deletes a trial's previous checkpoint when it writes a new one; a driver killed before
     Tune's next state save leaves that state naming the deleted one, and the trial could never be
-    restored. Its newer checkpoint is the right place to continue from.
+    restored. Its newer checkpoint is the right place to continue from. Returns the folders made.
     """
-    repaired = 0
+    repaired = []
     for trial in exp_dir.glob("trial_*"):
         present = sorted(int(d.name.split("_")[-1]) for d in trial.glob("checkpoint_*") if d.is_dir())
         for i in range(present[-1] if present else 0):
@@ -373,7 +392,7 @@ def repair_checkpoints(exp_dir: Path) -> int:
                 newer = min(j for j in present if j > i)
                 shutil.copytree(trial / f"checkpoint_{newer:06d}", trial / f"checkpoint_{i:06d}",
                                 copy_function=os.link)
-                repaired += 1
+                repaired.append(f"{trial.name}/checkpoint_{i:06d}")
     return repaired
 
 
@@ -398,23 +417,39 @@ def tune_state_saved(exp_dir: Path) -> bool:
     return states
 
 
-def resume(p: Prepared) -> Path:
+def _rebind_recorder(tuner: tune.Tuner, loc: storage.Location) -> None:
+    """Point the restored TrialRecorder at LOC: Tuner.restore unpickles the callbacks of the first run, whose
+    folder (or local mirror) may have moved since, e.g. a sweep resumed from its URI on a new head node."""
+    run_config = getattr(getattr(tuner, "_local_tuner", None), "get_run_config", lambda: None)()
+    recorders = [c for c in (run_config.callbacks if run_config else None) or [] if isinstance(c, records.TrialRecorder)]
+    if not recorders:
+        raise SweepError("Ray's restored Tuner has no mmtune TrialRecorder to update; this Ray version is not "
+                         "supported by `mmtune resume` (see constraints.txt)")
+    for r in recorders:
+        r.loc = loc
+
+
+def resume(p: Prepared) -> storage.Location:
     """Continue an interrupted sweep: finished trials kept, errored ones resumed, searcher state kept."""
     meta = read_meta(p.exp_dir)
     plan = Plan(**meta["plan"])
     repaired = repair_checkpoints(p.exp_dir)
+    for rel in repaired:
+        storage.push(p.loc, rel)
     if repaired:
         log.warning("%d checkpoint(s) that Ray's saved state still named were already deleted; they now hold "
-                    "the trial's newer checkpoint", repaired)
+                    "the trial's newer checkpoint", len(repaired))
     if not tune_state_saved(p.exp_dir):
         # Killed before Tune's first state save: no trial had finished, so starting over loses nothing.
         log.warning("%s: Ray saved no experiment state yet; starting the sweep over", p.exp_dir)
         for child in p.exp_dir.iterdir():
             if child.name != META:
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
+        storage.delete(p.loc, keep=(META,))
         tuner = build_tuner(p, plan)
     else:
-        tuner = tune.Tuner.restore(str(p.exp_dir), trainable=make_trainable(p, plan), resume_errored=True)
-    _fit(tuner, p.exp_dir)
-    return p.exp_dir
+        tuner = tune.Tuner.restore(str(p.loc), trainable=make_trainable(p, plan), resume_errored=True)
+        _rebind_recorder(tuner, p.loc)
+    _fit(tuner, p.loc)
+    return p.loc
 

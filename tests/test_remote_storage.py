@@ -1,0 +1,107 @@
+"""Experiments on object storage: a real S3 server (moto) on loopback, real Ray, real sweeps."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import pytest
+import yaml
+
+from tests.conftest import SMOKE
+from tune import records, runner, storage
+from tune.cli import run
+from tune.faults import FaultInjector
+from tune.results import load_trials, space_of
+
+
+def remote_files(uri: str) -> dict[str, int]:
+    """Every file under URI with its size, by path relative to URI."""
+    fs, path = pafs.FileSystem.from_uri(uri)
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    return {i.path[len(path) + 1:]: i.size for i in infos if i.type == pafs.FileType.File}
+
+
+@pytest.mark.slow
+def test_sweep_on_s3_then_every_command_from_another_machine(ray_session, s3_bucket, demo_dir, tmp_path,
+                                                               monkeypatch, capsys):
+    monkeypatch.setenv("MMTUNE_CACHE", str(tmp_path / "head"))
+    assert run(["sweep", "--data", str(demo_dir), "--space", SMOKE, "--storage", f"{s3_bucket}/exps",
+                "--name", "remote"]) == 0
+    uri = f"{s3_bucket}/exps/remote"
+    files = remote_files(uri)
+    n = json.loads(storage.read_text(uri, runner.META))["space"]["num_samples"]
+    assert len([f for f in files if f.startswith(f"{records.RECORDS_DIR}/")]) == n
+    assert len({f.split("/")[0] for f in files if "/checkpoint_" in f}) == n  # written by the trial workers
+    for name in ("trials.csv", "best_config.yaml", "summary.json", "best/checkpoint.pt"):
+        assert files.get(name), name
+    summary = json.loads(storage.read_text(uri, "summary.json"))
+
+    # A machine with none of the sweep's local files (a new head node, a laptop) works from the URI alone.
+    monkeypatch.setenv("MMTUNE_CACHE", str(tmp_path / "laptop"))
+    assert run(["status", uri]) == 0
+    assert summary["best_trial"] in capsys.readouterr().out
+    assert run(["export", uri, "--out", str(tmp_path / "best.yaml")]) == 0
+    assert yaml.safe_load((tmp_path / "best.yaml").read_text()) == yaml.safe_load(storage.read_text(uri, "best_config.yaml"))
+    assert run(["report", uri]) == 0
+    assert run(["finalize", uri, "--top-k", "1", "--seeds", "1"]) == 0
+    files = remote_files(uri)
+    assert files.get("report.html") and files.get("report/history.png")
+    assert files.get("final/summary.json") and files.get("final/winner/seed_0.pt")
+    assert json.loads(storage.read_text(uri, "final/summary.json"))["winner"]["trial_id"] == summary["best_trial"]
+
+
+@pytest.mark.slow
+def test_resume_from_the_uri_on_a_new_head_node(ray_session, s3_bucket, demo_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("MMTUNE_CACHE", str(tmp_path / "old-head"))
+    fault = FaultInjector(str(tmp_path / "markers"), epoch=1)
+    opts = runner.SweepOptions(data=str(demo_dir), space=SMOKE, name="lost-head", storage=f"{s3_bucket}/exps",
+                               num_samples=2, epochs=2, max_failures=0)
+    p = runner.prepare(opts)
+    p.space = p.space.with_overrides(grace_period=2)
+    p.callbacks = (fault,)
+    runner.run(p, runner.plan_resources(p.space, p.data, opts, runner.cluster_nodes()))
+    uri = f"{s3_bucket}/exps/lost-head"
+    statuses = {k: v["status"] for k, v in _remote_records(uri).items()}
+    assert sorted(statuses.values()) == ["completed", "failed"]
+
+    monkeypatch.setenv("MMTUNE_CACHE", str(tmp_path / "new-head"))  # the old head's files are gone
+    q = runner.prepare_resume(uri)
+    q.callbacks = (fault,)  # fires once per marker: the retried trial now trains through
+    runner.resume(q)
+    after = _remote_records(uri)
+    assert set(after) == set(statuses) and {r["status"] for r in after.values()} == {"completed"}
+    local = q.exp_dir
+    assert str(local).startswith(str(tmp_path / "new-head"))
+    trials = load_trials(local, space_of(local))
+    assert all([r["epoch"] for r in t.history] == [1, 2] for t in trials)  # continued from its checkpoint
+
+
+def _remote_records(uri: str) -> dict[str, dict]:
+    names = [f for f in remote_files(uri) if f.startswith(f"{records.RECORDS_DIR}/")]
+    return {n.split("/")[-1].removesuffix(".json"): json.loads(storage.read_text(uri, n)) for n in names}
+
+
+@pytest.mark.parametrize("storage_arg, words", [
+    ("s3://no-such-bucket/exps", "cannot write there"),
+    ("s3://mmtune-test/exps?endpoint_override=127.0.0.1:1", "not in the URI"),
+    ("nosuchfs://host/exps", "cannot open this storage URI"),
+])
+def test_bad_storage_uri_exits_2_before_ray(s3_bucket, demo_dir, tmp_path, capsys, storage_arg, words):
+    import ray
+
+    started = ray.is_initialized()
+    code = run(["sweep", "--data", str(demo_dir), "--space", SMOKE, "--storage", storage_arg, "--name", "x"])
+    err = capsys.readouterr().err
+    assert code == 2 and words in err and storage_arg in err and "Traceback" not in err
+    assert ray.is_initialized() == started  # refused before Ray would start
+
+
+def test_locate_maps_uris_to_a_mirror_and_refuses_climbing(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMTUNE_CACHE", str(tmp_path))
+    loc = storage.locate("s3://bucket/a/b", "exp")
+    assert loc.remote == "s3://bucket/a/b/exp" and loc.ray_storage == "s3://bucket/a/b"
+    assert loc.local == tmp_path / "remote/s3/bucket/a/b/exp"
+    assert storage.locate("file:///x/y", "exp") == storage.Location(Path("/x/y/exp"))
+    with pytest.raises(runner.SweepError, match=r"without '\.\.'"):
+        storage.locate("s3://bucket/../etc")
