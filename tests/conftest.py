@@ -119,3 +119,12 @@ def s3_bucket() -> Iterator[str]:
     finally:
         server.terminate()
         server.wait(10)
+
+
+def remote_files(uri: str) -> dict[str, int]:
+    """Every file under URI with its size, by path relative to URI."""
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(uri)
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    return {i.path[len(path) + 1:]: i.size for i in infos if i.type == pafs.FileType.File}

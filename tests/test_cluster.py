@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, SMOKE
+from tests.conftest import REPO, SMOKE, remote_files
 from tune.faults import kill_processes_of
 
 RAY = str(Path(sys.executable).parent / "ray")
@@ -62,8 +62,9 @@ def rows(exp: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_two_node_cluster(two_nodes, demo_dir, tmp_path):
+def test_two_node_cluster(two_nodes, s3_bucket, demo_dir, tmp_path):
     address, env = two_nodes
+    env = {**env, "MMTUNE_CACHE": str(tmp_path / "mirror")}
     deadline = time.time() + 60
     while len(nodes := nodes_of(address, env)) < 2 and time.time() < deadline:
         time.sleep(1)
@@ -76,15 +77,18 @@ def test_two_node_cluster(two_nodes, demo_dir, tmp_path):
     assert refused.returncode == 2 and "--allow-local-storage" in refused.stderr
     assert not (tmp_path / "refused").exists()
 
-    # CPU trials spread over both nodes; everything lands in the storage path.
-    cpu = sweep(address, env, *base, "--name", "cpu", "--gpus-per-trial", "0", "--allow-local-storage")
+    # CPU trials spread over both nodes, on shared storage (S3): each node uploads its trials' checkpoints.
+    cpu = sweep(address, env, *base[:2], "--storage", f"{s3_bucket}/cluster", *base[4:], "--name", "cpu",
+                "--gpus-per-trial", "0")
     assert cpu.returncode == 0, cpu.stderr[-3000:]
     assert "cluster: 2 node(s), 2 CPUs, 4 GPUs" in cpu.stdout and "concurrent trials: 2" in cpu.stdout
-    exp = tmp_path / "cpu"
+    uri = f"{s3_bucket}/cluster/cpu"
+    exp = tmp_path / "mirror/remote/s3" / uri.removeprefix("s3://")  # the sweep's local mirror
     trials = rows(exp)
     assert len(trials) == 4 and {t["node_id"] for t in trials} == set(nodes)
-    assert (exp / "best_config.yaml").is_file() and (exp / "best" / "checkpoint.pt").is_file()
-    assert all(list((exp / f"trial_{t['trial_id']}").glob("checkpoint_*")) for t in trials)
+    remote = remote_files(uri)
+    assert remote.get("best_config.yaml") and remote.get("best/checkpoint.pt") and remote.get("trials.csv")
+    assert all(any(f.startswith(f"trial_{t['trial_id']}/checkpoint_") for f in remote) for t in trials)
 
     # GPU trials land only where GPUs are, packed several per GPU; the head's single CPU bounds them.
     gpu = sweep(address, env, *base, "--name", "gpu", "--gpus-per-trial", "auto", "--allow-local-storage")

@@ -4,22 +4,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pyarrow.fs as pafs
 import pytest
 import yaml
 
-from tests.conftest import SMOKE
+from tests.conftest import SMOKE, remote_files
 from tune import records, runner, storage
 from tune.cli import run
 from tune.faults import FaultInjector
 from tune.results import load_trials, space_of
-
-
-def remote_files(uri: str) -> dict[str, int]:
-    """Every file under URI with its size, by path relative to URI."""
-    fs, path = pafs.FileSystem.from_uri(uri)
-    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
-    return {i.path[len(path) + 1:]: i.size for i in infos if i.type == pafs.FileType.File}
 
 
 @pytest.mark.slow
