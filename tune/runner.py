@@ -172,12 +172,13 @@ def connect(address: str | None, num_cpus: int | None = None, num_gpus: int | No
 
 def check_cluster(p: Prepared, nodes: list[dict[str, float]]) -> None:
     """Refuse what would fail later on this cluster: unshared storage, data too big for the object store."""
-    storage = p.opts.storage
-    if len(nodes) > 1 and not storage_path_shared(storage) and not p.opts.allow_local_storage:
+    where = p.opts.storage
+    if len(nodes) > 1 and not storage_path_shared(where) and not p.opts.allow_local_storage:
         raise SweepError(
-            f"--storage {storage}: the cluster has {len(nodes)} nodes, and trials on other nodes cannot write "
+            f"--storage {where}: the cluster has {len(nodes)} nodes, and trials on other nodes cannot write "
             "to a plain local path. Use a shared filesystem every node mounts at the same path, given as a "
-            "file:///mnt/shared/... URI, or pass --allow-local-storage if this path is such a mount")
+            "file:///mnt/shared/... URI, or object storage (s3://bucket/path, gs://...), or pass "
+            "--allow-local-storage if this path is such a mount")
     store = min((n.get("object_store_memory", 0) for n in nodes), default=0)
     if store and p.data.nbytes > 0.8 * store:
         raise SweepError(
