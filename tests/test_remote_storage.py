@@ -33,8 +33,10 @@ def test_sweep_on_s3_then_every_command_from_another_machine(ray_session, s3_buc
     monkeypatch.setenv("MMTUNE_CACHE", str(tmp_path / "laptop"))
     assert run(["status", uri]) == 0
     assert summary["best_trial"] in capsys.readouterr().out
+    assert not list((tmp_path / "laptop").rglob("checkpoint_*"))  # status downloads results, not weights
     assert run(["export", uri, "--out", str(tmp_path / "best.yaml")]) == 0
-    assert yaml.safe_load((tmp_path / "best.yaml").read_text()) == yaml.safe_load(storage.read_text(uri, "best_config.yaml"))
+    exported = yaml.safe_load((tmp_path / "best.yaml").read_text())
+    assert exported == yaml.safe_load(storage.read_text(uri, "best_config.yaml"))
     assert run(["report", uri]) == 0
     assert run(["finalize", uri, "--top-k", "1", "--seeds", "1"]) == 0
     files = remote_files(uri)

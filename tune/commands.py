@@ -115,7 +115,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from tune.results import status_table
 
-    with storage.synced(args.experiment) as exp_dir:
+    with storage.synced(args.experiment, checkpoints=False) as exp_dir:
         print(status_table(exp_dir))
     return 0
 

@@ -68,7 +68,7 @@ def finalize(exp_dir: str | Path, top_k: int = 3, seeds: int = 3, address: str |
     if top_k < 1 or seeds < 1:
         raise ResultsError(f"--top-k {top_k}, --seeds {seeds}: both must be >= 1")
     loc = storage.locate(str(exp_dir))
-    with storage.synced(exp_dir):
+    with storage.synced(exp_dir, checkpoints=False):  # retrains from the configs, not the sweep's weights
         return _finalize(loc, top_k, seeds, address, num_cpus)
 
 

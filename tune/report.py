@@ -107,7 +107,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Write the report of ARGS.experiment and print where it is."""
     from tune import storage
 
-    with storage.synced(args.experiment) as exp_dir:
+    with storage.synced(args.experiment, checkpoints=False) as exp_dir:  # the report reads results only
         path = write_report(exp_dir, getattr(args, "top_k", 5))
     print(f"report: {path}")
     print(f"markdown: {path.with_name('report.md')} (figures in {path.with_name(FIG_DIR)}/)")

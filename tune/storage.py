@@ -135,10 +135,11 @@ def push(loc: Location, rel: str) -> None:
             out.write(f.read())
 
 
-def pull(loc: Location, rel: str = "") -> int:
+def pull(loc: Location, rel: str = "", checkpoints: bool = True) -> int:
     """Download the remote experiment's REL (default: all of it) into the mirror; returns files fetched.
 
-    Files the mirror already holds, as large and newer than the remote copy, are not fetched again.
+    Files the mirror already holds, as large and newer than the remote copy, are not fetched again;
+    without CHECKPOINTS, trial checkpoints (the bulk of an experiment) are not fetched at all.
     """
     if not loc.remote:
         return 0
@@ -151,7 +152,7 @@ def pull(loc: Location, rel: str = "") -> int:
     fetched = 0
     for info in fs.get_file_info(pafs.FileSelector(root, recursive=True)):
         dst = loc.local / info.path[len(path) + 1:]
-        if info.type != pafs.FileType.File or _current(dst, info):
+        if info.type != pafs.FileType.File or _current(dst, info) or (not checkpoints and "/checkpoint_" in info.path):
             continue
         dst.parent.mkdir(parents=True, exist_ok=True)
         with fs.open_input_stream(info.path) as f, atomic_file(dst, "wb") as out:
@@ -191,13 +192,14 @@ def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
 
 
 @contextlib.contextmanager
-def synced(location: str | Path) -> Iterator[Path]:
-    """The local folder of the experiment LOCATION; for a remote one, pulled first and changes pushed after."""
+def synced(location: str | Path, checkpoints: bool = True) -> Iterator[Path]:
+    """The local folder of the experiment LOCATION; for a remote one, pulled first (trial checkpoints only
+    with CHECKPOINTS) and changes pushed after."""
     loc = locate(str(location))
     if loc.remote:
         if not exists(loc):
             raise SweepError(f"{loc.remote}: no experiment there")
-        pull(loc)
+        pull(loc, checkpoints=checkpoints)
     with pushing(loc) as folder:
         yield folder
 
