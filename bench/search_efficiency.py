@@ -129,11 +129,9 @@ def run_method(method: str, seed: int, data_dir: Path, space_path: Path, storage
                                     trial_dirname_creator=runner.trial_dirname),
         run_config=rc)
     t0 = time.time()
-    tuner.fit()
+    grid = tuner.fit()
     wall = time.time() - t0
-    meta = runner.read_meta(p.exp_dir)
-    meta.update(finished=True, ended=time.time())
-    runner.write_meta(p.exp_dir, meta)
+    runner.finish_experiment(p.loc, len(grid.errors))
     summary = results.export(p.exp_dir)
     trials = results.load_trials(p.exp_dir, results.space_of(p.exp_dir))
     events = [json.loads(line) for line in log_path.read_text().splitlines()]

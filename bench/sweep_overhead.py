@@ -23,7 +23,6 @@ from pathlib import Path
 import yaml
 
 
-
 def pss_tree(root: int) -> int:
     """Summed PSS (bytes) of ROOT and every descendant process."""
     children: dict[int, list[int]] = {}

@@ -352,16 +352,21 @@ def run(p: Prepared, plan: Plan) -> storage.Location:
 
 def _fit(tuner: tune.Tuner, loc: storage.Location) -> None:
     grid = tuner.fit()
-    from tune.results import prune_checkpoints  # late: results imports this module
-
     if loc.remote:
         storage.pull(loc)  # what Ray wrote there, for the export that follows
     else:
+        from tune.results import prune_checkpoints  # late: results imports this module
+
         # Remote checkpoints are left to Ray's retention: pruning them would download every one first.
         freed = prune_checkpoints(loc.local)
         log.info("pruned checkpoints: %.1f MB freed", freed / 2**20)
+    finish_experiment(loc, len(grid.errors))
+
+
+def finish_experiment(loc: storage.Location, errors: int) -> None:
+    """Mark the experiment finished in its metadata, with the number of errored trials."""
     meta = read_meta(loc.local)
-    meta.update(finished=True, ended=time.time(), errors=len(grid.errors))
+    meta.update(finished=True, ended=time.time(), errors=errors)
     write_meta(loc.local, meta, loc.remote)
 
 
@@ -421,8 +426,9 @@ def tune_state_saved(exp_dir: Path) -> bool:
 def _rebind_recorder(tuner: tune.Tuner, loc: storage.Location) -> None:
     """Point the restored TrialRecorder at LOC: Tuner.restore unpickles the callbacks of the first run, whose
     folder (or local mirror) may have moved since, e.g. a sweep resumed from its URI on a new head node."""
-    run_config = getattr(getattr(tuner, "_local_tuner", None), "get_run_config", lambda: None)()
-    recorders = [c for c in (run_config.callbacks if run_config else None) or [] if isinstance(c, records.TrialRecorder)]
+    local = getattr(tuner, "_local_tuner", None)  # private, but Ray's only handle on the restored callbacks
+    callbacks = local.get_run_config().callbacks if local is not None else None
+    recorders = [c for c in callbacks or [] if isinstance(c, records.TrialRecorder)]
     if not recorders:
         raise SweepError("Ray's restored Tuner has no mmtune TrialRecorder to update; this Ray version is not "
                          "supported by `mmtune resume` (see constraints.txt)")
