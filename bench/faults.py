@@ -89,25 +89,18 @@ def injectors(plan_file: str | None) -> tuple:
 
 def role_driver(args: argparse.Namespace) -> None:
     """Start the sweep in this process (the subprocess that may be SIGKILLed)."""
-    from tune import runner
+    from tune.sweep import SweepOptions, sweep
 
     exp = Path(args.exp)
-    opts = runner.SweepOptions(data=args.data, space=args.space, name=exp.name, storage=str(exp.parent),
-                               gpus_per_trial="0", max_failures=2)
-    p = runner.prepare(opts)
-    p.callbacks = injectors(args.faults)
-    runner.connect(None, num_cpus=CPUS)
-    runner.run(p, runner.plan_resources(p.space, p.data, opts, runner.cluster_nodes()))
+    sweep(SweepOptions(data=args.data, space=args.space, name=exp.name, storage=str(exp.parent), num_cpus=CPUS,
+                       gpus_per_trial="0", max_failures=2), callbacks=injectors(args.faults))
 
 
 def role_resume(args: argparse.Namespace) -> None:
     """Resume the sweep in this process, with the same fault injectors."""
-    from tune import runner
+    from tune.sweep import SweepOptions, sweep
 
-    p = runner.prepare_resume(args.exp)
-    p.callbacks = injectors(args.faults)
-    runner.connect(None, num_cpus=CPUS)
-    runner.resume(p)
+    sweep(SweepOptions.for_experiment(args.exp, num_cpus=CPUS), callbacks=injectors(args.faults))
 
 
 # ----------------------------------------------------------------------------- processes

@@ -3,8 +3,8 @@
 On the demo data set, every method gets the same total budget (epochs summed over all its trials) and the
 same parallelism (2 concurrent trials, 1 CPU each, one shared embedded Ray):
 
-  (a) tpe_asha    mmtune's default: runner.make_searcher (seeded multivariate TPE, configured as for
-                  default.yaml's num_samples) + runner.make_scheduler (ASHA);
+  (a) tpe_asha    mmtune's default: tuner.make_searcher (seeded multivariate TPE, configured as for
+                  default.yaml's num_samples) + tuner.make_scheduler (ASHA);
   (b) random_asha OptunaSearch with optuna.samplers.RandomSampler(seed) + the same ASHA;
   (c) random_fifo the same random search, no scheduler: every trial runs the full epochs;
   (d) old         the old script's two hand-made configs (the `start` points of seed-baseline.yaml), each
@@ -94,48 +94,40 @@ def make_search(method: str, space: Any, seed: int) -> tuple[Any, Any]:
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
-    from tune import runner
+    from ray.tune.schedulers import FIFOScheduler
+
+    from tune.tuner import make_scheduler, make_searcher
 
     if method == "tpe_asha":
         # TPE's startup count follows num_samples; configure it as default.yaml's sweep would be.
         default_n = int(yaml.safe_load(DEFAULT_SPACE.read_text()).get("num_samples", 20))
-        return runner.make_searcher(space.with_overrides(num_samples=default_n, seed=seed)), runner.make_scheduler(space)
+        return make_searcher(space.with_overrides(num_samples=default_n, seed=seed)), make_scheduler(space)
     searcher = OptunaSearch(space=space.distributions(), metric=space.metric, mode=space.mode,
                             sampler=optuna.samplers.RandomSampler(seed=seed))
-    return searcher, (runner.make_scheduler(space) if method == "random_asha" else None)
+    return searcher, (make_scheduler(space) if method == "random_asha" else FIFOScheduler())
 
 
 def run_method(method: str, seed: int, data_dir: Path, space_path: Path, storage: Path, budget: int) -> dict[str, Any]:
     """One budgeted search run; returns its log of results in arrival order and its folder."""
-    from ray import tune
+    from tune import results
+    from tune.space import load_space
+    from tune.job import experiment_location
+    from tune.sweep import SweepOptions, sweep
 
-    from tune import results, runner
-
-    opts = runner.SweepOptions(data=str(data_dir), space=str(space_path), name=f"{method}-s{seed}",
-                               storage=str(storage), gpus_per_trial="0", seed=seed, overwrite=True,
-                               max_concurrent=CONCURRENCY)
-    p = runner.prepare(opts)
-    plan = runner.plan_resources(p.space, p.data, opts, runner.cluster_nodes())
-    runner.start_experiment(p, plan)
-    searcher, scheduler = make_search(method, p.space, seed)
-    log_path = p.exp_dir / "bench_results.jsonl"
-    stopper = BudgetStopper(budget, log_path, p.space.metric)
-    rc = dataclasses.replace(runner.run_config(p, p.space), stop=stopper, verbose=0)
-    tuner = tune.Tuner(
-        runner.make_trainable(p, plan),
-        tune_config=tune.TuneConfig(metric=p.space.metric, mode=p.space.mode, search_alg=searcher,
-                                    scheduler=scheduler, num_samples=MANY_TRIALS,
-                                    max_concurrent_trials=CONCURRENCY, reuse_actors=True,
-                                    trial_dirname_creator=runner.trial_dirname),
-        run_config=rc)
+    space = load_space(space_path).with_overrides(seed=seed)
+    searcher, scheduler = make_search(method, space, seed)
+    log_path = experiment_location(str(storage), f"{method}-s{seed}").local / "bench_results.jsonl"
+    stopper = BudgetStopper(budget, log_path, space.metric)
+    opts = SweepOptions(data=str(data_dir), space=str(space_path), name=f"{method}-s{seed}", storage=str(storage),
+                        gpus_per_trial="0", seed=seed, overwrite=True, max_concurrent=CONCURRENCY,
+                        num_samples=MANY_TRIALS)
     t0 = time.time()
-    grid = tuner.fit()
+    exp = sweep(opts, searcher=searcher, scheduler=scheduler, stopper=stopper)
     wall = time.time() - t0
-    runner.finish_experiment(p.loc, len(grid.errors))
-    summary = results.export(p.exp_dir)
-    trials = results.load_trials(p.exp_dir, results.space_of(p.exp_dir))
+    summary = results.export(exp.path)
+    trials = exp.trials
     events = [json.loads(line) for line in log_path.read_text().splitlines()]
-    return {"method": method, "seed": seed, "exp_dir": str(p.exp_dir), "wall_s": wall, "events": events,
+    return {"method": method, "seed": seed, "exp_dir": str(exp.path), "wall_s": wall, "events": events,
             "trials": len(trials), "epochs_on_disk": sum(t.epochs for t in trials),
             "export_best": summary["best_value"]}
 
@@ -169,13 +161,13 @@ def run_old_configs(data_dir: Path, space_path: Path, out_dir: Path, epochs: int
     """(d): the two start points of seed-baseline.yaml, trained in parallel as 1-CPU Ray tasks."""
     import ray
 
-    from tune import runner
     from tune.space import load_space
+    from tune.job import load_data
 
     space = load_space(space_path)
     base = load_space(BASELINE_SPACE)
     configs = [dataclasses.replace(space.train_config(s), epochs=epochs) for s in base.start]
-    data = runner.load_data(data_dir, space)
+    data = load_data(data_dir, space)
 
     @ray.remote(num_cpus=1)
     def train(cfg: Any, data: Any, run_dir: str) -> tuple[dict[str, Any], float]:
@@ -338,11 +330,11 @@ def main() -> None:
 def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """The measurements; WORK holds the data and experiment folders."""
     from data.demo import make_demo
-    from tune import runner
+    from tune.ray_runtime import connect
 
     data_dir = make_demo(work / "demo")
     space_path = write_space(work / "space.yaml", args.epochs)
-    runner.connect(None, num_cpus=CONCURRENCY)
+    connect(None, num_cpus=CONCURRENCY)
     runs = []
     for seed in range(args.seeds):  # methods interleaved per seed, so machine-load drift hits all alike
         for m in METHODS:

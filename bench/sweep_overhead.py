@@ -127,22 +127,24 @@ def run_sweep(data_dir: Path, space: Path, storage: Path, concurrency: int) -> d
     """(b): mmtune's sweep on an embedded local Ray (its start-up included)."""
     import ray
 
-    from tune import runner
+    from tune.ray_runtime import connect
+    from tune.job import load_data
+    from tune.sweep import SweepOptions, sweep
+    from tune.space import load_space
 
     t0 = time.perf_counter()
     with PeakMemory() as mem:
-        opts = runner.SweepOptions(data=str(data_dir), space=str(space), name="bench", storage=str(storage),
-                                   gpus_per_trial="0")
-        prepared = runner.prepare(opts)
+        opts = SweepOptions(data=str(data_dir), space=str(space), name="bench", storage=str(storage),
+                            gpus_per_trial="0", num_cpus=concurrency)  # 1 CPU per trial, so that many at once
         t_init = time.perf_counter()
-        runner.connect(None, num_cpus=concurrency)  # 1 CPU per trial, so that many at once
+        connect(None, num_cpus=concurrency)  # timed apart; sweep() then uses this runtime
         t_ready = time.perf_counter()
-        plan = runner.plan_resources(prepared.space, prepared.data, opts, runner.cluster_nodes())
-        runner.run(prepared, plan)
+        sweep(opts)
         t_done = time.perf_counter()
     ray.shutdown()
+    data_mb = load_data(data_dir, load_space(space)).nbytes / 2**20
     return {"wall_s": t_done - t0, "ray_init_s": t_ready - t_init, "tuner_s": t_done - t_ready,
-            "peak_pss_mb": mem.peak / 2**20, "data_mb": prepared.data.nbytes / 2**20}
+            "peak_pss_mb": mem.peak / 2**20, "data_mb": data_mb}
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data.io import atomic_file
 from data.npz import SPLITS, DataError
 
 log = logging.getLogger(__name__)
@@ -30,9 +31,8 @@ def pack(src: str | Path, out: str | Path) -> dict[str, int]:
     for split, group in samples.items():
         arrays = _stack(group, folders[split], names, lengths)
         out.mkdir(parents=True, exist_ok=True)
-        tmp = out / f".{split}.tmp.npz"
-        np.savez(tmp, **arrays)
-        tmp.replace(out / f"{split}.npz")  # atomic: a half-written split never appears
+        with atomic_file(out / f"{split}.npz", "wb") as f:  # a half-written split never appears
+            np.savez(f, **arrays)
         counts[split] = len(group)
         log.info("packed %d samples into %s", len(group), out / f"{split}.npz")
     return counts

@@ -4,9 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from model.io import atomic_file
+from data.io import atomic_file
 
 FORMAT = 1  # bump when the layout of a checkpoint changes
 
@@ -17,6 +15,8 @@ class CheckpointError(ValueError):
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     """Write STATE to PATH atomically: a crash leaves the old file or the new one, never half of one."""
+    import torch  # late: the CLI imports CheckpointError without needing torch
+
     with atomic_file(path, "wb", durable=True) as f:
         torch.save(state, f)
     return Path(path)
@@ -24,6 +24,8 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint safely (no arbitrary pickles); errors name the file."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from model.io import atomic_file
+from data.io import atomic_file
 
 
 class ConfigError(ValueError):

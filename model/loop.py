@@ -16,6 +16,7 @@ from model.checkpoint import FORMAT, CheckpointError, load_checkpoint
 from model.config import TrainConfig
 from model.metrics import classification_metrics, is_better, metric_name, mode_of
 from model.objectives import Classification, MaskedPretraining, pretrained_encoder
+from model.status import TrialStatus
 from model.transformer import configure_optimizer
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ class Objective(Protocol):
 class FitResult:
     """How a run ended and its best epoch."""
 
-    status: str  # "completed", "early_stopped", "nan" (loss diverged) or "stopped" (by a callback)
+    status: TrialStatus  # COMPLETED, EARLY_STOPPED, NAN (loss diverged) or STOPPED (by a callback)
     epochs_run: int
     best_epoch: int | None
     best_value: float | None
@@ -132,7 +133,7 @@ class Trainer:
         train_loss, train_metrics = self.train_epoch()
         record: dict[str, Any] = {"epoch": self.epoch, "lr": lr, metric_name("train", "loss"): train_loss}
         if not math.isfinite(train_loss):
-            record.update(status="nan", improved=False, seconds=time.perf_counter() - t0)
+            record.update(status=TrialStatus.NAN.value, improved=False, seconds=time.perf_counter() - t0)
             return record
         record.update({metric_name("train", k): v for k, v in train_metrics.items()})
         record.update({metric_name("val", k): v for k, v in evaluate(self.model, self.objective, self.val).items()})
@@ -144,7 +145,7 @@ class Trainer:
             self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
         else:
             self.bad_epochs += 1
-        record.update(status="ok", improved=improved, seconds=time.perf_counter() - t0)
+        record.update(status=TrialStatus.RUNNING.value, improved=improved, seconds=time.perf_counter() - t0)
         return record
 
     @property
@@ -199,20 +200,20 @@ def fit(cfg: TrainConfig, data: Dataset, callbacks: list[Callback] = (), kind: s
     if resume is not None:
         trainer.load_state_dict(resume)
         log.info("resumed at epoch %d", trainer.epoch)
-    status = "completed"
+    status = TrialStatus.COMPLETED
     while trainer.epoch < cfg.epochs:
         record = trainer.run_epoch()
         trainer.history.append(record)
         stop = any([bool(cb(record, trainer)) for cb in callbacks])
-        if record["status"] == "nan":
-            status = "nan"
+        if record["status"] == TrialStatus.NAN:
+            status = TrialStatus.NAN
             log.warning("epoch %d: training loss is %s; stopping this run", trainer.epoch, record["train/loss"])
             break
         if stop:
-            status = "stopped"
+            status = TrialStatus.STOPPED
             break
         if trainer.should_stop_early:
-            status = "early_stopped"
+            status = TrialStatus.EARLY_STOPPED
             log.info("early stop at epoch %d: no improvement of %s in %d epochs", trainer.epoch,
                      trainer.objective.monitor, cfg.patience)
             break

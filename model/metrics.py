@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
 # Every per-split metric the loop reports, as "<split>/<key>".
 CLASSIFICATION_KEYS = ("loss", "acc", "precision", "recall", "f1", "f1_best", "threshold", "auroc", "ap")
@@ -41,6 +40,8 @@ def classification_metrics(y: np.ndarray, prob: np.ndarray, loss: float) -> dict
     recall = tp / max((y == 1).sum(), 1)
     both = len(np.unique(y)) == 2
     f1_best, threshold = _best_f1(y, prob) if both else (float("nan"), 0.5)
+    from sklearn import metrics as skm  # late: ~0.9 s, and reading an experiment needs only the names above
+
     metrics = {
         "loss": float(loss),
         "acc": float(np.mean(pred == y)),
@@ -49,15 +50,17 @@ def classification_metrics(y: np.ndarray, prob: np.ndarray, loss: float) -> dict
         "f1": 2 * precision * recall / max(precision + recall, 1e-12),
         "f1_best": f1_best,
         "threshold": threshold,
-        "auroc": float(roc_auc_score(y, prob)) if both else float("nan"),
-        "ap": float(average_precision_score(y, prob)) if both else float("nan"),
+        "auroc": float(skm.roc_auc_score(y, prob)) if both else float("nan"),
+        "ap": float(skm.average_precision_score(y, prob)) if both else float("nan"),
     }
     return {k: float(v) for k, v in metrics.items()}  # plain floats: JSON and weights_only-safe
 
 
 def _best_f1(y: np.ndarray, prob: np.ndarray) -> tuple[float, float]:
     """Highest F1 over thresholds, and that threshold."""
-    p, r, t = precision_recall_curve(y, prob)
+    from sklearn import metrics as skm
+
+    p, r, t = skm.precision_recall_curve(y, prob)
     f1 = 2 * p[:-1] * r[:-1] / np.maximum(p[:-1] + r[:-1], 1e-12)
     i = int(np.argmax(f1))
     return float(f1[i]), float(t[i])

@@ -3,38 +3,22 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from data.batches import Batches
+from data.io import finite, write_json
 from data.npz import Dataset
 from model.checkpoint import save_checkpoint
-from model.config import TrainConfig, save_config
-from model.io import atomic_file
-from model.loop import Callback, FitResult, Trainer, evaluate, fit
+from model.config import TrainConfig, build_config, save_config
+from model.loop import Callback, FitResult, Objective, Trainer, evaluate, fit, make_objective
+from model.status import TrialStatus
 
 log = logging.getLogger(__name__)
 
 BEST, LAST = "best.pt", "last.pt"
-
-
-def write_json(obj: Any, path: Path) -> None:
-    """Write OBJ as JSON atomically (NaN/Inf become null, which every JSON reader accepts)."""
-    with atomic_file(path) as f:
-        f.write(json.dumps(_finite(obj), indent=2, sort_keys=False) + "\n")
-
-
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 class RunFolder:
@@ -49,10 +33,10 @@ class RunFolder:
 
     def __call__(self, record: dict[str, Any], trainer: Trainer) -> None:
         with open(self.path / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(_finite(record)) + "\n")
+            f.write(json.dumps(finite(record)) + "\n")
         if record.get("improved"):
             save_checkpoint(trainer.state_dict("best"), self.path / BEST)
-        if not self.save_best_only and record["status"] == "ok":
+        if not self.save_best_only and record["status"] != TrialStatus.NAN:
             save_checkpoint(trainer.state_dict("current"), self.path / LAST)
 
 
@@ -65,8 +49,7 @@ def train_run(cfg: TrainConfig, data: Dataset, run_dir: str | Path, kind: str = 
     summary = summarize(result, trainer)
     if "test" in data.splits and trainer.best_state is not None:
         trainer.model.load_state_dict(trainer.best_state)
-        test = evaluate(trainer.model, trainer.objective, Batches(data.splits["test"], trainer.device))
-        summary["test"] = test
+        summary["test"] = evaluate_splits(trainer.model, trainer.objective, data, ("test",), trainer.device)["test"]
     write_json(summary, folder.path / "summary.json")
     return summary
 
@@ -80,3 +63,19 @@ def summarize(result: FitResult, trainer: Trainer) -> dict[str, Any]:
         "num_params": trainer.num_params, "device": str(trainer.device), "seed": trainer.cfg.seed,
         "data": trainer.data.info, "torch": torch.__version__,
     }
+
+
+def evaluate_splits(model: torch.nn.Module, objective: Objective, data: Dataset, splits: tuple[str, ...],
+                    device: torch.device) -> dict[str, dict[str, float]]:
+    """Metrics of MODEL on each of SPLITS that DATA has, by split."""
+    return {s: evaluate(model.to(device), objective, Batches(data.splits[s], device)) for s in splits
+            if s in data.splits}
+
+
+def model_from_checkpoint(state: dict[str, Any], data: Dataset) -> tuple[torch.nn.Module, Objective, TrainConfig]:
+    """The classifier of a checkpoint STATE, its objective on DATA, and its config."""
+    cfg = build_config(state["config"], source="checkpoint (config)")
+    objective = make_objective(cfg, data)
+    model = objective.build({m: tuple(s) for m, s in state["modalities"].items()})
+    model.load_state_dict(state["model"])
+    return model, objective, cfg

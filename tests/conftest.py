@@ -26,15 +26,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-# The S3 server of the remote-storage tests. Set before any Ray starts: trial workers inherit the
-# environment, and they write checkpoints to the bucket themselves.
-# (This module is imported twice, as pytest's conftest and as tests.conftest: one port for both.)
-S3_PORT = int(os.environ.setdefault("MMTUNE_TEST_S3_PORT", str(_free_port())))
-os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{S3_PORT}", AWS_ACCESS_KEY_ID="test",
-                  AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true")
 SMOKE = str(REPO / "search_spaces/smoke.yaml")
 TINY = dict(d_model=16, nhead=2, num_layers=1, ff_mult=2, batch_size=32, train_steps=4, epochs=3, patience=0,
             device="cpu")
+
+
+RAY_FIXTURES = {"ray_session", "subprocess_env", "s3_bucket"}  # a test using one runs Ray (or a server)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that needs Ray (directly or through a fixture) is in the slow tier; the rest is the fast one."""
+    for item in items:
+        if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -56,7 +60,23 @@ def tiny_cfg() -> TrainConfig:
 
 
 @pytest.fixture(scope="session")
-def ray_session():
+def s3_port() -> Iterator[int]:
+    """The port of the remote-storage tests' S3 server, and the environment that points clients at it.
+
+    Set before the session's Ray starts: trial workers inherit the environment, and they write
+    checkpoints to the bucket themselves.
+    """
+    port = _free_port()
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in dict(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="test",
+                               AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1",
+                               AWS_EC2_METADATA_DISABLED="true").items():
+            mp.setenv(key, value)
+        yield port
+
+
+@pytest.fixture(scope="session")
+def ray_session(s3_port: int):
     """One real local Ray runtime for the whole session: 2 CPUs and 4 logical GPUs, private temp dir."""
     import ray
 
@@ -83,37 +103,35 @@ def subprocess_env(tmp_path: Path) -> dict[str, str]:
 def run_sweep(data: Path, storage: Path, name: str, space: str = SMOKE, callbacks: tuple = (),
               no_asha: bool = False, **options) -> Path:
     """A real sweep in this process on the session's Ray runtime, exported; returns its folder."""
-    from tune import runner
-    from tune.results import export
+    from ray.tune.schedulers import FIFOScheduler
 
-    opts = runner.SweepOptions(data=str(data), space=space, name=name, storage=str(storage), **options)
-    prepared = runner.prepare(opts)
-    if no_asha:
-        prepared.space = prepared.space.with_overrides(grace_period=prepared.space.epochs)
-    prepared.callbacks = tuple(callbacks)
-    runner.run(prepared, runner.plan_resources(prepared.space, prepared.data, opts, runner.cluster_nodes()))
-    export(prepared.exp_dir)
-    return prepared.exp_dir
+    from tune.results import export
+    from tune.sweep import SweepOptions, sweep
+
+    opts = SweepOptions(data=str(data), space=space, name=name, storage=str(storage), **options)
+    exp = sweep(opts, scheduler=FIFOScheduler() if no_asha else None, callbacks=callbacks)
+    export(exp.path)
+    return exp.path
 
 
 @pytest.fixture(scope="session")
-def s3_bucket() -> Iterator[str]:
+def s3_bucket(s3_port: int) -> Iterator[str]:
     """A real S3 endpoint (moto's server) on loopback with an empty bucket; returns the bucket's URI."""
     import pyarrow.fs as pafs
 
-    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(S3_PORT)],
+    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 30
         while True:
             try:
-                socket.create_connection(("127.0.0.1", S3_PORT), timeout=1).close()
+                socket.create_connection(("127.0.0.1", s3_port), timeout=1).close()
                 break
             except OSError:
                 if time.time() > deadline or server.poll() is not None:
                     raise RuntimeError("moto_server did not start") from None
                 time.sleep(0.2)
-        pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{S3_PORT}", scheme="http",
+        pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{s3_port}", scheme="http",
                           allow_bucket_creation=True).create_dir("mmtune-test")
         yield "s3://mmtune-test"
     finally:

@@ -1,15 +1,18 @@
 """`mmtune train / evaluate / pretrain` through the real parser, with exit codes."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
+import typing
 
 import pytest
 import yaml
 
+from model.config import TrainConfig
 from tests.conftest import REPO, TINY
-from tune.cli import run
+from tune.cli import build_parser, config_overrides, run
 
 TINY_FLAGS = ["--d-model", "16", "--nhead", "2", "--num-layers", "1", "--ff-mult", "2", "--train-steps", "4",
               "--epochs", "2", "--patience", "0", "--device", "cpu"]
@@ -81,12 +84,43 @@ def test_pretrain_then_train_with_pretrained_encoder(demo_dir, tmp_path, capsys)
     assert run(["evaluate", "--checkpoint", str(ckpt), "--data", str(demo_dir)]) == 2
 
 
-def test_every_config_field_has_a_flag():
-    from dataclasses import fields
+CONFIG_FIELDS = [(f.name, typing.get_type_hints(TrainConfig)[f.name]) for f in dataclasses.fields(TrainConfig)]
+FLAG_VALUES = {int: ("7", 7), float: ("0.125", 0.125), str: ("some-value", "some-value")}
 
-    from model.config import TrainConfig
-    from tune.cli import build_parser
 
-    train = build_parser()._subparsers._group_actions[0].choices["train"]
-    dests = {a.dest for a in train._actions}
-    assert {f.name for f in fields(TrainConfig)} <= dests
+@pytest.mark.parametrize("cmd", ["train", "pretrain"])
+@pytest.mark.parametrize("name, kind", CONFIG_FIELDS, ids=[n for n, _ in CONFIG_FIELDS])
+def test_every_config_field_has_a_typed_flag(cmd, name, kind):
+    flag = "--" + name.replace("_", "-")
+    parse = build_parser().parse_args
+    if kind is bool:
+        given = {True: parse([cmd, "--data", "x", flag]), False: parse([cmd, "--data", "x", "--no-" + flag[2:]])}
+    else:
+        text, value = FLAG_VALUES[kind]
+        given = {value: parse([cmd, "--data", "x", flag, text])}
+    for value, args in given.items():
+        assert getattr(args, name) == value and type(getattr(args, name)) is kind
+        assert config_overrides(args) == {name: value}  # the flag, and only it, overrides the config
+
+
+@pytest.mark.parametrize("cmd", ["train", "pretrain"])
+def test_config_flags_not_given_override_nothing(cmd):
+    args = build_parser().parse_args([cmd, "--data", "x"])
+    assert all(getattr(args, name) is None for name, _ in CONFIG_FIELDS)
+    assert config_overrides(args) == {}
+
+
+def test_config_flags_are_listed_in_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["train", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for name, kind in CONFIG_FIELDS:
+        flag = "--" + name.replace("_", "-")
+        assert (f"{flag}, --no-{flag[2:]}" if kind is bool else f"{flag} {kind.__name__.upper()}") in out, flag
+
+
+def test_wrongly_typed_flag_value_exits_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["train", "--data", "x", "--epochs", "three"])
+    assert e.value.code == 2 and "--epochs" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 needs, and every `mmtune` command line in them parses with the real `mmtune` parser."""
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import re
@@ -144,14 +145,37 @@ def test_aws_required_keys(aws):
     assert "ray stop" in aws["head_start_ray_commands"] and "ray stop" in aws["worker_start_ray_commands"]
 
 
+def ray_up_validate(config: dict) -> None:
+    """Merge CONFIG with Ray's provider defaults and validate it, as `ray up` does; raises if invalid.
+
+    Ray has no public API for this. Checked in ray 2.60: `ray.autoscaler.sdk` exports only
+    `fillout_defaults` (defaults, no validation, and not the rest of prepare_config) and
+    `bootstrap_config` (validates, but then calls the cloud provider: AWS credentials and network);
+    `ray up` has no dry-run; `ray.autoscaler.v2.instance_manager.config` uses the same private
+    functions. So the private `prepare_config` / `validate_config` are used here, and only here.
+    """
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    validate_config(prepare_config(copy.deepcopy(config)))
+
+
 def test_aws_matches_ray_schema(aws):
     jsonschema = pytest.importorskip("jsonschema")
     import ray.autoscaler
-    from ray.autoscaler._private.util import prepare_config, validate_config
 
     schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
     jsonschema.validate(aws, schema)  # the file as written: unknown keys are refused
-    validate_config(prepare_config(aws))  # merged with Ray's AWS defaults, as `ray up` does
+    ray_up_validate(aws)  # merged with Ray's AWS defaults
+    # The validation is real: configs `ray up` refuses are refused here too.
+    with pytest.raises(jsonschema.ValidationError):
+        ray_up_validate({**aws, "no_such_key": 1})
+    with pytest.raises(ValueError, match="head_node_type"):
+        ray_up_validate({**aws, "head_node_type": "no-such-type"})
+    too_many = copy.deepcopy(aws)
+    for t in too_many["available_node_types"].values():
+        t["min_workers"] = t["max_workers"] = aws["max_workers"]
+    with pytest.raises(ValueError, match="max_workers"):
+        ray_up_validate(too_many)
 
 
 def test_aws_shell_commands_are_valid_bash(aws):

@@ -1,13 +1,13 @@
 """Tests of the synthetic approach-intent data set in data/demo.py."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from data.demo import SPLITS, T_POSE, T_TRAJ, make_demo, modality_baselines
+from data.npz import load_dataset
 
 SHAPES = {"traj": (T_TRAJ, 4), "pose": (T_POSE, 14)}
 SIZES = {"train": 1200, "val": 300, "test": 300}
@@ -86,10 +86,17 @@ def test_small_split_sizes(tmp_path: Path) -> None:
     assert [len(arrays[s]["y"]) for s in SPLITS] == [7, 1, 2]
 
 
-def test_generation_is_fast(tmp_path: Path) -> None:
-    t0 = time.perf_counter()
-    make_demo(tmp_path, seed=5)
-    assert time.perf_counter() - t0 < 2.0
+def test_default_generation_writes_a_loadable_set(tmp_path: Path) -> None:
+    # (How long generation takes is a benchmark's question, not a test's.)
+    out = tmp_path / "new" / "demo"  # parents are created
+    assert make_demo(out, seed=5) == out
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{s}.npz" for s in SPLITS)  # no stray files
+    data = load_dataset(out)
+    assert {s: len(data.splits[s].y) for s in SPLITS} == SIZES
+    assert data.modalities == SHAPES
+    assert data.info["val"] == "val.npz"  # the written val split is used, not one carved from train
+    for s in SPLITS:
+        assert set(data.splits[s].y.tolist()) == {0, 1}  # both classes in every split
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

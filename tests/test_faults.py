@@ -16,17 +16,18 @@ from ray import tune
 
 from model.checkpoint import save_checkpoint
 from tests.conftest import run_sweep
-from tune import records, runner
+from tune import records
 from tune.cli import run
 from tune.errors import SweepError
+from tune.experiment import CKPT_FILE, Experiment
 from tune.faults import FaultInjector
-from tune.results import load_trials, space_of
-from tune.runner import tune_state_saved
-from tune.trainable import CKPT_FILE, restore
+from tune.resume import tune_state_saved
+from tune.sweep import SweepOptions, sweep
+from tune.trainable import restore
 
 
 def histories(exp):
-    return {t.trial_id: t for t in load_trials(exp, space_of(exp))}
+    return {t.trial_id: t for t in Experiment.open(exp).trials}
 
 
 def test_trial_that_raises_is_retried_from_its_checkpoint(ray_session, demo_dir, tmp_path):
@@ -56,9 +57,7 @@ def test_trial_out_of_retries_is_recorded_failed(ray_session, demo_dir, tmp_path
     # also after the experiment folder moved (as on a new head node): records go to the new place.
     kept = records.read(exp, ok[0].trial_id)
     exp = shutil.move(exp, tmp_path / "moved")
-    p = runner.prepare_resume(exp)
-    p.callbacks = (fault,)
-    runner.resume(p)
+    sweep(SweepOptions.for_experiment(exp), callbacks=(fault,))
     after = histories(exp)
     assert {t.status for t in after.values()} == {"completed"} and records.read(exp, ok[0].trial_id) == kept
     assert [r["epoch"] for r in after[failed[0].trial_id].history] == [1, 2]
@@ -123,7 +122,6 @@ def test_disk_full_while_training_keeps_earlier_files(demo_dir, tmp_path, capsys
     assert not (run_dir / ".last.pt.tmp").exists()
     assert (run_dir / "best.pt").read_bytes() != b"" and len(before) > 0
     assert (run_dir / "config.yaml").is_file()
-
 
 
 def test_tuner_state_cut_by_a_driver_kill_starts_over_or_says_why(tmp_path):

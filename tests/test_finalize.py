@@ -21,7 +21,7 @@ from model.loop import evaluate, make_objective
 from tests.conftest import run_sweep
 from tune import finalize as fin
 from tune.errors import ResultsError
-from tune.results import load_trials, space_of
+from tune.experiment import Experiment, load_trials, space_of
 
 TOP_K, SEEDS = 2, 2
 
@@ -57,18 +57,21 @@ def test_leaderboard_has_mean_and_std_of_the_top_configs(exp):
 
 
 def test_every_config_trained_with_every_seed_in_final(exp):
-    final = exp / "final"
-    dirs = sorted(d.name for d in final.iterdir() if (d / "params.json").is_file())
-    assert dirs == [f"rank{r}_seed{s}" for r in range(TOP_K) for s in range(SEEDS)]
-    for d in dirs:
-        reports = [json.loads(x) for x in (final / d / "result.json").read_text().splitlines()]
-        assert len(reports) == 1  # one report at the end
-        r = reports[0]
-        assert f"rank{r['rank']}_seed{r['seed']}" == d and r["status"] in ("completed", "early_stopped")
-        assert 1 <= r["best_epoch"] <= r["epochs_run"] == space_of(exp).epochs  # patience 0: the full budget
+    runs = Experiment.open(exp / "final")  # the finalize sweep is an experiment of its own
+    space = space_of(exp)
     s = summary(exp)
+    assert len(runs.trials) == TOP_K * SEEDS and runs.finished
+    for t in runs.trials:
+        assert t.status.value in ("completed", "early_stopped")
+        assert t.epochs == space.epochs  # patience 0 and no scheduler: the full budget
+        assert [r["epoch"] for r in t.history] == list(range(1, space.epochs + 1))
     assert s["seeds"] == list(range(SEEDS)) and s["top_k"] == TOP_K and s["metric"] == "val/f1"
-    assert all([r["seed"] for r in c["runs"]] == s["seeds"] for c in s["configs"])
+    for c in s["configs"]:
+        assert [r["seed"] for r in c["runs"]] == s["seeds"]
+        # Each run trained exactly its config with its seed.
+        mine = [t for t in runs.trials if all(t.params.get(k) == v for k, v in c["params"].items())]
+        assert sorted(t.params["seed"] for t in mine) == s["seeds"]
+        assert {r["best_epoch"] for r in c["runs"]} <= {t.best_epoch for t in mine}
 
 
 def test_winner_has_the_best_mean_val_metric(exp):
@@ -127,14 +130,14 @@ def test_report_shows_the_re_evaluation(exp, tmp_path):
     copy = tmp_path / exp.name
     shutil.copytree(exp, copy)
     s = summary(copy)
-    html = write_report(copy).read_text()
+    html = write_report(copy).html.read_text()
     md = (copy / "report.md").read_text()
     for text in (html, md):
         assert "Re-evaluation (mmtune finalize)" in text and f"Winner: sweep trial {s['winner']['trial_id']}" in text
         for c in s["configs"]:
             assert c["trial_id"] in text and f"{c['mean']['val/f1']:.4f} ± {c['std']['val/f1']:.4f}" in text
     shutil.rmtree(copy / "final")
-    assert "Re-evaluation" not in write_report(copy).read_text()  # no finalize run, no section
+    assert "Re-evaluation" not in write_report(copy).html.read_text()  # no finalize run, no section
 
 
 @pytest.mark.parametrize("top_k, seeds", [(0, 2), (2, 0), (-1, -1)])

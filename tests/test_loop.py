@@ -9,12 +9,18 @@ import pytest
 import torch
 
 from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from model.loop import fit
-from model.run import BEST, LAST, train_run
+from model.loop import fit, pick_device
+from model.run import BEST, LAST, evaluate_splits, model_from_checkpoint, train_run
 
 
 def numbers(history):
     return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
+
+
+def val_metrics(state, data):
+    """Val metrics of the classifier in checkpoint STATE, rebuilt from the checkpoint alone."""
+    model, objective, cfg = model_from_checkpoint(state, data)
+    return evaluate_splits(model, objective, data, ("val",), pick_device(cfg.device))["val"]
 
 
 def test_same_seed_same_metrics_other_seed_differs(tiny_cfg, demo):
@@ -74,10 +80,35 @@ def test_run_folder_best_only_and_summary(tiny_cfg, demo, tmp_path):
     assert len(lines) == summary["epochs_run"] == 3
     on_disk = json.loads((run / "summary.json").read_text())
     assert on_disk["best_epoch"] == summary["best_epoch"] and "test" in on_disk
+    # Only meaningful when the best epoch is not the last one: then the last epoch's weights differ.
+    assert summary["best_epoch"] < summary["epochs_run"], "pick a config whose best epoch is not the last"
     best = load_checkpoint(run / BEST)
-    assert best["epoch"] == summary["best_epoch"] or best["weights"] == "best"
+    assert best["weights"] == "best" and best["kind"] == "classify"
+    # best.pt is written in the epoch that improved, so its epoch is the best epoch, not the last one.
+    assert best["epoch"] == best["best_epoch"] == summary["best_epoch"]
+    assert best["best"] == summary["best_value"]
+    # Its weights are the best epoch's: evaluated again on val (as `mmtune evaluate` does), they give
+    # that epoch's val metrics. val/loss is continuous: another epoch's weights would not match it.
+    again = val_metrics(best, demo)
+    assert again["f1"] == pytest.approx(summary["best_value"], abs=1e-6)
+    for key in ("loss", "auroc", "ap", "f1"):
+        assert again[key] == pytest.approx(summary["best_metrics"][f"val/{key}"], abs=1e-6), key
+    assert again["loss"] != pytest.approx(lines[-1]["val/loss"], abs=1e-6)  # not the last epoch's weights
     assert set(best["stats"]) == {"traj", "pose"}  # normalisation travels with the weights
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_run_folder_last_checkpoint_holds_the_last_epoch(tiny_cfg, demo, tmp_path):
+    summary = train_run(tiny_cfg, demo, tmp_path / "run")
+    run = tmp_path / "run"
+    history = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert summary["best_epoch"] < summary["epochs_run"] == len(history)
+    last, best = load_checkpoint(run / LAST), load_checkpoint(run / BEST)
+    assert last["weights"] == "current" and last["epoch"] == summary["epochs_run"]
+    assert best["weights"] == "best" and best["epoch"] == summary["best_epoch"]
+    assert val_metrics(last, demo)["loss"] == pytest.approx(history[-1]["val/loss"], abs=1e-6)
+    assert val_metrics(best, demo)["loss"] == pytest.approx(history[summary["best_epoch"] - 1]["val/loss"], abs=1e-6)
+    assert any(not torch.equal(last["model"][k], best["model"][k]) for k in best["model"])
 
 
 def test_checkpoint_refuses_pickles_and_names_bad_files(tmp_path):

@@ -65,13 +65,68 @@ def test_modality_dropout_never_drops_all():
     assert 0.3 < share < 0.7  # with p=0.9 and rescue, about half of all modality slots go
 
 
+def garbage_in(x, m):
+    """X with modality M's features replaced by large noise on every step."""
+    x2 = {k: v.clone() for k, v in x.items()}
+    x2[m] = torch.randn(x2[m].shape, generator=torch.Generator().manual_seed(1)) * 50 + 7
+    return x2
+
+
+def forward(model, x, valid, seed=0):
+    """One forward pass with the global RNG (which draws the modality dropout) at SEED."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        return model(x, valid)
+
+
+def test_modality_dropout_drops_whole_modalities_in_training():
+    torch.manual_seed(0)
+    model = MultimodalClassifier(MODS, d_model=16, nhead=2, num_layers=1, dropout=0.0, modality_dropout=0.5)
+    x, _ = batch(b=64)
+    valid = {m: torch.ones(64, t, dtype=torch.bool) for m, (t, _) in MODS.items()}  # nothing padded
+    model.train()
+    out = forward(model, x, valid)
+    kept = torch.stack([out.aux_valid[m] for m in sorted(MODS)], 1)  # (B, M): the modality had a token left
+    assert kept.any(1).all(), "a sample lost every modality"
+    assert (~kept).any(0).all(), "each modality is dropped for some samples"
+    assert kept.all(1).any(), "and some samples keep both"
+    for i, m in enumerate(sorted(MODS)):
+        dropped = ~kept[:, i]
+        # A dropped modality is gone: garbage in it changes nothing for those samples (same dropout draw),
+        # while every sample that kept it sees the garbage.
+        other = forward(model, garbage_in(x, m), valid)
+        torch.testing.assert_close(other.logits[dropped], out.logits[dropped])
+        assert torch.equal(other.aux_valid[m], out.aux_valid[m])
+        assert not torch.isclose(other.logits[~dropped], out.logits[~dropped]).any()
+    # Another draw drops other modalities of other samples.
+    assert not torch.equal(torch.stack([forward(model, x, valid, seed=1).aux_valid[m] for m in sorted(MODS)], 1),
+                           kept)
+
+
+def test_modality_dropout_of_one_keeps_exactly_one_modality():
+    model = MultimodalClassifier(MODS, d_model=16, nhead=2, num_layers=1, dropout=0.0, modality_dropout=1.0)
+    x, _ = batch(b=64)
+    valid = {m: torch.ones(64, t, dtype=torch.bool) for m, (t, _) in MODS.items()}
+    out = forward(model.train(), x, valid)
+    kept = torch.stack([out.aux_valid[m] for m in sorted(MODS)], 1)
+    assert (kept.sum(1) == 1).all()  # every modality would go; one is rescued per sample
+    assert kept.any(0).all()  # the rescued one is chosen at random, not always the same
+    assert torch.isfinite(out.logits).all()
+
+
 def test_modality_dropout_only_in_training():
     torch.manual_seed(0)
     model = MultimodalClassifier(MODS, d_model=16, nhead=2, num_layers=1, dropout=0.0, modality_dropout=0.5)
-    x, valid = batch(b=64)
+    x, _ = batch(b=64)
+    valid = {m: torch.ones(64, t, dtype=torch.bool) for m, (t, _) in MODS.items()}
     model.eval()
-    with torch.no_grad():
-        assert torch.equal(model(x, valid).logits, model(x, valid).logits)
+    a, b = forward(model, x, valid, seed=0), forward(model, x, valid, seed=1)
+    assert torch.equal(a.logits, b.logits)  # no random draw in evaluation
+    assert all(a.aux_valid[m].all() for m in MODS)  # nothing dropped
+    for m in MODS:  # every sample uses every modality
+        assert not torch.isclose(forward(model, garbage_in(x, m), valid).logits, a.logits).any()
+    model.train()
+    assert not all(forward(model, x, valid).aux_valid[m].all() for m in MODS)  # same model drops in training
 
 
 def test_focal_with_gamma_zero_equals_bce():

@@ -7,11 +7,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import SMOKE, remote_files
-from tune import records, runner, storage
+from tests.conftest import SMOKE, remote_files, run_sweep
+from tune import records, storage
 from tune.cli import run
+from tune.errors import SweepError
+from tune.experiment import META, Experiment
 from tune.faults import FaultInjector
-from tune.results import load_trials, space_of
+from tune.sweep import SweepOptions, sweep
 
 
 @pytest.mark.slow
@@ -22,7 +24,7 @@ def test_sweep_on_s3_then_every_command_from_another_machine(ray_session, s3_buc
                 "--name", "remote"]) == 0
     uri = f"{s3_bucket}/exps/remote"
     files = remote_files(uri)
-    n = json.loads(storage.read_text(uri, runner.META))["space"]["num_samples"]
+    n = json.loads(storage.read_text(uri, META))["space"]["num_samples"]
     assert len([f for f in files if f.startswith(f"{records.RECORDS_DIR}/")]) == n
     assert len({f.split("/")[0] for f in files if "/checkpoint_" in f}) == n  # written by the trial workers
     for name in ("trials.csv", "best_config.yaml", "summary.json", "best/checkpoint.pt"):
@@ -49,25 +51,19 @@ def test_sweep_on_s3_then_every_command_from_another_machine(ray_session, s3_buc
 def test_resume_from_the_uri_on_a_new_head_node(ray_session, s3_bucket, demo_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("MMTUNE_CACHE", str(tmp_path / "old-head"))
     fault = FaultInjector(str(tmp_path / "markers"), epoch=1)
-    opts = runner.SweepOptions(data=str(demo_dir), space=SMOKE, name="lost-head", storage=f"{s3_bucket}/exps",
-                               num_samples=2, epochs=2, max_failures=0)
-    p = runner.prepare(opts)
-    p.space = p.space.with_overrides(grace_period=2)
-    p.callbacks = (fault,)
-    runner.run(p, runner.plan_resources(p.space, p.data, opts, runner.cluster_nodes()))
+    run_sweep(demo_dir, f"{s3_bucket}/exps", "lost-head", callbacks=(fault,), no_asha=True, num_samples=2,
+              epochs=2, max_failures=0)
     uri = f"{s3_bucket}/exps/lost-head"
     statuses = {k: v["status"] for k, v in _remote_records(uri).items()}
     assert sorted(statuses.values()) == ["completed", "failed"]
 
     monkeypatch.setenv("MMTUNE_CACHE", str(tmp_path / "new-head"))  # the old head's files are gone
-    q = runner.prepare_resume(uri)
-    q.callbacks = (fault,)  # fires once per marker: the retried trial now trains through
-    runner.resume(q)
+    # The fault fires once per marker: the retried trial now trains through.
+    local = sweep(SweepOptions.for_experiment(uri), callbacks=(fault,)).path
     after = _remote_records(uri)
     assert set(after) == set(statuses) and {r["status"] for r in after.values()} == {"completed"}
-    local = q.exp_dir
     assert str(local).startswith(str(tmp_path / "new-head"))
-    trials = load_trials(local, space_of(local))
+    trials = Experiment.open(local).trials
     assert all([r["epoch"] for r in t.history] == [1, 2] for t in trials)  # continued from its checkpoint
 
 
@@ -97,5 +93,5 @@ def test_locate_maps_uris_to_a_mirror_and_refuses_climbing(tmp_path, monkeypatch
     assert loc.remote == "s3://bucket/a/b/exp" and loc.ray_storage == "s3://bucket/a/b"
     assert loc.local == tmp_path / "remote/s3/bucket/a/b/exp"
     assert storage.locate("file:///x/y", "exp") == storage.Location(Path("/x/y/exp"))
-    with pytest.raises(runner.SweepError, match=r"without '\.\.'"):
+    with pytest.raises(SweepError, match=r"without '\.\.'"):
         storage.locate("s3://bucket/../etc")

@@ -1,24 +1,112 @@
-"""`mmtune report` on a real (small) sweep: figures, tables, importance, warnings, an interrupted sweep, the CLI."""
+"""`mmtune report`: the command and its files on small experiment folders (fast), and on a real sweep (slow)."""
 from __future__ import annotations
 
 import argparse
 import json
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from model.status import TrialStatus
 from tests.conftest import REPO, run_sweep
+from tests.fake_experiment import FakeTrial, write_experiment
 from tune import report
+from tune.cli import build_parser, run
 from tune.errors import ResultsError
-from tune.results import load_trials, space_of
-from tune.space import Param
+from tune.experiment import Experiment
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+FIGURES = {"history", "learning_curves", "importance", "parallel_coordinates", "slices", "status"}
 N_TRIALS = 6
+S = TrialStatus
+
+
+def section(md: str, title: str) -> str:
+    """The body of one '## TITLE...' section of report.md."""
+    match = re.search(rf"^## {re.escape(title)}.*?$(.*?)(?=^## |\Z)", md, re.M | re.S)
+    assert match, f"no section {title!r} in report.md"
+    return match.group(1)
+
+
+@pytest.fixture
+def fake(tmp_path: Path) -> Path:
+    """A finished experiment whose best trial sits at the low end of lr's range."""
+    return write_experiment(tmp_path, [FakeTrial({"lr": 1e-4, "dropout": 0.15}, [0.6, 0.8]),
+                                       FakeTrial({"lr": 1e-3, "dropout": 0.1}, [0.5], S.PRUNED)])
+
+
+# ---------------------------------------------------------------- fast: the command, on written folders
+
+
+def test_parser_of_the_report_command():
+    args = build_parser().parse_args(["report", "results/x", "--top-k", "7"])
+    assert (args.cmd, args.experiment, args.top_k, args.handler) == ("report", "results/x", 7, report.cmd_report)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["report", "results/x", "--top-k", "0"])
+
+
+def test_cli_report(fake, tmp_path, capsys):
+    assert run(["report", str(fake), "--top-k", "1"]) == 0
+    out = capsys.readouterr().out
+    assert f"report: {fake / 'report.html'}" in out and f"markdown: {fake / 'report.md'}" in out
+    assert "warning: widen lr (best 0.0001 at the low end" in out
+    assert "## Top 1 trials" in (fake / "report.md").read_text()
+    assert run(["report", str(tmp_path / "nothing-here")]) == 2
+    assert "not an mmtune experiment" in capsys.readouterr().err
+
+
+def test_cli_prints_the_warnings_write_report_returns(tmp_path, capsys):
+    exp = write_experiment(tmp_path, [FakeTrial({"lr": 1e-3, "dropout": 0.1}, [0.5], None)], finished=False)
+    assert report.cmd_report(argparse.Namespace(experiment=str(exp), top_k=2)) == 0
+    printed = [line.removeprefix("warning: ") for line in capsys.readouterr().out.splitlines()
+               if line.startswith("warning: ")]
+    expected = report.write_report(exp, top_k=2).warnings
+    assert printed == [w.replace("`", "") for w in expected] and len(printed) == 2  # too few trials; unfinished
+    assert f"(continue it with mmtune resume {exp})" in printed[-1]
+
+
+def test_report_of_an_interrupted_sweep(tmp_path):
+    exp = write_experiment(tmp_path, [
+        FakeTrial({"lr": 1e-3, "dropout": 0.1}, [0.5, 0.6]), FakeTrial({"lr": 2e-3, "dropout": 0.1}, [0.4], None),
+        FakeTrial({"lr": 3e-3, "dropout": 0.2}, [0.45], None), FakeTrial({"lr": 4e-3, "dropout": 0.2}, [0.3], S.NAN)],
+        finished=False)
+    result = report.write_report(exp)
+    html = result.html.read_text()
+    assert html.count("data:image/png;base64,") >= 5  # no importance figure from one finished trial
+    md = result.markdown.read_text()
+    assert "the sweep is not finished" in section(md, "Warnings") and "2 unfinished" in section(md, "Warnings")
+    assert "2 unfinished" in md.split("## Warnings")[0] and "NOT finished" in md
+    rows = section(md, "All trials").splitlines()
+    for t in Experiment.open(exp).trials[1:3]:
+        assert any(f"| {t.trial_id} |" in r and "| unfinished |" in r for r in rows), t.trial_id
+    assert "not finished" in html and "unfinished" in html
+
+
+def test_not_an_experiment_and_bad_top_k(tmp_path):
+    with pytest.raises(ResultsError, match="not an mmtune experiment"):
+        report.write_report(tmp_path)
+    with pytest.raises(ResultsError, match="top-k"):
+        report.write_report(tmp_path, top_k=0)
+
+
+def test_missing_matplotlib_names_the_extra(fake, monkeypatch):
+    for mod in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, mod)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    with pytest.raises(ResultsError, match=re.escape("pip install mmtune[report]")):
+        report.write_report(fake)
+
+
+def test_importing_the_module_is_cheap():
+    code = ("import sys, tune.report; heavy = {'matplotlib', 'ray', 'optuna', 'torch'} & set(sys.modules); "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+# ---------------------------------------------------------------- slow: a real sweep's files
 
 
 @pytest.fixture(scope="module")
@@ -33,20 +121,13 @@ def summary(exp_dir: Path) -> dict:
     return json.loads((exp_dir / "summary.json").read_text())
 
 
-def section(md: str, title: str) -> str:
-    """The body of one '## TITLE...' section of report.md."""
-    match = re.search(rf"^## {re.escape(title)}.*?$(.*?)(?=^## |\Z)", md, re.M | re.S)
-    assert match, f"no section {title!r} in report.md"
-    return match.group(1)
-
-
+@pytest.mark.slow
 def test_html_is_self_contained_with_every_figure(exp):
     html = (exp / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 6
     assert "<img" in html and 'src="report/' not in html and "src='report/" not in html  # nothing to fetch
     pngs = sorted((exp / "report").glob("*.png"))
-    assert {p.stem for p in pngs} == {"history", "learning_curves", "importance", "parallel_coordinates",
-                                      "slices", "status"}
+    assert {p.stem for p in pngs} == FIGURES
     for p in pngs:
         data = p.read_bytes()
         assert len(data) > 1000 and data.startswith(PNG_MAGIC), p
@@ -55,6 +136,7 @@ def test_html_is_self_contained_with_every_figure(exp):
         assert (exp / link).is_file(), link
 
 
+@pytest.mark.slow
 def test_markdown_top_table_starts_with_the_best_trial(exp):
     s = summary(exp)
     md = (exp / "report.md").read_text()
@@ -69,6 +151,7 @@ def test_markdown_top_table_starts_with_the_best_trial(exp):
     assert f"{N_TRIALS} of {N_TRIALS} trials started" in head
 
 
+@pytest.mark.slow
 def test_importance_names_its_evaluator(exp):
     md = (exp / "report.md").read_text()
     imp = section(md, "Hyperparameter importance")
@@ -76,110 +159,14 @@ def test_importance_names_its_evaluator(exp):
     assert "FanovaImportanceEvaluator" in (exp / "report.html").read_text()
     rows = [line for line in imp.splitlines() if line.startswith("| ") and not line.startswith("| parameter")]
     names = {r.split("|")[1].strip() for r in rows}
-    assert names <= set(space_of(exp).names) and names  # computed from 6 trials
+    assert names <= set(Experiment.open(exp).space.names) and names  # computed from 6 trials
     assert abs(sum(float(r.split("|")[2]) for r in rows) - 1.0) < 0.01
 
 
+@pytest.mark.slow
 def test_warnings_of_a_small_finished_sweep(exp):
     warnings = section((exp / "report.md").read_text(), "Warnings")
     assert f"only {N_TRIALS} finished trial(s)" in warnings  # below what the importance estimate needs
     # num_layers is searched over [1, 2]: whatever the best trial drew sits on an edge.
     assert re.search(r"widen num_layers \(best [12] at the (low|high) end of \[1, 2\]\)", warnings)
     assert "not finished" not in warnings
-
-
-def test_edge_warning_logic_on_crafted_params(exp):
-    space = space_of(exp)
-    best = next(t for t in load_trials(exp, space) if t.trial_id == summary(exp)["best_trial"])
-    v = best.params["dropout"]  # a float parameter of the smoke space
-    assert Param("dropout", "float", low=v, high=v + 1.0).on_edge(v) == "low"
-    assert report.edge_warning(Param("dropout", "float", low=v, high=v + 1.0), v) == \
-        f"widen dropout (best {v:.4g} at the low end of [{v:.4g}, {v + 1.0:.4g}])"
-    assert "at the high end" in report.edge_warning(Param("dropout", "float", low=v - 1.0, high=v), v)
-    assert report.edge_warning(Param("dropout", "float", low=v - 1.0, high=v + 1.0), v) is None
-    lr = best.params["lr"]  # log-aware: 5 % of the log span
-    assert report.edge_warning(Param("lr", "float", low=lr / 1.1, high=lr * 100, log=True), lr).startswith("widen lr")
-    assert report.edge_warning(Param("lr", "float", low=lr / 10, high=lr * 10, log=True), lr) is None
-    assert report.edge_warning(Param("d_model", "categorical", choices=(16, 32)), 16) is None
-
-
-def test_cmd_report_prints_where_it_is(exp, tmp_path, capsys):
-    copy = shutil.copytree(exp, tmp_path / "copy")
-    args = argparse.Namespace(experiment=str(copy), top_k=2)
-    assert report.cmd_report(args) == 0
-    out = capsys.readouterr().out
-    assert f"report: {copy / 'report.html'}" in out and "report.md" in out and "warning: widen" in out
-    assert "## Top 2 trials" in (copy / "report.md").read_text()
-
-
-def test_parser_of_the_report_command():
-    p = argparse.ArgumentParser()
-    report.add_parser(p.add_subparsers(dest="cmd"))
-    args = p.parse_args(["report", "results/x", "--top-k", "7"])
-    assert (args.cmd, args.experiment, args.top_k) == ("report", "results/x", 7)
-    with pytest.raises(SystemExit):
-        p.parse_args(["report", "results/x", "--top-k", "0"])
-
-
-def _cli_has_report() -> bool:
-    from tune.cli import build_parser
-
-    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return "report" in sub.choices
-
-
-@pytest.mark.skipif(not _cli_has_report(), reason="`report` is not wired into tune/commands.py yet")
-def test_cli_report(exp, tmp_path, capsys):
-    from tune.cli import run
-
-    copy = shutil.copytree(exp, tmp_path / "copy")
-    (copy / "report.html").unlink()
-    assert run(["report", str(copy), "--top-k", "2"]) == 0
-    assert (copy / "report.html").is_file() and str(copy / "report.html") in capsys.readouterr().out
-    assert run(["report", str(tmp_path / "nothing-here")]) == 2
-    assert "not an mmtune experiment" in capsys.readouterr().err
-
-
-def test_report_of_an_interrupted_sweep(exp, tmp_path):
-    copy = shutil.copytree(exp, tmp_path / "interrupted")
-    for name in ("report.html", "report.md"):
-        (copy / name).unlink()
-    shutil.rmtree(copy / "report")
-    lost = sorted((copy / "mmtune_trials").glob("*.json"))[:2]  # these trials never recorded their end
-    for p in lost:
-        p.unlink()
-    meta = json.loads((copy / "mmtune.json").read_text())
-    meta["finished"] = False
-    meta.pop("ended", None)
-    (copy / "mmtune.json").write_text(json.dumps(meta))
-
-    html = report.write_report(copy).read_text()
-    assert html.count("data:image/png;base64,") >= 6
-    md = (copy / "report.md").read_text()
-    assert "the sweep is not finished" in section(md, "Warnings") and "2 unfinished" in section(md, "Warnings")
-    assert "2 unfinished" in md.split("## Warnings")[0] and "NOT finished" in md
-    rows = section(md, "All trials").splitlines()
-    for p in lost:
-        assert any(f"| {p.stem} |" in r and "| unfinished |" in r for r in rows), p.stem
-    assert "not finished" in html and "unfinished" in html
-
-
-def test_not_an_experiment_and_bad_top_k(tmp_path):
-    with pytest.raises(ResultsError, match="not an mmtune experiment"):
-        report.write_report(tmp_path)
-    with pytest.raises(ResultsError, match="top-k"):
-        report.write_report(tmp_path, top_k=0)
-
-
-def test_missing_matplotlib_names_the_extra(exp, monkeypatch):
-    for mod in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
-        monkeypatch.delitem(sys.modules, mod)
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
-    with pytest.raises(ResultsError, match=re.escape("pip install mmtune[report]")):
-        report.write_report(exp)
-
-
-def test_importing_the_module_is_cheap():
-    code = ("import sys, tune.report; heavy = {'matplotlib', 'ray', 'optuna', 'torch'} & set(sys.modules); "
-            "assert not heavy, heavy")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

@@ -18,11 +18,16 @@ import yaml
 from model.config import load_config
 from model.loop import fit
 from tests.conftest import REPO, SMOKE, run_sweep
-from tune import records, runner
+from model.status import TrialStatus
+from tune import records
 from tune.cli import run
-from tune.faults import kill_processes_of
 from tune.errors import SweepError
+from tune.faults import kill_processes_of
+from tune.ray_runtime import cluster_nodes
+from tune.resources import plan_resources
 from tune.space import load_space
+from tune.job import prepare
+from tune.sweep import SweepOptions, sweep
 
 
 
@@ -40,7 +45,7 @@ def test_smoke_sweep_writes_every_result(smoke_exp):
     trials = rows(smoke_exp)
     space = load_space(SMOKE)
     assert len(trials) == space.num_samples
-    assert {t["status"] for t in trials} <= {"completed", "stopped", "early_stopped"}
+    assert {t["status"] for t in trials} <= {"completed", "pruned", "early_stopped"}
     assert all(1 <= int(t["epochs"]) <= space.epochs for t in trials)
     summary = json.loads((smoke_exp / "summary.json").read_text())
     assert summary["trials"] == space.num_samples and summary["finished"] is True
@@ -101,11 +106,11 @@ def test_disk_full_while_writing_results_keeps_earlier_files(smoke_exp, tmp_path
 
 
 def test_same_name_is_refused_unless_overwrite(smoke_exp, demo_dir):
-    opts = runner.SweepOptions(data=str(demo_dir), space=SMOKE, name="smoke", storage=str(smoke_exp.parent))
+    opts = SweepOptions(data=str(demo_dir), space=SMOKE, name="smoke", storage=str(smoke_exp.parent))
     with pytest.raises(SweepError, match="finished experiment of that name exists.*mmtune resume"):
-        runner.prepare(opts)
+        prepare(opts)
     opts.overwrite = True
-    assert runner.prepare(opts).exp_dir == smoke_exp
+    assert prepare(opts).loc.local == smoke_exp
 
 
 def test_failed_and_nan_trials_do_not_stop_the_sweep(ray_session, demo_dir, tmp_path):
@@ -131,25 +136,22 @@ def test_failed_and_nan_trials_do_not_stop_the_sweep(ray_session, demo_dir, tmp_
     assert summary["best_params"] == {"lr": 1e-3, "device": "cpu"}
 
 
-def test_infeasible_config_is_reported_not_crashed(ray_session, demo, tmp_path):
+def test_infeasible_config_is_reported_not_crashed(ray_session, demo_dir, tmp_path):
     """A config that passes each parameter's check but not the combination (eta_min >= lr)."""
-    from ray import tune
+    from tune.tuner import FixedConfigs
 
-    from tune.trainable import STATUS, train_trial
-
-    space = load_space(SMOKE)
-    trainable = tune.with_parameters(train_trial, data=demo, space=space, exp_dir=str(tmp_path))
-    grid = tune.Tuner(trainable, param_space={"lr": 1e-3, "eta_min": 5e-3},
-                      run_config=tune.RunConfig(storage_path=str(tmp_path), name="infeasible", verbose=0)).fit()
-    assert not grid.errors
-    result = grid[0].metrics
-    assert result[STATUS] == "infeasible" and "eta_min" in result["error"] and result["val/f1"] == 0.0
+    point = {"lr": 1e-3, "eta_min": 5e-3}
+    exp = sweep(SweepOptions(data=str(demo_dir), space=SMOKE, name="infeasible", storage=str(tmp_path),
+                             num_samples=1), searcher=FixedConfigs([point]))
+    [trial] = exp.trials
+    assert trial.status is TrialStatus.INFEASIBLE and "eta_min" in trial.last_result["error"]
+    assert trial.last_result["val/f1"] == 0.0 and trial.best_value is None  # ranked last, never best
+    assert records.read(exp.path, trial.trial_id)["status"] == "infeasible"
 
 
 def test_plan_packs_small_models_on_logical_gpus(ray_session, demo):
     space = load_space(SMOKE)
-    opts = runner.SweepOptions(data="", space=SMOKE)
-    plan = runner.plan_resources(space, demo, opts, runner.cluster_nodes())
+    plan = plan_resources(space, demo.modalities, cluster_nodes())
     assert plan.gpus == 4 and plan.trials_per_gpu > 1 and plan.gpus_per_trial == 1 / plan.trials_per_gpu
     assert plan.concurrent == 2  # two CPUs bound it
     assert "cluster: 1 node(s), 2 CPUs, 4 GPUs" in plan.describe()
@@ -159,20 +161,18 @@ def test_plan_on_heterogeneous_nodes(demo, monkeypatch):
     monkeypatch.setenv("MMTUNE_GPU_GB", "16")
     nodes = [{"CPU": 8.0, "GPU": 4.0}, {"CPU": 8.0}]
     small = load_space(SMOKE).with_overrides(num_samples=100)
-    opts = runner.SweepOptions(data="", space=SMOKE)
-    plan = runner.plan_resources(small, demo, opts, nodes)
+    plan = plan_resources(small, demo.modalities, nodes)
     # GPU trials fit only on the GPU node: its 8 CPUs bound them, not the GPUs.
     assert plan.trials_per_gpu == 8 and plan.concurrent == 8
     big = load_space(REPO / "search_spaces/default.yaml").with_overrides(num_samples=100)
     monkeypatch.setenv("MMTUNE_GPU_GB", "1")
-    plan = runner.plan_resources(big, demo, opts, nodes)
+    plan = plan_resources(big, demo.modalities, nodes)
     assert plan.trials_per_gpu == 1 and plan.concurrent == 4 and "one trial per GPU" in plan.describe()
-    opts.max_concurrent = 3
-    assert runner.plan_resources(big, demo, opts, nodes).concurrent == 3
-    cpu_only = runner.plan_resources(small, demo, runner.SweepOptions(data="", space=SMOKE), [{"CPU": 2.0}])
+    assert plan_resources(big, demo.modalities, nodes, max_concurrent=3).concurrent == 3
+    cpu_only = plan_resources(small, demo.modalities, [{"CPU": 2.0}])
     assert cpu_only.gpus_per_trial == 0 and cpu_only.concurrent == 2
     with pytest.raises(SweepError, match="no node has that many GPUs"):
-        runner.plan_resources(small, demo, runner.SweepOptions(data="", space=SMOKE, gpus_per_trial="8"), nodes)
+        plan_resources(small, demo.modalities, nodes, gpus_per_trial="8")
 
 
 @pytest.mark.parametrize("flag, value, words", [
@@ -215,7 +215,7 @@ def test_resume_after_a_kill_between_tuner_pkl_and_the_first_state_runs_the_whol
     shutil.copy(smoke_exp / "tuner.pkl", exp)
     meta = json.loads((smoke_exp / "mmtune.json").read_text())
     (exp / "mmtune.json").write_text(json.dumps({**meta, "finished": False}))
-    runner.resume(runner.prepare_resume(exp))  # a restore from tuner.pkl alone would run a 1-trial sweep
+    sweep(SweepOptions.for_experiment(exp))  # a restore from tuner.pkl alone would run a 1-trial sweep
     assert len(records.read_all(exp)) == load_space(SMOKE).num_samples
 
 
@@ -250,7 +250,7 @@ def test_sigkill_driver_then_resume_loses_nothing(demo_dir, tmp_path, subprocess
     assert proc.returncode == 0, proc.stderr[-3000:]
     after = records.read_all(exp)
     assert len(after) == n and len(rows(exp)) == n  # exactly num_samples trials
-    assert {r["status"] for r in after.values()} <= {"completed", "stopped"}, after  # none lost to the kill
+    assert {r["status"] for r in after.values()} <= {"completed", "pruned"}, after  # none lost to the kill
     for trial_id, rec in before.items():
         assert after[trial_id] == rec  # finished trials kept as they were
         ckpts = list((exp / f"trial_{trial_id}").glob("checkpoint_*"))
@@ -269,8 +269,8 @@ def test_sigkill_driver_then_resume_loses_nothing(demo_dir, tmp_path, subprocess
 LISTENERS = r'''
 import json, os, socket, struct, sys
 from pathlib import Path
-from tune import runner
-runner.connect(None, num_cpus=1)
+from tune.ray_runtime import connect
+connect(None, num_cpus=1)
 import ray
 ray.get(ray.remote(lambda: 1).remote())  # a worker too
 def table():

@@ -14,6 +14,7 @@ from typing import Any, Callable
 from data.npz import DataError
 from model.checkpoint import CheckpointError
 from model.config import FIELD_TYPES, ConfigError, TrainConfig
+from model.status import TrialStatus
 
 # Errors that mean "the input is wrong": a message, exit code 2, no traceback.
 BAD_INPUT: tuple[type[Exception], ...] = (ConfigError, DataError, CheckpointError, FileNotFoundError)
@@ -57,7 +58,7 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _progress(total_epochs: int) -> Callable:
     def show(record: dict[str, Any], trainer: Any) -> None:
-        if record["status"] != "ok":
+        if record["status"] == TrialStatus.NAN:
             print(f"epoch {record['epoch']:>3}/{total_epochs}  train/loss {record['train/loss']}  -> stopping "
                   f"({record['status']})", flush=True)
             return
@@ -87,15 +88,15 @@ def cmd_train(args: argparse.Namespace, kind: str = "classify") -> int:
     if "test" in summary:
         print("test (best epoch): " + "  ".join(f"{k} {v:.4f}" for k, v in summary["test"].items()))
     print(f"run folder: {run_dir}")
-    return 0 if summary["status"] != "nan" else 1
+    return 0 if summary["status"] != TrialStatus.NAN else 1
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from data.batches import Batches
     from data.npz import load_dataset
     from model.checkpoint import load_checkpoint
     from model.config import build_config
-    from model.loop import evaluate, make_objective, pick_device
+    from model.loop import pick_device
+    from model.run import evaluate_splits, model_from_checkpoint
 
     state = load_checkpoint(args.checkpoint)
     if state["kind"] != "classify":
@@ -104,11 +105,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     data = load_dataset(args.data, cfg.val_fraction, cfg.split_seed, stats=state["stats"])
     if args.split not in data.splits:
         raise DataError(f"{Path(args.data) / (args.split + '.npz')}: no such split; have {sorted(data.splits)}")
-    objective = make_objective(cfg, data)
-    model = objective.build({m: tuple(s) for m, s in state["modalities"].items()})
-    model.load_state_dict(state["model"])
-    device = pick_device(cfg.device)
-    metrics = evaluate(model.to(device), objective, Batches(data.splits[args.split], device))
+    model, objective, _ = model_from_checkpoint(state, data)
+    metrics = evaluate_splits(model, objective, data, (args.split,), pick_device(cfg.device))[args.split]
     if args.json:
         print(json.dumps({"split": args.split, "checkpoint": str(args.checkpoint), **metrics}))
     else:
@@ -154,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The full `mmtune` parser (also used by tests to check command lines in launch configs)."""
     p = argparse.ArgumentParser(prog="mmtune", description=__doc__)
     p.add_argument("--debug", action="store_true", help="show tracebacks")
-    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="log at INFO level; sweeps also show Ray's own output (always in <experiment>/ray.log)")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     for name, help_ in (("train", "train a classifier"), ("pretrain", "masked-step pretraining of the encoder")):

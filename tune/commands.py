@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 from tune import finalize, report, storage
 from tune.errors import ResultsError, SweepError
@@ -33,11 +35,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray (default: all)")
     s.add_argument("--num-gpus", type=int, help="GPUs of the embedded local Ray (default: detected; "
                    "logical GPUs for testing placement)")
+    _verbose_flag(s)
 
     r = sub.add_parser("resume", help="continue an interrupted sweep")
     r.add_argument("experiment", help="results/<experiment>")
     r.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray (default: all)")
     r.add_argument("--address", help="Ray cluster to join instead of the embedded one")
+    _verbose_flag(r)
 
     e = sub.add_parser("export", help="write trials.csv, best_config.yaml, summary.json from disk")
     e.add_argument("experiment")
@@ -50,47 +54,45 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     finalize.add_parser(sub)
 
 
+def _verbose_flag(p: argparse.ArgumentParser) -> None:
+    # SUPPRESS: absent here, `mmtune --verbose sweep ...` (the top-level flag) keeps its value.
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="show Ray's own output on the console too (it is always in <experiment>/ray.log)")
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from tune import runner
+    from tune.job import experiment_location
+    from tune.sweep import SweepOptions, sweep
 
     if args.resume and args.overwrite:
         raise SweepError("--resume and --overwrite contradict each other; choose one")
+    if args.resume and not args.name:
+        raise SweepError("--resume needs --name (the experiment to continue)")
     if args.resume:
-        if not args.name:
-            raise SweepError("--resume needs --name (the experiment to continue)")
-        args.experiment = str(runner.experiment_dir(args.storage, args.name))
-        return cmd_resume(args)
-
-    opts = runner.SweepOptions(
+        experiment_location(args.storage, args.name)  # a bad name fails here, with the flag named
+    opts = SweepOptions(
         data=args.data, space=args.space, name=args.name, storage=args.storage, address=args.address,
-        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
-        max_failures=args.max_failures, num_samples=args.num_samples, epochs=args.epochs, seed=args.seed,
-        overwrite=args.overwrite, allow_local_storage=args.allow_local_storage)
-    prepared = runner.prepare(opts)  # every input checked before Ray starts
-    s = prepared.space
-    print(f"sweep {prepared.name}: {s.num_samples} trials x <= {s.epochs} epochs, metric {s.metric} ({s.mode}), "
-          f"{len(s.params)} parameters from {args.space}")
-    runner.connect(args.address, args.num_cpus, args.num_gpus)
-    nodes = runner.cluster_nodes()
-    runner.check_cluster(prepared, nodes)
-    plan = runner.plan_resources(s, prepared.data, opts, nodes)
-    print(plan.describe(), flush=True)
-    return _finish(runner.run(prepared, plan))
+        num_cpus=args.num_cpus, num_gpus=args.num_gpus, cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent, max_failures=args.max_failures,
+        num_samples=args.num_samples, epochs=args.epochs, seed=args.seed, overwrite=args.overwrite,
+        resume=args.resume, allow_local_storage=args.allow_local_storage, verbose=args.verbose)
+    return _finish(sweep(opts, out=sys.stdout).path, args.storage, args.name)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from tune import runner
+    from tune.sweep import SweepOptions, sweep
 
-    prepared = runner.prepare_resume(args.experiment)
-    print(f"resuming {prepared.loc}")
-    runner.connect(args.address, args.num_cpus)
-    return _finish(runner.resume(prepared))
+    opts = SweepOptions.for_experiment(args.experiment, address=args.address, num_cpus=args.num_cpus,
+                                       verbose=args.verbose)
+    print(f"resuming {args.experiment}")
+    return _finish(sweep(opts, out=sys.stdout).path, opts.storage, opts.name)
 
 
-def _finish(loc: storage.Location) -> int:
+def _finish(exp_dir: Path, storage_path: str, name: str | None) -> int:
     from tune.results import export, status_table
 
-    with storage.pushing(loc) as exp_dir:
+    loc = storage.locate(storage_path, exp_dir.name if name is None else name)
+    with storage.pushing(loc):
         summary = export(exp_dir)
     print(status_table(exp_dir))
     print(f"\nbest {summary['metric']} = {summary['best_value']:.4f} (trial {summary['best_trial']}, "
@@ -98,6 +100,7 @@ def _finish(loc: storage.Location) -> int:
     print(f"best config: {summary['best_config']}")
     if loc.remote:
         print(f"stored at:   {loc.remote} (the paths above are its local copy)")
+    print(f"Ray's log:   {exp_dir / 'ray.log'}")
     print(f"retrain it:  mmtune train --config {summary['best_config']} --data {summary['data']}")
     return 0
 

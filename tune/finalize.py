@@ -11,9 +11,7 @@ import argparse
 import csv
 import logging
 import math
-import shutil
 import statistics
-import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,20 +20,16 @@ from typing import TYPE_CHECKING, Any
 from tune.errors import ResultsError
 
 if TYPE_CHECKING:
-    from ray import tune
-
     from data.npz import Dataset
     from model.config import TrainConfig
-    from tune.results import Trial
-    from tune.runner import Plan, SweepOptions
+    from tune.experiment import Experiment, Trial
     from tune.space import SearchSpace
     from tune.storage import Location
 
 log = logging.getLogger(__name__)
 
-FINAL_DIR = "final"  # <experiment>/final: the finalize Tune run and its outputs
+FINAL_DIR = "final"  # <experiment>/final: the finalize sweep and its outputs
 WINNER_DIR = "winner"
-CKPT_FILE = "checkpoint.pt"  # same name as the sweep's trial checkpoints
 SPLITS = ("val", "test")
 
 
@@ -73,39 +67,38 @@ def finalize(exp_dir: str | Path, top_k: int = 3, seeds: int = 3, address: str |
 
 
 def _finalize(loc: Location, top_k: int, seeds: int, address: str | None, num_cpus: int | None) -> dict[str, Any]:
-    from tune import runner, storage
-    from tune.results import load_trials, space_of
+    from ray.tune.schedulers import FIFOScheduler
 
-    exp_dir = loc.local
-    space = space_of(exp_dir)
-    cands = select_top(load_trials(exp_dir, space), space, top_k)
-    seed_list = seeds_for(space, seeds)
-    opts, data = recorded_inputs(exp_dir, space)
-    runner.connect(address, num_cpus)
-    nodes = runner.cluster_nodes()
-    runner.check_cluster(runner.Prepared(opts, space, data, exp_dir, exp_dir.name), nodes)
-    # The grid has K x S trials: plan concurrency for that many, not for the sweep's num_samples.
-    plan = runner.plan_resources(space.with_overrides(num_samples=len(cands) * seeds), data, opts, nodes)
-    log.info("finalize %s: %d config(s) x %d seed(s), %d epochs\n%s", exp_dir.name, len(cands), seeds,
-             space.epochs, plan.describe())
-    out = fresh_dir(exp_dir / FINAL_DIR)
-    storage.delete(loc, FINAL_DIR)
+    from tune.experiment import Experiment
+    from tune.job import load_data
+    from tune.sweep import SweepOptions, sweep
+    from tune.tuner import FixedConfigs
+
+    exp = Experiment.open(loc.local)
+    cands = select_top(exp.trials, exp.space, top_k)
+    seed_list = seeds_for(exp.space, seeds)
+    points = [{**c.trial.params, "seed": s} for c in cands for s in seed_list]
+    log.info("finalize %s: %d config(s) x %d seed(s), %d epochs", exp.name, len(cands), seeds, exp.space.epochs)
+    if (loc.local / FINAL_DIR).exists():
+        log.warning("%s exists; replacing the previous finalize run", loc.local / FINAL_DIR)
+    opts = SweepOptions(**{**exp.meta["options"], "space": exp.space.with_overrides(num_samples=len(points)),
+                           "name": FINAL_DIR, "storage": str(loc), "overwrite": True, "resume": False,
+                           "address": address, "num_cpus": num_cpus, "num_samples": None, "epochs": None,
+                           "seed": None, "verbose": False})
     started = time.time()
-    grid = build_tuner(cands, seed_list, data, loc.remote or str(exp_dir), opts, plan).fit()
-    storage.pull(loc, FINAL_DIR)  # the runs' results and checkpoints, when Ray wrote them to remote storage
-    collect(grid, cands, out)
-    return write_outputs(exp_dir, out, space, cands, seed_list, top_k, plan, time.time() - started)
+    # Every point once, at the full budget: a fixed grid, no sampler, no early cuts.
+    runs = sweep(opts, searcher=FixedConfigs(points), scheduler=FIFOScheduler())
+    collect(runs, cands, load_data(exp.meta["data"], exp.space))
+    return write_outputs(exp, runs.path, cands, seed_list, top_k, time.time() - started)
 
 
 def select_top(trials: list[Trial], space: SearchSpace, k: int) -> list[Candidate]:
-    """The K best usable trials by their best epoch (failed, diverged, infeasible and empty ones skipped)."""
-    from tune.results import FAILED
+    """The K best trials by the one ranking (failed, diverged, infeasible and empty ones skipped), distinct configs."""
+    from tune.experiment import rank_trials
 
-    usable = [t for t in trials if t.status not in FAILED and t.best_value is not None and math.isfinite(t.best_value)]
+    usable = rank_trials(trials, space.mode)
     if not usable:
         raise ResultsError(f"no trial of the experiment has a finite {space.metric}; nothing to finalize")
-    sign = -1.0 if space.mode == "max" else 1.0
-    usable.sort(key=lambda t: sign * t.best_value)  # stable: ties keep the earlier trial first
     cands: list[Candidate] = []
     for pos, t in enumerate(usable, start=1):
         cfg = space.train_config(t.params)
@@ -125,102 +118,40 @@ def seeds_for(space: SearchSpace, n: int) -> list[int]:
     return [base + i for i in range(n)]
 
 
-def recorded_inputs(exp_dir: Path, space: SearchSpace) -> tuple[SweepOptions, Dataset]:
-    """The sweep's recorded options and its data set, loaded once in the driver from the recorded path."""
-    from tune import runner
-
-    meta = runner.read_meta(exp_dir)
-    opts = runner.SweepOptions(**{**meta["options"], "overwrite": False})
-    return opts, runner.load_data(meta["data"], space)
-
-
-def fresh_dir(path: Path) -> Path:
-    """PATH emptied: a previous finalize's trials would otherwise mix into this one's results."""
-    if path.exists():
-        log.warning("%s exists; replacing the previous finalize run", path)
-        shutil.rmtree(path)
-    return path
-
-
-def build_tuner(cands: list[Candidate], seed_list: list[int], data: Dataset, exp_location: str,
-                opts: SweepOptions, plan: Plan) -> tune.Tuner:
-    """A grid over (config rank, seed): no searcher and no scheduler, every run gets the full budget."""
-    from ray import tune
-    from ray.tune.logger import JsonLoggerCallback
-
-    trainable = tune.with_resources(
-        tune.with_parameters(final_trial, data=data, configs=tuple(c.cfg for c in cands)),
-        {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial})
-    return tune.Tuner(
-        trainable,
-        param_space={"rank": tune.grid_search(list(range(len(cands)))), "seed": tune.grid_search(seed_list)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=plan.concurrent, reuse_actors=True,
-                                    trial_dirname_creator=trial_dirname),
-        run_config=tune.RunConfig(name=FINAL_DIR, storage_path=exp_location,
-                                  failure_config=tune.FailureConfig(max_failures=opts.max_failures),
-                                  callbacks=[JsonLoggerCallback()], verbose=1))
-
-
-def trial_dirname(trial: Any) -> str:
-    """Readable trial folders: final/rank<r>_seed<s>."""
-    return f"rank{trial.config['rank']}_seed{trial.config['seed']}"
-
-
-def final_trial(config: dict[str, Any], data: Dataset, configs: tuple[TrainConfig, ...]) -> None:
-    """Train configs[rank] with SEED at the full budget; evaluate the best epoch; report once with its weights."""
-    import torch
-    from ray import tune
-
-    from model.checkpoint import save_checkpoint
-    from model.loop import fit
-
-    resources = tune.get_context().get_trial_resources().required_resources
-    torch.set_num_threads(max(1, math.floor(resources.get("CPU", 1))))  # as in the sweep's trials
-    cfg = replace(configs[config["rank"]], seed=int(config["seed"]))
-    result, trainer = fit(cfg, data)
-    head = {"rank": config["rank"], "seed": cfg.seed, "status": result.status, "epochs_run": result.epochs_run,
-            "best_epoch": result.best_epoch}
-    if result.status == "nan" or trainer.best_state is None:
-        tune.report(head)  # a diverged run counts as a failed seed; its weights are not worth keeping
-        return
-    metrics = {**head, **best_epoch_metrics(trainer, data)}
-    with tempfile.TemporaryDirectory() as d:
-        save_checkpoint(trainer.state_dict("best"), Path(d) / CKPT_FILE)
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
-
-
-def best_epoch_metrics(trainer: Any, data: Dataset) -> dict[str, float]:
-    """Val (and test, when the set has one) metrics of the trainer's best-epoch weights."""
-    from data.batches import Batches
-    from model.loop import evaluate
-    from model.metrics import metric_name
-
-    trainer.model.load_state_dict(trainer.best_state)
-    out = {}
-    for split in (s for s in SPLITS if s in data.splits):
-        metrics = evaluate(trainer.model, trainer.objective, Batches(data.splits[split], trainer.device))
-        out.update({metric_name(split, k): v for k, v in metrics.items()})
-    return out
-
-
-def collect(grid: Any, cands: list[Candidate], out: Path) -> None:
-    """Attach every run of the result grid to its candidate; errored runs count as failed seeds.
-
-    Paths point into OUT, the local final/ folder (Ray's own may be on remote storage).
-    """
-    for res in grid:
-        run_dir = out / Path(res.path).name
-        metrics = res.metrics or {}
-        ok = res.error is None and res.checkpoint is not None and metrics.get("status") not in (None, "nan")
-        run = {k: v for k, v in metrics.items() if k in ("status", "epochs_run", "best_epoch") or "/" in k}
-        run.update(seed=int(res.config["seed"]), ok=ok, path=str(run_dir),
-                   checkpoint=str(run_dir / Path(res.checkpoint.path).name / CKPT_FILE) if ok else None)
-        if res.error is not None:
-            run.update(status="failed", error=str(res.error).strip().splitlines()[-1][:300])
-        cands[int(res.config["rank"])].runs.append(run)
+def collect(runs: Experiment, cands: list[Candidate], data: Dataset) -> None:
+    """Attach every run of the finalize sweep to its candidate, with its best-epoch checkpoint's val and test
+    metrics; a run that failed, diverged or kept no checkpoint counts as a failed seed."""
+    for t in runs.trials:
+        cand = next(c for c in cands if all(t.params.get(k) == v for k, v in c.trial.params.items()))
+        run: dict[str, Any] = {"seed": int(t.params["seed"]), "status": t.status.value, "epochs_run": t.epochs,
+                               "best_epoch": t.best_epoch, "path": str(t.path), "ok": False, "checkpoint": None}
+        if t.status.usable and t.best_epoch is not None:
+            try:
+                run.update(best_epoch_metrics(t, data), ok=True)
+            except ResultsError as e:
+                run["error"] = str(e)
+        elif t.error:
+            run["error"] = t.error.strip().splitlines()[-1][:300]
+        cand.runs.append(run)
     for c in cands:
         c.runs.sort(key=lambda r: r["seed"])
         c.mean, c.std = aggregate(c.ok_runs)
+
+
+def best_epoch_metrics(t: Trial, data: Dataset) -> dict[str, Any]:
+    """Val (and test, when the set has one) metrics of the run's best-epoch checkpoint, and its path."""
+    from model.checkpoint import load_checkpoint
+    from model.loop import pick_device
+    from model.metrics import metric_name
+    from model.run import evaluate_splits, model_from_checkpoint
+    from tune.results import best_checkpoint
+
+    path, epoch = best_checkpoint(t)
+    if epoch != t.best_epoch:
+        raise ResultsError(f"run {t.trial_id}: the checkpoint of its best epoch {t.best_epoch} was not kept")
+    model, objective, cfg = model_from_checkpoint(load_checkpoint(path), data)
+    by_split = evaluate_splits(model, objective, data, SPLITS, pick_device(cfg.device))
+    return {"checkpoint": str(path), **{metric_name(s, k): v for s, m in by_split.items() for k, v in m.items()}}
 
 
 def aggregate(runs: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str, float]]:
@@ -255,31 +186,30 @@ def ranking(cands: list[Candidate], metric: str, mode: str) -> list[Candidate]:
     return sorted(cands, key=key)
 
 
-def write_outputs(exp_dir: Path, out: Path, space: SearchSpace, cands: list[Candidate], seed_list: list[int],
-                  top_k: int, plan: Plan, seconds: float) -> dict[str, Any]:
-    """best_config.yaml, leaderboard.csv, winner/seed_<s>.pt and summary.json; returns the summary."""
-    from dataclasses import asdict
+def write_outputs(exp: Experiment, out: Path, cands: list[Candidate], seed_list: list[int], top_k: int,
+                  seconds: float) -> dict[str, Any]:
+    """best_config.yaml, leaderboard.csv, winner/seed_<s>.pt and summary.json in OUT; returns the summary."""
+    from data.io import write_json
+    from tune.experiment import read_meta
 
-    from model.run import write_json
-    from tune.runner import read_meta
-
+    space = exp.space
     ordered = ranking(cands, space.metric, space.mode)
     winner = ordered[0]
     if not winner.ok_runs:
         raise RuntimeError(f"every finalize run failed; see the error files under {out}")
-    data_path = read_meta(exp_dir).get("data")
-    config_path = write_best_config(out, winner, space, seed_list[0], exp_dir.name, data_path)
+    data_path = exp.meta.get("data")
+    config_path = write_best_config(out, winner, space, seed_list[0], exp.name, data_path)
     write_leaderboard(out / "leaderboard.csv", ordered, space)
     checkpoints = copy_winner(out / WINNER_DIR, winner)
     summary = {
-        "experiment": exp_dir.name, "metric": space.metric, "mode": space.mode, "epochs": space.epochs,
+        "experiment": exp.name, "metric": space.metric, "mode": space.mode, "epochs": space.epochs,
         "selection": f"mean {space.metric} over seeds of the best epoch's weights; configs with a failed seed "
                      "rank last; ties: lower std, then sweep rank",
         "top_k": len(cands), "top_k_requested": top_k, "seeds": seed_list,
         "winner": {**_entry(winner), "config": str(config_path), "checkpoints": checkpoints},
         "configs": [_entry(c) for c in ordered],
         "best_config": str(config_path), "leaderboard": str(out / "leaderboard.csv"),
-        "data": data_path, "plan": asdict(plan), "wall_time_s": seconds,
+        "data": data_path, "plan": read_meta(out).get("plan"), "wall_time_s": seconds,
     }
     write_json(summary, out / "summary.json")
     return summary
@@ -296,7 +226,7 @@ def write_best_config(out: Path, winner: Candidate, space: SearchSpace, seed: in
     """The winner's complete TrainConfig (first seed), readable by load_config and `mmtune train --config`."""
     import yaml
 
-    from model.io import atomic_file
+    from data.io import atomic_file
 
     path = out / "best_config.yaml"
     m, s = winner.mean[space.metric], winner.std[space.metric]
@@ -310,7 +240,7 @@ def write_best_config(out: Path, winner: Candidate, space: SearchSpace, seed: in
 
 def write_leaderboard(path: Path, ordered: list[Candidate], space: SearchSpace) -> None:
     """One row per config, best first: ranks, sweep value, mean and std of every metric, seeds, params."""
-    from model.io import atomic_file
+    from data.io import atomic_file
 
     keys = metric_keys([r for c in ordered for r in c.ok_runs])
     cols = ["final_rank", "sweep_rank", "trial_id", f"sweep best {space.metric}", "n_seeds", "failed_seeds",
@@ -325,15 +255,14 @@ def write_leaderboard(path: Path, ordered: list[Candidate], space: SearchSpace) 
 
 
 def copy_winner(folder: Path, winner: Candidate) -> list[str]:
-    """Copy the winner's best-epoch checkpoint of every seed to FOLDER/seed_<seed>.pt."""
-    from model.io import atomic_file
+    """The winner's best-epoch checkpoint of every seed, as FOLDER/seed_<seed>.pt marked as best weights."""
+    from model.checkpoint import load_checkpoint, save_checkpoint
 
     paths = []
     for r in winner.ok_runs:
-        target = folder / f"seed_{r['seed']}.pt"
-        with atomic_file(target, "wb") as f, open(r["checkpoint"], "rb") as src:
-            shutil.copyfileobj(src, f)
-        paths.append(str(target))
+        # Saved at the best epoch, so its weights are that epoch's: the best weights of the run.
+        state = {**load_checkpoint(r["checkpoint"]), "weights": "best"}
+        paths.append(str(save_checkpoint(state, folder / f"seed_{r['seed']}.pt")))
     return paths
 
 

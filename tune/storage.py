@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 from urllib.parse import urlsplit
 
-from model.io import atomic_file
+from data.io import atomic_file
 from tune.errors import SweepError
 
 if TYPE_CHECKING:

@@ -16,15 +16,12 @@ from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from model.config import ConfigError
 from model.loop import Trainer, fit
 from model.metrics import worst_value
+from model.status import STATUS_KEY, TrialStatus
 from tune import records
+from tune.experiment import CKPT_FILE
 from tune.space import SearchSpace
 
 log = logging.getLogger(__name__)
-# One "Checkpoint successfully created" line per trial epoch would drown Ray's trial table.
-logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
-
-CKPT_FILE = "checkpoint.pt"
-STATUS = "trial_status"  # reported every epoch: running, completed, early_stopped, nan, infeasible
 
 
 class Reporter:
@@ -38,13 +35,14 @@ class Reporter:
     def __call__(self, record: dict[str, Any], trainer: Trainer) -> None:
         metrics = {k: v for k, v in record.items() if isinstance(v, (int, float, str, bool))}
         metrics["node_id"], metrics["gpu_ids"] = self.node, self.gpus
-        if record["status"] == "nan":
+        if record["status"] == TrialStatus.NAN:
             # A diverged trial reports the worst value so that ASHA and TPE rank it last.
-            metrics.update({self.metric: worst_value(self.metric), STATUS: "nan", "nonfinite": True})
+            metrics.update({self.metric: worst_value(self.metric), STATUS_KEY: TrialStatus.NAN.value, "nonfinite": True})
             tune.report(metrics)
             return
-        metrics[STATUS] = ("early_stopped" if trainer.should_stop_early
-                           else "completed" if trainer.epoch >= self.epochs else "running")
+        status = (TrialStatus.EARLY_STOPPED if trainer.should_stop_early
+                  else TrialStatus.COMPLETED if trainer.epoch >= self.epochs else TrialStatus.RUNNING)
+        metrics[STATUS_KEY] = status.value
         metrics["nonfinite"] = False
         with tempfile.TemporaryDirectory() as d:
             save_checkpoint(trainer.state_dict("current"), Path(d) / CKPT_FILE)
@@ -54,6 +52,8 @@ class Reporter:
 def train_trial(config: dict[str, Any], data: Dataset, space: SearchSpace, exp_dir: str,
                 callbacks: tuple = ()) -> None:
     """Train one trial of SPACE on DATA (shared through the object store); CALLBACKS join the loop's."""
+    # One "Checkpoint successfully created" line per epoch would bury the trial's own log lines.
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     ctx = tune.get_context()
     done = records.final(exp_dir, ctx.get_trial_id())
     if done is not None:
@@ -66,7 +66,7 @@ def train_trial(config: dict[str, Any], data: Dataset, space: SearchSpace, exp_d
     try:
         cfg = space.train_config(config)
     except ConfigError as e:
-        tune.report({space.metric: worst_value(space.metric), STATUS: "infeasible", "error": str(e)[:500],
+        tune.report({space.metric: worst_value(space.metric), STATUS_KEY: TrialStatus.INFEASIBLE.value, "error": str(e)[:500],
                      "epoch": 0, "nonfinite": False})
         return
     fit(cfg, data, [Reporter(space.metric, cfg.epochs), *callbacks], resume=restore(tune.get_checkpoint()))

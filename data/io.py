@@ -1,10 +1,12 @@
-"""Atomic file writes: a crash or a full disk leaves the old file or the new one, never half of one."""
+"""Atomic file writes (a crash or a full disk leaves the old file or the new one, never half of one) and JSON."""
 from __future__ import annotations
 
+import json
+import math
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Any, Iterator
 
 
 @contextmanager
@@ -31,3 +33,20 @@ def atomic_file(path: str | Path, mode: str = "w", durable: bool = False, **open
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_json(obj: Any, path: str | Path) -> None:
+    """Write OBJ as JSON atomically (NaN/Inf become null, which every JSON reader accepts)."""
+    with atomic_file(path) as f:
+        f.write(json.dumps(finite(obj), indent=2, sort_keys=False) + "\n")
+
+
+def finite(obj: Any) -> Any:
+    """OBJ with every non-finite float replaced by None, in nested dicts and lists too."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj

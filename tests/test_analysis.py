@@ -1,0 +1,181 @@
+"""Fast tier: the report's analysis, figures and files on small experiment folders (no Ray, no sweep)."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from model.status import TrialStatus
+from tests.fake_experiment import SPACE, FakeTrial, write_experiment
+from tune import analysis, figures
+from tune.analysis import Importance, analyze, asha_rungs, edge_warning, trial_table
+from tune.experiment import Experiment
+from tune.report import write_report
+from tune.space import Param, parse_space
+
+S = TrialStatus
+FIGURES = ("history", "learning_curves", "importance", "parallel_coordinates", "slices", "status")
+
+
+def trial(lr: float, dropout: float, *values: float, status: TrialStatus | None = S.COMPLETED) -> FakeTrial:
+    return FakeTrial({"lr": lr, "dropout": dropout}, list(values), status)
+
+
+def sweep(n: int) -> list[FakeTrial]:
+    """N usable trials, better with dropout, none on the edge of lr's range; every third pruned by ASHA."""
+    return [trial(10 ** (-3.5 + i / n), 0.03 + 0.2 * i / n, 0.3 + 0.01 * i, 0.4 + 0.02 * i,
+                  status=S.PRUNED if i % 3 == 2 else S.COMPLETED) for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def doc(tmp_path_factory: pytest.TempPathFactory) -> analysis.Document:
+    """A finished sweep of 10 usable trials, one failed and one that diverged, analyzed (importance included)."""
+    exp = write_experiment(tmp_path_factory.mktemp("doc"), [
+        *sweep(10), trial(1e-3, 0.1, 0.9, status=S.FAILED), trial(1e-3, 0.1, float("nan"), status=S.NAN)])
+    return analyze(Experiment.open(exp), top_k=3)
+
+
+@pytest.fixture(scope="module")
+def no_values(tmp_path_factory: pytest.TempPathFactory) -> analysis.Document:
+    """An interrupted sweep in which no trial has a value: one failed, one diverged, one not yet reported."""
+    exp = write_experiment(tmp_path_factory.mktemp("none"), [
+        trial(1e-3, 0.1, 0.5, status=S.FAILED), trial(1e-3, 0.1, float("nan"), status=S.NAN),
+        FakeTrial({"lr": 1e-3, "dropout": 0.1}, [], None)], finished=False)
+    return analyze(Experiment.open(exp))
+
+
+def test_top_table_is_the_experiments_ranking(tmp_path):
+    exp = Experiment.open(write_experiment(tmp_path, [
+        trial(1e-3, 0.1, 0.5, 0.6), trial(2e-3, 0.1, 0.8, status=S.FAILED), trial(3e-3, 0.1, 0.7, status=S.PRUNED),
+        trial(4e-3, 0.1, 0.6, 0.55, status=None), trial(5e-3, 0.1, 0.7, status=S.EARLY_STOPPED)]))
+    doc = analysis.Document(exp, top_k=3, importance=Importance(None, "", 0))
+    cols, rows = trial_table(doc, doc.top)
+    assert cols[:6] == ["rank", "trial", "best val/f1", "best epoch", "epochs run", "status"]
+    # Best first; the tie at 0.7 goes to the trial that started first; a failed trial has no rank.
+    assert [r[:3] for r in rows] == [["1", "fake0_00002", "0.7000"], ["2", "fake0_00004", "0.7000"],
+                                     ["3", "fake0_00000", "0.6000"]]
+    assert [r[5] for r in rows] == ["pruned (ASHA)", "early stopped", "completed"]
+    everyone = [r[:2] for r in trial_table(doc, doc.all_trials)[1]]
+    assert everyone[3:] == [["4", "fake0_00003"], ["–", "fake0_00001"]]  # unfinished ranks; failed goes last
+
+
+def test_edge_warning_names_the_side_and_the_range():
+    assert edge_warning(Param("dropout", "float", low=0.1, high=1.1), 0.1) == \
+        "widen dropout (best 0.1 at the low end of [0.1, 1.1])"
+    assert "at the high end" in edge_warning(Param("dropout", "float", low=0.0, high=0.3), 0.3)
+    assert edge_warning(Param("dropout", "float", low=0.0, high=1.0), 0.5) is None
+    assert edge_warning(Param("lr", "float", low=1e-4, high=1e-1, log=True), 1.3e-4).startswith("widen lr")
+    assert edge_warning(Param("lr", "float", low=1e-4, high=1e-2, log=True), 1e-3) is None  # log-aware middle
+    assert edge_warning(Param("d_model", "categorical", choices=(16, 32)), 16) is None
+
+
+def test_best_trial_at_the_low_end_of_lr_is_warned(tmp_path):
+    exp = Experiment.open(write_experiment(tmp_path, [trial(1e-4, 0.15, 0.9), trial(1e-3, 0.1, 0.5)]))
+    assert analysis.edge_warnings(exp) == ["widen lr (best 0.0001 at the low end of [0.0001, 0.01])"]
+
+
+@pytest.mark.parametrize("bad, warned", [(1, True), (0, False)])
+def test_failure_share_of_a_quarter_is_warned(tmp_path, bad, warned):
+    ok = [trial(1e-3, 0.1, 0.5)] * (4 - bad)
+    failed = [trial(1e-3, 0.1, 0.5, status=S.INFEASIBLE)] * bad
+    unfinished = [FakeTrial({"lr": 1e-3, "dropout": 0.1}, [0.5], None)]  # not ended: not in the share
+    exp = Experiment.open(write_experiment(tmp_path, ok + failed + unfinished))
+    found = analysis.failure_warnings(exp)
+    assert found == (["1 of 4 ended trials (25%) failed, diverged or were infeasible (1 infeasible); see the "
+                      "error column of trials.csv and narrow the space"] if warned else [])
+
+
+def test_one_in_five_failed_is_not_warned(tmp_path):
+    exp = Experiment.open(write_experiment(tmp_path, [trial(1e-3, 0.1, 0.5)] * 4 + [trial(1e-3, 0.1, 0.5,
+                                                                                         status=S.FAILED)]))
+    assert analysis.failure_warnings(exp) == []
+
+
+def test_too_few_trials_for_importance_is_warned():
+    assert analysis.importance_warnings(Importance(None, "", 9))[0].startswith("only 9 finished trial(s)")
+    assert analysis.importance_warnings(Importance({"lr": 1.0}, "", 10)) == []
+
+
+def test_unfinished_sweep_is_warned(no_values):
+    (w,) = analysis.progress_warnings(no_values.experiment)
+    assert w.startswith("the sweep is not finished (3 of 4 trials started, 1 unfinished)")
+    assert f"`mmtune resume {no_values.experiment.path}`" in w
+    assert analysis.progress_warnings(Experiment.open(write_experiment(no_values.experiment.path.parent,
+                                                                       [trial(1e-3, 0.1, 0.5)], name="done"))) == []
+
+
+def test_importance_from_ten_usable_trials(doc):
+    imp = doc.importance
+    assert imp.trials == 10  # pruned trials count; the failed and the diverged do not
+    assert set(imp.values) == {"lr", "dropout"} and abs(sum(imp.values.values()) - 1.0) < 0.01
+    assert imp.note == "computed from 10 finished trials"
+    assert doc.warnings == []  # 2 of 12 failed is under a quarter, 10 trials suffice, nothing on an edge
+
+
+def test_importance_needs_two_usable_trials(tmp_path):
+    exp = Experiment.open(write_experiment(tmp_path, [trial(1e-3, 0.1, 0.5), trial(2e-3, 0.2, 0.6, status=S.NAN),
+                                                      FakeTrial({"lr": 1e-3, "dropout": 0.2}, [0.7], None)]))
+    imp = analysis.importance(exp)
+    assert (imp.values, imp.trials) == (None, 1)
+    assert imp.note == "not computed: 1 finished trial(s) with a finite value; at least 2 needed"
+
+
+def test_asha_rungs():
+    assert asha_rungs(parse_space(SPACE, "fake.yaml")) == [1, 2, 4]
+    space = {**SPACE, "epochs": 30, "asha": {"grace_period": 2, "reduction_factor": 3}}
+    assert asha_rungs(parse_space(space, "fake.yaml")) == [2, 6, 18]
+
+
+def test_header_names_the_best_trial_and_counts_by_status(doc):
+    head = dict(analysis.header_rows(doc))
+    assert head["best value"] == "0.5800 (trial fake0_00009, epoch 2)"
+    assert head["trials by status"] == "7 completed, 3 pruned (ASHA), 1 nan, 1 failed"
+    assert head["state"].startswith("finished; 12 of 4 trials started; ") and "wall time" in head["state"]
+
+
+@pytest.mark.parametrize("name", FIGURES)
+def test_every_figure_draws(doc, name):
+    from matplotlib.figure import Figure
+
+    fig = figures.importance(doc.importance) if name == "importance" else (
+        figures.learning_curves(doc.experiment, doc.top_k) if name == "learning_curves"
+        else getattr(figures, name)(doc.experiment))
+    assert isinstance(fig, Figure) and fig.axes
+
+
+def test_figures_of_an_experiment_without_values(no_values, tmp_path):
+    from matplotlib.figure import Figure
+
+    exp = no_values.experiment
+    for draw in (figures.history, figures.learning_curves, figures.slices, figures.status):
+        assert isinstance(draw(exp), Figure), draw.__name__
+    texts = [t.get_text() for t in figures.parallel_coordinates(exp).axes[0].texts]
+    assert texts == ["no trial has a finite value yet"]
+    assert figures.importance(no_values.importance) is None
+    (tmp_path / "importance.png").write_bytes(b"stale")  # an earlier report's figure is no longer true
+    plots = figures.draw_all(no_values, tmp_path)
+    assert [p.name for p in plots] == list(FIGURES)
+    assert {p.name for p in plots if p.path is None} == {"importance"}
+    assert not (tmp_path / "importance.png").exists()
+
+
+def test_write_report_writes_files_and_returns_the_warnings_it_lists(tmp_path):
+    exp = write_experiment(tmp_path, [trial(1e-4, 0.15, 0.9), *sweep(2), trial(1e-3, 0.1, 0.5, status=S.FAILED),
+                                      FakeTrial({"lr": 1e-3, "dropout": 0.1}, [0.2], None)], finished=False)
+    result = write_report(exp, top_k=2)
+    assert (result.html, result.markdown) == (exp / "report.html", exp / "report.md")
+    assert [p.name for p in result.figures] == [f"{n}.png" for n in FIGURES]
+    for p in result.figures:
+        assert p.parent == exp / "report" and p.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    md = result.markdown.read_text()
+    listed = re.search(r"^## Warnings\n\n(.*?)\n\n## ", md, re.M | re.S).group(1)
+    assert [line.removeprefix("- ") for line in listed.splitlines()] == result.warnings
+    assert [w.split(" (")[0] for w in result.warnings] == [
+        "widen lr", "1 of 4 ended trials", "only 3 finished trial(s) with a finite value: the importance estimate "
+        "needs about 10 or more, so treat it as rough", "the sweep is not finished"]
+    top = re.search(r"^## Top 2 trials\n\n(.*?)\n\n## ", md, re.M | re.S).group(1).splitlines()
+    assert [r.split(" | ")[1] for r in top[2:]] == ["fake0_00000", "fake0_00002"]
+    html = result.html.read_text()
+    assert html.count("data:image/png;base64,") == 6 and "widen lr" in html and "Top 2 trials" in html
+    for link in re.findall(r"!\[[^]]*\]\(([^)]+)\)", md):
+        assert (exp / link).is_file(), link

@@ -1,0 +1,276 @@
+"""What a report says about an experiment, as data: importance, warnings, header facts and trial tables.
+
+Pure functions over a `tune.experiment.Experiment`: no matplotlib, no Ray. Optuna is imported only when the
+importance is computed. `analyze` gathers everything into one `Document`, which `tune.report` renders to
+HTML and Markdown and `tune.figures` draws.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from model.status import TrialStatus
+from tune.errors import ResultsError
+from tune.experiment import Experiment, Trial, counts
+from tune.space import Param, SearchSpace
+
+log = logging.getLogger(__name__)
+
+MIN_IMPORTANCE_TRIALS = 10  # below this the fANOVA estimate is little more than noise
+BAD_SHARE = 0.25  # this share of failed ended trials means the space needs narrowing
+EVALUATOR = "Optuna fANOVA (FanovaImportanceEvaluator, seed=0)"
+
+
+@dataclass(frozen=True)
+class Importance:
+    """fANOVA importances (None when not computed), why or from what, and how many trials they rest on."""
+
+    values: dict[str, float] | None
+    note: str
+    trials: int
+
+
+@dataclass
+class Document:
+    """Everything a report shows about one experiment, rendered alike to HTML and Markdown."""
+
+    experiment: Experiment
+    top_k: int
+    importance: Importance
+    warnings: list[str] = field(default_factory=list)
+    final: dict[str, Any] | None = None  # final/summary.json of `mmtune finalize`, when it ran
+
+    @property
+    def space(self) -> SearchSpace:
+        return self.experiment.space
+
+    @property
+    def trials(self) -> list[Trial]:
+        return self.experiment.trials
+
+    @property
+    def ranked(self) -> list[Trial]:
+        return self.experiment.ranked
+
+    @property
+    def top(self) -> list[Trial]:
+        """The top-k trials, best first."""
+        return self.ranked[:self.top_k]
+
+    @property
+    def best(self) -> Trial | None:
+        return self.ranked[0] if self.ranked else None
+
+    @property
+    def ranks(self) -> dict[str, int]:
+        """Trial id -> rank (1 is best), for the ranked trials."""
+        return {t.trial_id: i for i, t in enumerate(self.ranked, 1)}
+
+    @property
+    def all_trials(self) -> list[Trial]:
+        """Every trial: ranked ones first, then those without a value, in start order."""
+        ranked = {t.trial_id for t in self.ranked}
+        return self.ranked + [t for t in self.trials if t.trial_id not in ranked]
+
+
+def analyze(exp: Experiment, top_k: int = 5, final: dict[str, Any] | None = None) -> Document:
+    """The document of EXP: importance and warnings computed, the top TOP_K trials picked."""
+    if top_k < 1:
+        raise ResultsError(f"--top-k must be >= 1, got {top_k}")
+    if not exp.trials:
+        raise ResultsError(f"{exp.path}: no trial has started yet; nothing to report")
+    imp = importance(exp)
+    return Document(exp, top_k, imp, collect_warnings(exp, imp), final)
+
+
+# ---------------------------------------------------------------- importance
+
+
+def importance(exp: Experiment) -> Importance:
+    """fANOVA importances from the usable trials with a finite value, or None and the reason."""
+    import optuna
+
+    dists = exp.space.distributions()
+    frozen = []
+    for t in exp.trials:
+        if not t.status.usable or not finite(t.best_value):
+            continue
+        params = {k: v for k, v in t.params.items() if k in dists}
+        try:
+            frozen.append(optuna.trial.create_trial(params=params, distributions={k: dists[k] for k in params},
+                                                    value=float(t.best_value)))
+        except ValueError as e:  # a value outside the recorded space
+            log.warning("trial %s left out of the importance estimate: %s", t.trial_id, e)
+    n = len(frozen)
+    if n < 2:
+        return Importance(None, f"not computed: {n} finished trial(s) with a finite value; at least 2 needed", n)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # an in-memory study's creation is not news
+    try:
+        study = optuna.create_study(direction="maximize" if exp.space.mode == "max" else "minimize")
+        study.add_trials(frozen)
+        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+        imp = optuna.importance.get_param_importances(study, evaluator=evaluator)
+    except Exception as e:  # noqa: BLE001 - the report says why instead of failing
+        return Importance(None, f"not computed: {type(e).__name__}: {e}", n)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    return Importance({k: float(v) for k, v in imp.items()}, f"computed from {n} finished trials", n)
+
+
+# ---------------------------------------------------------------- warnings
+
+
+def collect_warnings(exp: Experiment, imp: Importance) -> list[str]:
+    """Everything a user should act on before trusting the result."""
+    return [*edge_warnings(exp), *failure_warnings(exp), *importance_warnings(imp), *progress_warnings(exp)]
+
+
+def edge_warning(param: Param, value: Any) -> str | None:
+    """'widen P (best V at the low/high end of [low, high])' when VALUE sits on the edge of P's range."""
+    side = param.on_edge(value)
+    if side is None:
+        return None
+    return f"widen {param.name} (best {fmt(value)} at the {side} end of [{fmt(param.low)}, {fmt(param.high)}])"
+
+
+def edge_warnings(exp: Experiment) -> list[str]:
+    """One warning per parameter whose best value lies on the edge of its searched range."""
+    if not exp.ranked:
+        return []
+    best = exp.ranked[0]
+    found = (edge_warning(p, best.params.get(p.name)) for p in exp.space.params)
+    return [w for w in found if w]
+
+
+def failure_warnings(exp: Experiment) -> list[str]:
+    """A warning when at least BAD_SHARE of the ended trials failed, diverged or were infeasible."""
+    ended = [t for t in exp.trials if t.status.finished]
+    bad = [t for t in ended if t.status.failed]
+    if not ended or len(bad) / len(ended) < BAD_SHARE:
+        return []
+    kinds = ", ".join(f"{n} {s}" for s, n in counts(bad).items())
+    return [f"{len(bad)} of {len(ended)} ended trials ({len(bad) / len(ended):.0%}) failed, diverged or were "
+            f"infeasible ({kinds}); see the error column of trials.csv and narrow the space"]
+
+
+def importance_warnings(imp: Importance) -> list[str]:
+    """A warning when the importance rests on fewer than MIN_IMPORTANCE_TRIALS trials."""
+    if imp.trials >= MIN_IMPORTANCE_TRIALS:
+        return []
+    return [f"only {imp.trials} finished trial(s) with a finite value: the importance estimate needs about "
+            f"{MIN_IMPORTANCE_TRIALS} or more, so treat it as rough"]
+
+
+def progress_warnings(exp: Experiment) -> list[str]:
+    """A warning when the sweep is still running or was interrupted."""
+    if exp.finished:
+        return []
+    running = sum(not t.status.finished for t in exp.trials)
+    return [f"the sweep is not finished ({len(exp.trials)} of {exp.space.num_samples} trials started, {running} "
+            f"unfinished): it is still running or was interrupted (continue it with `mmtune resume {exp.path}`)"]
+
+
+def asha_rungs(space: SearchSpace) -> list[int]:
+    """Epochs at which ASHA compares trials: grace_period * reduction_factor**k <= epochs."""
+    rungs, k = [], 0
+    while space.grace_period * space.reduction_factor ** k <= space.epochs:
+        rungs.append(int(round(space.grace_period * space.reduction_factor ** k)))
+        k += 1
+    return rungs
+
+
+# ---------------------------------------------------------------- text shared by HTML and Markdown
+
+
+def finite(v: Any) -> bool:
+    """A real finite number (not a bool, None or NaN)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def fmt(v: Any) -> str:
+    """A parameter value as tables show it (floats to 4 significant digits)."""
+    if isinstance(v, bool) or v is None:
+        return "" if v is None else str(v)
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def fmt_value(v: float | None) -> str:
+    """A metric value to 4 decimals, or a dash when there is none."""
+    return f"{v:.4f}" if finite(v) else "–"
+
+
+def status_counts(trials: list[Trial]) -> dict[TrialStatus, int]:
+    """Trials by status, in the vocabulary's order, leaving out statuses no trial has."""
+    return {TrialStatus(s): n for s, n in counts(trials).items()}
+
+
+def header_rows(doc: Document) -> list[tuple[str, str]]:
+    """The header facts as (label, text) pairs."""
+    exp, s, best = doc.experiment, doc.space, doc.best
+    by_status = ", ".join(f"{n} {k.label}" for k, n in status_counts(doc.trials).items())
+    return [("experiment", f"{exp.name} ({exp.path})"),
+            ("search space", f"{exp.meta.get('space_file', s.source)}"
+                             + (f" — {s.raw['description']}" if s.raw.get("description") else "")),
+            ("metric", f"{s.metric} ({s.mode}imized; each trial's best epoch)"),
+            ("state", f"{'finished' if exp.finished else 'NOT finished (running or interrupted)'}; "
+                      f"{len(doc.trials)} of {s.num_samples} trials started{_wall_time(exp)}"),
+            ("trials by status", by_status),
+            ("best value", f"{fmt_value(best.best_value)} (trial {best.trial_id}, epoch {best.best_epoch})" if best
+             else "none yet (no trial has a finite value)"),
+            ("best config", best_config_text(doc)),
+            ("search", f"Optuna TPE (seed {s.seed}), ASHA grace {s.grace_period}, reduction {s.reduction_factor:g}, "
+                       f"{s.epochs} epochs max"),
+            ("data", str(exp.meta.get("data", "?")))]
+
+
+def _wall_time(exp: Experiment) -> str:
+    start = exp.meta.get("started")
+    if not start:
+        return ""
+    # An unfinished sweep may carry the end of an earlier run (before a resume): count to now instead.
+    ended = exp.finished and exp.meta.get("ended")
+    seconds = exp.wall_time() if exp.finished else time.time() - start
+    if seconds is None or seconds < 0:  # a clock that went back says nothing useful
+        return ""
+    return f"; {seconds / 60:.1f} min {'wall time' if ended else 'since start'}"
+
+
+def best_config_text(doc: Document) -> str:
+    """Where best_config.yaml is, and whether it still names the current best trial."""
+    exp_dir = doc.experiment.path
+    summary_path = exp_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    path = Path(summary.get("best_config") or exp_dir / "best_config.yaml")
+    if not path.is_file():
+        return f"not written yet (run `mmtune export {exp_dir}`)"
+    if doc.best is not None and summary.get("best_trial") not in (None, doc.best.trial_id):
+        return f"{path} (stale: written for trial {summary['best_trial']}; run `mmtune export {exp_dir}`)"
+    return str(path)
+
+
+def trial_table(doc: Document, trials: list[Trial]) -> tuple[list[str], list[list[str]]]:
+    """Columns and rows of a table of TRIALS (rank, value, epochs, status, params)."""
+    space, ranks = doc.space, doc.ranks
+    cols = ["rank", "trial", f"best {space.metric}", "best epoch", "epochs run", "status", *space.names]
+    rows = [[str(ranks.get(t.trial_id, "–")), t.trial_id, fmt_value(t.best_value),
+             "–" if t.best_epoch is None else str(t.best_epoch), str(t.epochs), t.status.label,
+             *[fmt(t.params.get(n)) for n in space.names]] for t in trials]
+    return cols, rows
+
+
+def importance_text(doc: Document) -> str:
+    """How the importance was estimated, and how to read it."""
+    text = (f"Evaluator: {EVALUATOR}, on an in-memory Optuna study of the finished trials (completed, early "
+            f"stopped, stopped, pruned by ASHA) with a finite value; {doc.importance.note}.")
+    if doc.importance.values:
+        text += (" Values are each trial's best epoch, and ASHA-pruned trials ran fewer epochs, so settings "
+                 "that learn fast can look more important than they are.")
+    return text

@@ -1,0 +1,220 @@
+"""The one read/write model of an experiment folder: metadata, trial records, the `Trial` view and its ranking.
+
+Everything that reads an experiment (results, status, report, finalize, resume) goes through here. Plain file
+I/O only: importing this module imports neither Ray nor torch.
+"""
+from __future__ import annotations
+
+import json
+import math
+import platform
+import re
+import subprocess
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from data.io import atomic_file
+from model.metrics import is_better
+from model.status import TrialStatus
+from tune import records, storage
+from tune.errors import ResultsError
+from tune.space import SearchSpace, parse_space
+
+META = "mmtune.json"  # what resume, export and the reports need: the space as read, data path, options, plan
+CKPT_FILE = "checkpoint.pt"  # the file inside each of a trial's checkpoint_* folders
+RAY_LOG = "ray.log"  # Ray's own output during the sweep
+TRIAL_ID = re.compile(r"^trial_([0-9a-f]+(?:_\d+)?)$")
+PACKAGES = ("mmtune", "torch", "ray", "optuna", "numpy", "scikit-learn")
+
+
+def read_meta(exp_dir: Path) -> dict[str, Any]:
+    """The mmtune metadata of an experiment ({} when absent)."""
+    p = Path(exp_dir) / META
+    return json.loads(p.read_text()) if p.is_file() else {}
+
+
+def write_meta(loc: storage.Location, meta: dict[str, Any]) -> None:
+    """Atomically write the metadata (and upload it, for a remote experiment)."""
+    with atomic_file(loc.local / META) as f:
+        f.write(json.dumps(meta, indent=2, default=str))
+    storage.push(loc, META)
+
+
+def update_meta(loc: storage.Location, **changes: Any) -> None:
+    """Change some fields of the metadata."""
+    write_meta(loc, {**read_meta(loc.local), **changes})
+
+
+def provenance() -> dict[str, Any]:
+    """Package versions and the git commit of the code, captured when a sweep starts."""
+    versions = {"python": platform.python_version()}
+    for pkg in PACKAGES:
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = "not installed"
+    return {"versions": versions, "git_commit": _git_commit()}
+
+
+def _git_commit() -> str | None:
+    try:
+        root = Path(__file__).resolve().parent.parent
+        out = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=root, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+@dataclass
+class Trial:
+    """One trial as found on disk."""
+
+    trial_id: str
+    path: Path
+    params: dict[str, Any]
+    history: list[dict[str, Any]]  # one result per epoch, in order
+    status: TrialStatus
+    metric: str
+    error: str | None = None
+    best_value: float | None = None
+    best_epoch: int | None = None
+
+    @property
+    def epochs(self) -> int:
+        return max((int(r.get("epoch", 0)) for r in self.history), default=0)
+
+    @property
+    def final_value(self) -> float | None:
+        return self.history[-1].get(self.metric) if self.history else None
+
+    @property
+    def started(self) -> float | None:
+        """When the trial started: its first report's timestamp less the time it had run by then."""
+        if not self.history or "timestamp" not in self.history[0]:
+            return None
+        first = self.history[0]
+        return float(first["timestamp"]) - float(first.get("time_total_s") or 0.0)
+
+    @property
+    def last_result(self) -> dict[str, Any]:
+        return self.history[-1] if self.history else {}
+
+
+def space_of(exp_dir: Path) -> SearchSpace:
+    """The search space recorded with the experiment."""
+    meta = read_meta(exp_dir)
+    if not meta:
+        raise ResultsError(f"{exp_dir}: not an mmtune experiment (no {META})")
+    return parse_space(meta["space"], meta["space_file"])
+
+
+def load_trials(exp_dir: Path, space: SearchSpace) -> list[Trial]:
+    """Every trial folder of the experiment in start order, with its per-epoch results, status and best epoch."""
+    done = records.read_all(exp_dir)
+    trials = []
+    for d in sorted(p for p in Path(exp_dir).iterdir() if (p / "params.json").is_file()):
+        history = _history(d / "result.json")
+        match = TRIAL_ID.search(d.name)
+        trial_id = history[0]["trial_id"] if history else (match.group(1) if match else d.name)
+        record = done.get(trial_id) or {}
+        if record and not history and record.get("last_result"):
+            history = [record["last_result"]]
+        t = Trial(trial_id, d, json.loads((d / "params.json").read_text()), history,
+                  TrialStatus(record.get("status", TrialStatus.UNFINISHED)), space.metric, record.get("error"))
+        t.best_value, t.best_epoch = best_epoch(t, space.mode)
+        trials.append(t)
+    # Start order; trials that reported nothing yet go last, by folder age.
+    return sorted(trials, key=lambda t: (t.started if t.started is not None else math.inf, t.path.stat().st_mtime,
+                                         t.trial_id))
+
+
+def _history(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    by_epoch: dict[Any, dict] = {}
+    for line in path.read_text().splitlines():
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a crash
+        by_epoch[r.get("epoch", len(by_epoch))] = r  # a re-reported epoch replaces the earlier report
+    return [by_epoch[k] for k in sorted(by_epoch, key=lambda e: (e is None, e))]
+
+
+def best_epoch(t: Trial, mode: str) -> tuple[float | None, int | None]:
+    """The trial's best value and epoch by its metric (not its last epoch); none for a failed trial."""
+    best, epoch = None, None
+    if t.status.failed:
+        return best, epoch
+    for r in t.history:
+        v = r.get(t.metric)
+        if _finite(v) and is_better(v, best, mode):
+            best, epoch = float(v), int(r.get("epoch", 0))
+    return best, epoch
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def rank_trials(trials: list[Trial], mode: str) -> list[Trial]:
+    """The one ranking of trials: usable ones with a finite best value, best first; ties keep the given order
+    (start order, so the earlier trial wins)."""
+    scored = [t for t in trials if (t.status.usable or t.status is TrialStatus.UNFINISHED) and _finite(t.best_value)]
+    sign = -1.0 if mode == "max" else 1.0
+    return sorted(scored, key=lambda t: sign * t.best_value)
+
+
+def counts(trials: list[Trial]) -> dict[str, int]:
+    """Trials by status, in the vocabulary's order, leaving out statuses no trial has."""
+    return {s.value: n for s in TrialStatus if (n := sum(t.status is s for t in trials))}
+
+
+@dataclass
+class Experiment:
+    """An experiment folder, finished, running or interrupted, read from disk."""
+
+    path: Path
+    meta: dict[str, Any] = field(repr=False)
+    space: SearchSpace = field(repr=False)
+
+    @classmethod
+    def open(cls, path: str | Path) -> "Experiment":
+        """The experiment in the local folder PATH; a ResultsError when it is none."""
+        path = Path(path).resolve()
+        return cls(path, read_meta(path), space_of(path))
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.meta.get("finished"))
+
+    @cached_property
+    def trials(self) -> list[Trial]:
+        """Every trial in start order."""
+        return load_trials(self.path, self.space)
+
+    @cached_property
+    def ranked(self) -> list[Trial]:
+        """Trials with a usable finite value, best first."""
+        return rank_trials(self.trials, self.space.mode)
+
+    def best(self) -> Trial:
+        """The best trial; a ResultsError when no trial has a usable value yet."""
+        if not self.ranked:
+            raise ResultsError(f"{self.path}: no trial has a finite value of {self.space.metric} yet "
+                               "(all failed, diverged or unfinished)")
+        return self.ranked[0]
+
+    def wall_time(self) -> float | None:
+        """Seconds from the start to the end (or to now, while unfinished)."""
+        start = self.meta.get("started")
+        return None if not start else (self.meta.get("ended") or time.time()) - start

@@ -1,0 +1,94 @@
+"""`sweep()`: the one entry point that starts (or continues) a sweep, for the CLI, finalize, benches and tests.
+
+Inputs are checked before Ray starts (bad input loses nothing); then connect, plan, Tuner, fit, finish.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any, Sequence, TextIO
+
+from model.loop import Callback
+from tune import storage
+from tune.errors import SweepError
+from tune.experiment import RAY_LOG, Experiment, provenance, update_meta, write_meta
+from tune.job import Job, SweepOptions, prepare
+from tune.resources import Plan, check_cluster, plan_resources
+
+log = logging.getLogger(__name__)
+
+
+def sweep(options: SweepOptions, *, searcher: Any = None, scheduler: Any = None, stopper: Any = None,
+          callbacks: Sequence[Callback] = (), out: TextIO | None = None) -> Experiment:
+    """Run (or with `options.resume`, continue) a sweep and wait for it; returns the experiment as on disk.
+
+    SEARCHER and SCHEDULER replace the space's Optuna sampler and ASHA; STOPPER is a Tune stopper; CALLBACKS
+    join the training loop of every trial (e.g. fault injection). OUT receives the plan and a compact progress
+    view (None: silent). Ray's own output goes to <experiment>/ray.log.
+    """
+    from tune import resume as resuming
+    from tune import ray_runtime, tuner as tuning
+    from tune.console import capture_ray_output, ray_init_kwargs
+
+    if options.resume:
+        if searcher is not None or scheduler is not None:
+            raise SweepError("a resumed sweep continues with its saved searcher and scheduler; pass neither")
+        job, plan = resuming.prepare(options)
+    else:
+        job, plan = prepare(options), None
+    _say(out, f"sweep {job.name}: {job.space.num_samples} trials x <= {job.space.epochs} epochs, metric "
+              f"{job.space.metric} ({job.space.mode}), {len(job.space.params)} parameters from {job.space_file}")
+    ray_runtime.connect(options.address, options.num_cpus, options.num_gpus, **ray_init_kwargs(options.verbose))
+    nodes = ray_runtime.cluster_nodes()
+    check_cluster(nodes, job.opts.storage, job.opts.allow_local_storage, job.opts.data, job.data.nbytes)
+    if plan is None:
+        plan = plan_resources(job.space, job.data.modalities, nodes, job.opts.cpus_per_trial,
+                              job.opts.gpus_per_trial, job.opts.max_concurrent)
+        start_experiment(job, plan)
+    _say(out, plan.describe())
+    with capture_ray_output(job.loc.local / RAY_LOG, options.verbose):
+        if options.resume:
+            tuner = resuming.restore(job, plan, tuple(callbacks), out)
+        else:
+            tuner = tuning.build_tuner(job, plan, tuple(callbacks), out, searcher=searcher, scheduler=scheduler,
+                                       stopper=stopper)
+        errors = len(tuner.fit().errors)
+    return finish_experiment(job.loc, errors)
+
+
+def _say(out: TextIO | None, text: str) -> None:
+    if out is not None:
+        print(text, file=out, flush=True)
+
+
+def start_experiment(job: Job, plan: Plan) -> None:
+    """A fresh experiment folder holding only the metadata that resume and export read, and provenance."""
+    if job.loc.local.exists():
+        shutil.rmtree(job.loc.local)  # only reached with --overwrite (prepare refuses otherwise)
+    storage.delete(job.loc)
+    space = job.space
+    options = {**asdict(replace(job.opts, space=job.space_file)), "resume": False}
+    write_meta(job.loc, {
+        "name": job.name, "data": str(Path(job.opts.data).resolve()), "space_file": job.space_file,
+        "space": {**space.raw, "num_samples": space.num_samples, "epochs": space.epochs, "seed": space.seed},
+        "options": options, "plan": asdict(plan), "provenance": provenance(), "started": time.time(),
+        "finished": False,
+    })
+
+
+def finish_experiment(loc: storage.Location, errors: int) -> Experiment:
+    """Prune checkpoints, mark the experiment finished with its number of errored trials; return it."""
+    from tune.results import prune_checkpoints
+
+    if loc.remote:
+        storage.pull(loc)  # what Ray wrote there, for the export that follows
+        storage.push(loc, RAY_LOG)
+    else:
+        # Remote checkpoints are left to Ray's retention: pruning them would download every one first.
+        freed = prune_checkpoints(Experiment.open(loc.local))
+        log.info("pruned checkpoints: %.1f MB freed", freed / 2**20)
+    update_meta(loc, finished=True, ended=time.time(), errors=errors)
+    return Experiment.open(loc.local)

@@ -1,0 +1,116 @@
+"""The Tune side of a sweep: the Tuner (trainable, Optuna searcher, ASHA, storage, callbacks) and running it."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+import optuna
+from ray import tune
+from ray.tune.logger import JsonLoggerCallback
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import Searcher
+from ray.tune.search.optuna import OptunaSearch
+
+from tune.console import Progress
+from tune.recorder import TrialRecorder
+from tune.space import SearchSpace
+from tune.trainable import train_trial
+
+if TYPE_CHECKING:
+    from tune.resources import Plan
+    from tune.job import Job
+
+
+def build_tuner(job: Job, plan: Plan, callbacks: tuple, out: TextIO | None, *, searcher: Any = None,
+                scheduler: Any = None, stopper: Any = None) -> tune.Tuner:
+    """The Tuner: the space's searcher and ASHA unless others are given, durable records, progress on OUT."""
+    space = job.space
+    return tune.Tuner(
+        make_trainable(job, plan, callbacks),
+        tune_config=tune.TuneConfig(
+            metric=space.metric, mode=space.mode, search_alg=make_searcher(space) if searcher is None else searcher,
+            scheduler=make_scheduler(space) if scheduler is None else scheduler,
+            num_samples=space.num_samples, max_concurrent_trials=plan.concurrent,
+            # A fresh worker per trial costs ~2-3 s of imports and data fetch; reuse pays it once.
+            reuse_actors=True, trial_dirname_creator=trial_dirname),
+        run_config=run_config(job, out, stopper))
+
+
+def trial_dirname(trial: Any) -> str:
+    """Short, stable trial folder names (Ray's default embeds every parameter)."""
+    return f"trial_{trial.trial_id}"
+
+
+def make_trainable(job: Job, plan: Plan, callbacks: tuple) -> Any:
+    """The trial function with the data set shared through the object store (put once, zero-copy reads)."""
+    return tune.with_resources(
+        tune.with_parameters(train_trial, data=job.data, space=job.space, exp_dir=str(job.loc), callbacks=callbacks),
+        {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial})
+
+
+def tune_callbacks(job: Job, out: TextIO | None) -> list:
+    """Tune callbacks of every sweep: result.json per trial, the durable records, the progress view."""
+    space = job.space
+    progress = [Progress(space.num_samples, space.metric, space.mode, out)] if out is not None else []
+    return [JsonLoggerCallback(), TrialRecorder(job.loc), *progress]
+
+
+def run_config(job: Job, out: TextIO | None, stopper: Any = None) -> tune.RunConfig:
+    """Storage, failure retries, checkpoint retention, callbacks; Tune's own console output off."""
+    space = job.space
+    return tune.RunConfig(
+        name=job.name, storage_path=job.loc.ray_storage, stop=stopper,
+        failure_config=tune.FailureConfig(max_failures=job.opts.max_failures),
+        # The best epoch's checkpoint by the metric; Tune also keeps the latest one for resuming. Retention
+        # also forces a state snapshot per checkpoint, which keeps a killed driver from forgetting trials.
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=space.metric,
+                                                checkpoint_score_order=space.mode),
+        callbacks=tune_callbacks(job, out), verbose=0)
+
+
+def make_searcher(space: SearchSpace) -> OptunaSearch:
+    """OptunaSearch over the space's distributions (seeded multivariate TPE, constant liar), start points first."""
+    # TPE needs some random trials first; its default of 10 would make a small sweep pure random search.
+    startup = max(len(space.start) + 2, min(10, space.num_samples // 3))
+    sampler = optuna.samplers.TPESampler(seed=space.seed, multivariate=True, constant_liar=True,
+                                         n_startup_trials=startup)
+    return OptunaSearch(space=space.distributions(), metric=space.metric, mode=space.mode,
+                        points_to_evaluate=[dict(s) for s in space.start] or None, sampler=sampler)
+
+
+class FixedConfigs(Searcher):
+    """Suggests the given configs in order, each once, then finishes (Ray's BasicVariantGenerator needs every
+    key of a point to be in the Tuner's param_space, which a sweep does not set)."""
+
+    def __init__(self, configs: list[dict[str, Any]]):
+        super().__init__()
+        self.configs, self.given = [dict(c) for c in configs], 0
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        self._metric, self._mode = metric, mode
+        return True
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if self.given >= len(self.configs):
+            return Searcher.FINISHED
+        self.given += 1
+        return dict(self.configs[self.given - 1])
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        """Nothing to learn: the configs are fixed."""
+
+    def save(self, checkpoint_path: str) -> None:
+        """Tune's periodic searcher snapshot: which configs were handed out."""
+        Path(checkpoint_path).write_text(json.dumps({"configs": self.configs, "given": self.given}))
+
+    def restore(self, checkpoint_path: str) -> None:
+        state = json.loads(Path(checkpoint_path).read_text())
+        self.configs, self.given = state["configs"], state["given"]
+
+
+def make_scheduler(space: SearchSpace) -> ASHAScheduler:
+    """ASHA on epochs: max_t is the epoch budget."""
+    return ASHAScheduler(time_attr="training_iteration", max_t=space.epochs, grace_period=space.grace_period,
+                         reduction_factor=space.reduction_factor, brackets=space.brackets)
+
