@@ -26,7 +26,7 @@ demo: $(STAMP)
 	$(BIN)/mmtune data demo demo_data
 	$(BIN)/mmtune data check demo_data
 	$(BIN)/mmtune sweep --data demo_data --space search_spaces/default.yaml --name demo --overwrite \
-		--num-samples 16 --epochs 10
+		--num-samples 16 --epochs 12  # 12: the end of the second warm-restart cycle (t0 4, t_mult 2)
 
 bench: $(STAMP)
 	$(BIN)/python bench/loop_throughput.py

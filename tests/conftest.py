@@ -1,6 +1,7 @@
 """Shared fixtures: a small demo data set, tiny configs, one real Ray runtime for the session."""
 from __future__ import annotations
 
+import csv
 import os
 import shutil
 import socket
@@ -112,6 +113,39 @@ def run_sweep(data: Path, storage: Path, name: str, space: str = SMOKE, callback
     exp = sweep(opts, scheduler=FIFOScheduler() if no_asha else None, callbacks=callbacks)
     export(exp.path)
     return exp.path
+
+
+def rows(exp: Path) -> list[dict]:
+    """The rows of an experiment's trials.csv."""
+    with open(exp / "trials.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def study_matches_trials_csv(exp: Path) -> dict[str, str]:
+    """Check, trial by trial, that study.db says what trials.csv says; returns the states by trial id.
+
+    A trial's latest Optuna trial counts (a failed trial retried by a resume is added anew).
+    """
+    import optuna
+
+    study = optuna.load_study(study_name="mmtune", storage=f"sqlite:///{exp / 'study.db'}")
+    by_ray = {t.user_attrs["ray_trial_id"]: t for t in study.get_trials(deepcopy=False)
+              if "ray_trial_id" in t.user_attrs}
+    assert not [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
+    states = {}
+    for row in rows(exp):
+        t = by_ray[row["trial_id"]]
+        assert t.user_attrs["status"] == row["status"], (row, t.user_attrs)
+        if row["status"] in ("completed", "early_stopped", "stopped"):
+            # Told the value mmtune ranks the trial by: its best epoch, not its last.
+            assert t.state == optuna.trial.TrialState.COMPLETE and t.value == float(row["best val/f1"]), row
+        elif row["status"] == "pruned":
+            assert t.state == optuna.trial.TrialState.PRUNED and t.last_step == int(row["epochs"]), row
+        else:
+            assert t.state == optuna.trial.TrialState.FAIL and t.user_attrs["reason"].startswith(row["status"])
+        assert sorted(t.intermediate_values) == list(range(1, int(row["epochs"]) + 1)) or row["status"] != "completed"
+        states[row["trial_id"]] = t.state.name
+    return states
 
 
 @pytest.fixture(scope="session")

@@ -29,9 +29,9 @@ def sweep(n: int) -> list[FakeTrial]:
 
 @pytest.fixture(scope="module")
 def doc(tmp_path_factory: pytest.TempPathFactory) -> analysis.Document:
-    """A finished sweep of 10 usable trials, one failed and one that diverged, analyzed (importance included)."""
+    """A finished sweep of 15 usable trials (5 pruned), one failed and one that diverged, analyzed."""
     exp = write_experiment(tmp_path_factory.mktemp("doc"), [
-        *sweep(10), trial(1e-3, 0.1, 0.9, status=S.FAILED), trial(1e-3, 0.1, float("nan"), status=S.NAN)])
+        *sweep(15), trial(1e-3, 0.1, 0.9, status=S.FAILED), trial(1e-3, 0.1, float("nan"), status=S.NAN)])
     return analyze(Experiment.open(exp), top_k=3)
 
 
@@ -92,7 +92,7 @@ def test_one_in_five_failed_is_not_warned(tmp_path):
 
 
 def test_too_few_trials_for_importance_is_warned():
-    assert analysis.importance_warnings(Importance(None, "", 9))[0].startswith("only 9 finished trial(s)")
+    assert analysis.importance_warnings(Importance(None, "", 9))[0].startswith("only 9 full-budget trial(s)")
     assert analysis.importance_warnings(Importance({"lr": 1.0}, "", 10)) == []
 
 
@@ -106,10 +106,10 @@ def test_unfinished_sweep_is_warned(no_values):
 
 def test_importance_from_ten_usable_trials(doc):
     imp = doc.importance
-    assert imp.trials == 10  # pruned trials count; the failed and the diverged do not
+    assert imp.trials == 10  # full-budget trials only: not the pruned, the failed or the diverged
     assert set(imp.values) == {"lr", "dropout"} and abs(sum(imp.values.values()) - 1.0) < 0.01
-    assert imp.note == "computed from 10 finished trials"
-    assert doc.warnings == []  # 2 of 12 failed is under a quarter, 10 trials suffice, nothing on an edge
+    assert imp.note == "computed from 10 full-budget trials (5 pruned trial(s) left out)"
+    assert doc.warnings == []  # 2 of 17 failed is under a quarter, 10 trials suffice, nothing on an edge
 
 
 def test_importance_needs_two_usable_trials(tmp_path):
@@ -117,7 +117,7 @@ def test_importance_needs_two_usable_trials(tmp_path):
                                                       FakeTrial({"lr": 1e-3, "dropout": 0.2}, [0.7], None)]))
     imp = analysis.importance(exp)
     assert (imp.values, imp.trials) == (None, 1)
-    assert imp.note == "not computed: 1 finished trial(s) with a finite value; at least 2 needed"
+    assert imp.note == "not computed: 1 full-budget trial(s) with a finite value; at least 2 needed"
 
 
 def test_asha_rungs():
@@ -128,9 +128,9 @@ def test_asha_rungs():
 
 def test_header_names_the_best_trial_and_counts_by_status(doc):
     head = dict(analysis.header_rows(doc))
-    assert head["best value"] == "0.5800 (trial fake0_00009, epoch 2)"
-    assert head["trials by status"] == "7 completed, 3 pruned (ASHA), 1 nan, 1 failed"
-    assert head["state"].startswith("finished; 12 of 4 trials started; ") and "wall time" in head["state"]
+    assert head["best value"] == "0.6800 (trial fake0_00014, epoch 2)"
+    assert head["trials by status"] == "10 completed, 5 pruned (ASHA), 1 nan, 1 failed"
+    assert head["state"].startswith("finished; 17 of 4 trials started; ") and "wall time" in head["state"]
 
 
 @pytest.mark.parametrize("name", FIGURES)
@@ -150,7 +150,7 @@ def test_figures_of_an_experiment_without_values(no_values, tmp_path):
     for draw in (figures.history, figures.learning_curves, figures.slices, figures.status):
         assert isinstance(draw(exp), Figure), draw.__name__
     texts = [t.get_text() for t in figures.parallel_coordinates(exp).axes[0].texts]
-    assert texts == ["no trial has a finite value yet"]
+    assert texts == ["no trial has run its full budget with a finite value yet"]
     assert figures.importance(no_values.importance) is None
     (tmp_path / "importance.png").write_bytes(b"stale")  # an earlier report's figure is no longer true
     plots = figures.draw_all(no_values, tmp_path)
@@ -171,7 +171,7 @@ def test_write_report_writes_files_and_returns_the_warnings_it_lists(tmp_path):
     listed = re.search(r"^## Warnings\n\n(.*?)\n\n## ", md, re.M | re.S).group(1)
     assert [line.removeprefix("- ") for line in listed.splitlines()] == result.warnings
     assert [w.split(" (")[0] for w in result.warnings] == [
-        "widen lr", "1 of 4 ended trials", "only 3 finished trial(s) with a finite value: the importance estimate "
+        "widen lr", "1 of 4 ended trials", "only 3 full-budget trial(s) with a finite value: the importance estimate "
         "needs about 10 or more, so treat it as rough", "the sweep is not finished"]
     top = re.search(r"^## Top 2 trials\n\n(.*?)\n\n## ", md, re.M | re.S).group(1).splitlines()
     assert [r.split(" | ")[1] for r in top[2:]] == ["fake0_00000", "fake0_00002"]

@@ -39,6 +39,8 @@ def test_trials_carry_status_best_epoch_and_start_order(exp):
     # One ranking: failed trials left out, ties go to the trial that started first.
     assert [t.trial_id for t in e.ranked] == ["fake0_00000", "fake0_00003", "fake0_00001"]
     assert e.best().trial_id == "fake0_00000"
+    # Trials whose values compare at the full budget: not the pruned one, not the one still running.
+    assert [t.trial_id for t in e.full_budget] == ["fake0_00000"]
 
 
 def test_min_metrics_pick_the_lowest_epoch_and_rank_lowest_first(tmp_path):

@@ -15,12 +15,13 @@ import torch
 from ray import tune
 
 from model.checkpoint import save_checkpoint
-from tests.conftest import run_sweep
+from tests.conftest import run_sweep, study_matches_trials_csv
 from tune import records
 from tune.cli import run
 from tune.errors import SweepError
 from tune.experiment import CKPT_FILE, Experiment
 from tune.faults import FaultInjector
+from tune.results import export
 from tune.resume import tune_state_saved
 from tune.sweep import SweepOptions, sweep
 from tune.trainable import restore
@@ -58,6 +59,8 @@ def test_trial_out_of_retries_is_recorded_failed(ray_session, demo_dir, tmp_path
     kept = records.read(exp, ok[0].trial_id)
     exp = shutil.move(exp, tmp_path / "moved")
     sweep(SweepOptions.for_experiment(exp), callbacks=(fault,))
+    export(exp)
+    study_matches_trials_csv(exp)  # the retried trial's new outcome is in the study, nothing left running
     after = histories(exp)
     assert {t.status for t in after.values()} == {"completed"} and records.read(exp, ok[0].trial_id) == kept
     assert [r["epoch"] for r in after[failed[0].trial_id].history] == [1, 2]

@@ -7,12 +7,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import SMOKE, remote_files, run_sweep
+from tests.conftest import SMOKE, remote_files, run_sweep, study_matches_trials_csv
 from tune import records, storage
 from tune.cli import run
 from tune.errors import SweepError
 from tune.experiment import META, Experiment
 from tune.faults import FaultInjector
+from tune.results import export
 from tune.sweep import SweepOptions, sweep
 
 
@@ -27,7 +28,7 @@ def test_sweep_on_s3_then_every_command_from_another_machine(ray_session, s3_buc
     n = json.loads(storage.read_text(uri, META))["space"]["num_samples"]
     assert len([f for f in files if f.startswith(f"{records.RECORDS_DIR}/")]) == n
     assert len({f.split("/")[0] for f in files if "/checkpoint_" in f}) == n  # written by the trial workers
-    for name in ("trials.csv", "best_config.yaml", "summary.json", "best/checkpoint.pt"):
+    for name in ("trials.csv", "best_config.yaml", "summary.json", "best/checkpoint.pt", "study.db", "ray.log"):
         assert files.get(name), name
     summary = json.loads(storage.read_text(uri, "summary.json"))
 
@@ -64,6 +65,9 @@ def test_resume_from_the_uri_on_a_new_head_node(ray_session, s3_bucket, demo_dir
     assert set(after) == set(statuses) and {r["status"] for r in after.values()} == {"completed"}
     assert str(local).startswith(str(tmp_path / "new-head"))
     trials = Experiment.open(local).trials
+    export(local)
+    study_matches_trials_csv(local)  # the same study continued from the uploaded study.db: the retried trial told
+    assert remote_files(uri)["study.db"] == (local / "study.db").stat().st_size
     assert all([r["epoch"] for r in t.history] == [1, 2] for t in trials)  # continued from its checkpoint
 
 

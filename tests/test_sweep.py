@@ -1,7 +1,6 @@
 """Real sweeps: Ray Tune + OptunaSearch + ASHA on the demo data, results, failures, resume."""
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -17,7 +16,7 @@ import yaml
 
 from model.config import load_config
 from model.loop import fit
-from tests.conftest import REPO, SMOKE, run_sweep
+from tests.conftest import REPO, SMOKE, rows, run_sweep, study_matches_trials_csv
 from model.status import TrialStatus
 from tune import records
 from tune.cli import run
@@ -29,11 +28,6 @@ from tune.space import load_space
 from tune.job import prepare
 from tune.sweep import SweepOptions, sweep
 
-
-
-def rows(exp: Path) -> list[dict]:
-    with open(exp / "trials.csv") as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +61,12 @@ def test_asha_stopped_some_trials(smoke_exp):
     # 4 trials, grace 1, reduction 2, max_t 3: the rungs cannot let everyone run to the end.
     epochs = [int(t["epochs"]) for t in rows(smoke_exp)]
     assert sum(epochs) < 4 * 3
+
+
+def test_study_tells_optuna_how_each_trial_ended(smoke_exp):
+    states = study_matches_trials_csv(smoke_exp)
+    # The stock OptunaSearch would tell a pruned trial COMPLETE with its last (short-budget) value.
+    assert "PRUNED" in states.values() and "COMPLETE" in states.values(), states
 
 
 def test_best_config_retrains_to_the_same_value(smoke_exp, demo):
@@ -132,6 +132,7 @@ def test_failed_and_nan_trials_do_not_stop_the_sweep(ray_session, demo_dir, tmp_
     assert all(t["device"] == "cuda" for t in by_status["failed"])
     assert "CUDA is not available" in by_status["failed"][0]["error"]
     assert all(float(t["lr"]) == 1e6 for t in by_status["nan"])
+    study_matches_trials_csv(exp)  # failed and diverged trials are FAIL, with the reason
     summary = json.loads((exp / "summary.json").read_text())
     assert summary["best_params"] == {"lr": 1e-3, "device": "cpu"}
 
@@ -257,14 +258,8 @@ def test_sigkill_driver_then_resume_loses_nothing(demo_dir, tmp_path, subprocess
         assert all(c.stat().st_mtime < killed_at for c in ckpts), "a finished trial trained again"
     assert "best config:" in proc.stdout
     # The searcher came back with its history: every trial, those before the kill included, is in its study.
-    import pickle
-
-    # The newest state by its session-stamped name (copies by Ray do not keep mtimes in order).
-    state = pickle.loads(sorted(exp.glob("searcher-state-*.pkl"))[-1].read_bytes())
-    told = [t.params for t in state["_ot_study"].trials if t.state.is_finished()]
-    assert len(told) == n
-    for rec in before.values():
-        assert {k: rec["config"][k] for k in told[0]} in told
+    # The study came back with its history: it says what trials.csv says, trial by trial, nothing left running.
+    assert len(study_matches_trials_csv(exp)) == n
 
 LISTENERS = r'''
 import json, os, socket, struct, sys

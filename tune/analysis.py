@@ -92,14 +92,16 @@ def analyze(exp: Experiment, top_k: int = 5, final: dict[str, Any] | None = None
 
 
 def importance(exp: Experiment) -> Importance:
-    """fANOVA importances from the usable trials with a finite value, or None and the reason."""
+    """fANOVA importances from the full-budget trials, or None and the reason.
+
+    Pruned trials are left out: their values come from fewer epochs, and mixing them in credits whatever
+    made trials slow starters (e.g. small models) with importance.
+    """
     import optuna
 
     dists = exp.space.distributions()
     frozen = []
-    for t in exp.trials:
-        if not t.status.usable or not finite(t.best_value):
-            continue
+    for t in exp.full_budget:
         params = {k: v for k, v in t.params.items() if k in dists}
         try:
             frozen.append(optuna.trial.create_trial(params=params, distributions={k: dists[k] for k in params},
@@ -108,7 +110,7 @@ def importance(exp: Experiment) -> Importance:
             log.warning("trial %s left out of the importance estimate: %s", t.trial_id, e)
     n = len(frozen)
     if n < 2:
-        return Importance(None, f"not computed: {n} finished trial(s) with a finite value; at least 2 needed", n)
+        return Importance(None, f"not computed: {n} full-budget trial(s) with a finite value; at least 2 needed", n)
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # an in-memory study's creation is not news
     try:
@@ -120,7 +122,9 @@ def importance(exp: Experiment) -> Importance:
         return Importance(None, f"not computed: {type(e).__name__}: {e}", n)
     finally:
         optuna.logging.set_verbosity(verbosity)
-    return Importance({k: float(v) for k, v in imp.items()}, f"computed from {n} finished trials", n)
+    pruned = sum(t.status is TrialStatus.PRUNED for t in exp.ranked)
+    return Importance({k: float(v) for k, v in imp.items()},
+                      f"computed from {n} full-budget trials ({pruned} pruned trial(s) left out)", n)
 
 
 # ---------------------------------------------------------------- warnings
@@ -163,7 +167,7 @@ def importance_warnings(imp: Importance) -> list[str]:
     """A warning when the importance rests on fewer than MIN_IMPORTANCE_TRIALS trials."""
     if imp.trials >= MIN_IMPORTANCE_TRIALS:
         return []
-    return [f"only {imp.trials} finished trial(s) with a finite value: the importance estimate needs about "
+    return [f"only {imp.trials} full-budget trial(s) with a finite value: the importance estimate needs about "
             f"{MIN_IMPORTANCE_TRIALS} or more, so treat it as rough"]
 
 
@@ -268,9 +272,7 @@ def trial_table(doc: Document, trials: list[Trial]) -> tuple[list[str], list[lis
 
 def importance_text(doc: Document) -> str:
     """How the importance was estimated, and how to read it."""
-    text = (f"Evaluator: {EVALUATOR}, on an in-memory Optuna study of the finished trials (completed, early "
-            f"stopped, stopped, pruned by ASHA) with a finite value; {doc.importance.note}.")
-    if doc.importance.values:
-        text += (" Values are each trial's best epoch, and ASHA-pruned trials ran fewer epochs, so settings "
-                 "that learn fast can look more important than they are.")
-    return text
+    return (f"Evaluator: {EVALUATOR}, on an in-memory Optuna study of the full-budget trials (completed, early "
+            f"stopped or stopped, not pruned by ASHA) with a finite value, each scored by its best epoch; "
+            f"{doc.importance.note}. Pruned trials ran fewer epochs: mixed in, they would make whatever learns "
+            "fast look important.")

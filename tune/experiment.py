@@ -27,6 +27,7 @@ from tune.space import SearchSpace, parse_space
 META = "mmtune.json"  # what resume, export and the reports need: the space as read, data path, options, plan
 CKPT_FILE = "checkpoint.pt"  # the file inside each of a trial's checkpoint_* folders
 RAY_LOG = "ray.log"  # Ray's own output during the sweep
+STUDY_DB = "study.db"  # the Optuna study of the sweep (SQLite), written by the driver only
 TRIAL_ID = re.compile(r"^trial_([0-9a-f]+(?:_\d+)?)$")
 PACKAGES = ("mmtune", "torch", "ray", "optuna", "numpy", "scikit-learn")
 
@@ -206,6 +207,12 @@ class Experiment:
     def ranked(self) -> list[Trial]:
         """Trials with a usable finite value, best first."""
         return rank_trials(self.trials, self.space.mode)
+
+    @cached_property
+    def full_budget(self) -> list[Trial]:
+        """Ranked trials that ended without being pruned: their values come from the whole budget (or patience),
+        so they compare with each other; a pruned trial's value is from fewer epochs."""
+        return [t for t in self.ranked if t.status.usable and t.status is not TrialStatus.PRUNED]
 
     def best(self) -> Trial:
         """The best trial; a ResultsError when no trial has a usable value yet."""

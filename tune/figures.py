@@ -54,6 +54,10 @@ def require_matplotlib() -> Any:
 def specs(doc: Document) -> list[tuple[Plot, Callable[[Document], Figure | None]]]:
     """Every figure of DOC's report, in order: what it is called and shows, and how to draw it."""
     m = doc.space.metric
+    exp = doc.experiment
+    pruned = sum(t.status is TrialStatus.PRUNED for t in exp.ranked)
+    full = (f"{len(exp.full_budget)} of {len(exp.ranked)} trials with a value; {pruned} pruned by ASHA left out, "
+            "their values come from fewer epochs")
     return [
         (Plot("history", "Optimization history", f"Best-epoch {m} of each trial in start order, and the best so "
               "far."), lambda d: history(d.experiment)),
@@ -62,11 +66,11 @@ def specs(doc: Document) -> list[tuple[Plot, Callable[[Document], Figure | None]
          lambda d: learning_curves(d.experiment, d.top_k)),
         (Plot("importance", "Hyperparameter importance", f"{EVALUATOR}: share of the variance of the best-epoch "
               f"{m} explained by each parameter."), lambda d: importance(d.importance)),
-        (Plot("parallel_coordinates", "Parallel coordinates", f"Each line a trial, coloured by its best {m}; axes "
-              "scaled to the searched range (log axes for log parameters, categories by index)."),
+        (Plot("parallel_coordinates", "Parallel coordinates", f"Each line a full-budget trial ({full}), coloured by "
+              f"its best {m}; axes scaled to the searched range (log axes for log parameters, categories by index)."),
          lambda d: parallel_coordinates(d.experiment)),
-        (Plot("slices", "Parameter slices", f"Best {m} against each parameter over its searched range; the star "
-              "is the best trial."), lambda d: slices(d.experiment)),
+        (Plot("slices", "Parameter slices", f"Best {m} of each full-budget trial ({full}) against each parameter "
+              "over its searched range; the star is the best of them."), lambda d: slices(d.experiment)),
         (Plot("status", "Trials by status", "How the trials ended (pruned (ASHA): cut at a rung by the scheduler; "
               "stopped: by a training callback)."), lambda d: status(d.experiment)),
     ]
@@ -222,16 +226,16 @@ def _metric_colors(exp: Experiment) -> tuple[Any, Any]:
     from matplotlib import colormaps
     from matplotlib.colors import Normalize
 
-    values = [t.best_value for t in exp.ranked]
+    values = [t.best_value for t in exp.full_budget]
     lo, hi = min(values), max(values)
     cmap = colormaps["viridis" if exp.space.mode == "max" else "viridis_r"]
     return cmap, Normalize(lo, hi if hi > lo else lo + 1e-9)
 
 
 def parallel_coordinates(exp: Experiment) -> Figure:
-    """Parallel coordinates of the searched parameters and the metric, coloured by the metric."""
-    if not exp.ranked:
-        return empty("no trial has a finite value yet")
+    """Parallel coordinates of the full-budget trials' parameters and metric, coloured by the metric."""
+    if not exp.full_budget:
+        return empty("no trial has run its full budget with a finite value yet")
     from matplotlib.cm import ScalarMappable
 
     params = list(exp.space.params)
@@ -239,8 +243,8 @@ def parallel_coordinates(exp: Experiment) -> Figure:
     fig = _new_figure(max(8.0, 1.15 * n), 5.2)
     ax = fig.add_subplot()
     cmap, norm = _metric_colors(exp)
-    best = exp.ranked[0]
-    for t in reversed(exp.ranked):  # worst first, so the best lines lie on top
+    best = exp.full_budget[0]
+    for t in reversed(exp.full_budget):  # worst first, so the best lines lie on top
         ys = [_unit(p, t.params.get(p.name)) for p in params] + [norm(t.best_value)]
         pts = [(x, y) for x, y in enumerate(ys) if y is not None]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], color=cmap(norm(t.best_value)),
@@ -289,17 +293,17 @@ def slices(exp: Experiment) -> Figure:
         ax.set_visible(False)
     for row in axes:
         row[0].set_ylabel(f"best {exp.space.metric}")
-    _status_legend(axes.flat[0], {t.status for t in exp.ranked})
+    _status_legend(axes.flat[0], {t.status for t in exp.full_budget})
     return fig
 
 
 def _slice(ax: Any, p: Param, exp: Experiment) -> None:
-    """One parameter's slice: every trial with a value, the best as a star."""
-    for t in exp.ranked:
+    """One parameter's slice: every full-budget trial, the best as a star."""
+    for t in exp.full_budget:
         x = _slice_x(p, t.params.get(p.name), t.trial_id)
         if x is not None:
             ax.scatter(x, t.best_value, s=22, color=_color(t.status), alpha=0.8, zorder=2)
-    best = exp.ranked[0] if exp.ranked else None
+    best = exp.full_budget[0] if exp.full_budget else None
     if best is not None and (bx := _slice_x(p, best.params.get(p.name), "")) is not None:
         ax.scatter(bx, best.best_value, marker="*", s=180, facecolor="none", edgecolor="#d62728", lw=1.4, zorder=3)
     if p.kind == "categorical":

@@ -66,15 +66,16 @@ def cluster_nodes() -> list[dict[str, float]]:
     return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
 
 
-def restored_callbacks(tuner: Any) -> list:
-    """The (mutable) list of Tune callbacks that `Tuner.restore` unpickled from the first run.
+def restored_parts(tuner: Any) -> tuple[list, Any]:
+    """The (mutable) list of Tune callbacks and the searcher that `Tuner.restore` unpickled from the first run.
 
-    Ray offers no way to pass callbacks to a restore, and they may hold state of the first run (its folder,
-    its console). Private: `Tuner._local_tuner.get_run_config()` (Ray 2.60).
+    Ray offers no way to pass callbacks or a searcher to a restore, and they hold state of the first run (its
+    folder, its console). Private: `Tuner._local_tuner.get_run_config()` and `._tune_config` (Ray 2.60).
     """
     local = getattr(tuner, "_local_tuner", None)
     callbacks = local.get_run_config().callbacks if local is not None else None
-    if callbacks is None:
+    config = getattr(local, "_tune_config", None)
+    if callbacks is None or config is None:
         raise SweepError("Ray's restored Tuner has no callbacks to update; this Ray version is not supported by "
                          "`mmtune resume` (see constraints.txt)")
-    return callbacks
+    return callbacks, config.search_alg

@@ -56,10 +56,12 @@ def restore(job: Job, plan: Plan, callbacks: tuple, out: TextIO | None) -> tune.
         storage.delete(job.loc, keep=(META,))
         return build_tuner(job, plan, callbacks, out)
     tuner = ray_tune.Tuner.restore(str(job.loc), trainable=make_trainable(job, plan, callbacks), resume_errored=True)
-    # The restored callbacks are the first run's: its folder (or mirror) may have moved since, e.g. a sweep
-    # resumed from its URI on a new head node, and its console is gone. Put this run's in their place.
-    restored = ray_runtime.restored_callbacks(tuner)
-    restored[:] = tune_callbacks(job, out)
+    # The restored callbacks and searcher are the first run's: its folder (or mirror) may have moved since, e.g.
+    # a sweep resumed from its URI on a new head node, and its console is gone. Put this run's in their place.
+    callbacks_, searcher = ray_runtime.restored_parts(tuner)
+    callbacks_[:] = tune_callbacks(job, out)
+    if hasattr(searcher, "rebind"):
+        searcher.rebind(job.loc)
     return tuner
 
 

@@ -19,7 +19,9 @@ class SpaceError(ConfigError):
 
 # Search-only parameters that are not config fields: d_model = nhead * head_dim, so any pair is valid.
 VIRTUAL = {"head_dim": int}
-TOP_KEYS = {"metric", "mode", "num_samples", "seed", "epochs", "asha", "fixed", "params", "start", "description"}
+TOP_KEYS = {"metric", "mode", "num_samples", "seed", "epochs", "asha", "fixed", "params", "start", "description",
+            "searcher"}
+SEARCHERS = ("tpe", "gp", "qmc", "random")  # Optuna's TPESampler, GPSampler, QMCSampler, RandomSampler
 ASHA_KEYS = {"grace_period", "reduction_factor", "brackets"}
 PARAM_KEYS = {"type", "low", "high", "log", "step", "choices"}
 
@@ -72,7 +74,8 @@ class SearchSpace:
     metric: str = "val/f1"
     mode: str = "max"
     num_samples: int = 20
-    seed: int = 0
+    seed: int = 0  # the sampler's seed
+    searcher: str = "tpe"  # one of SEARCHERS: the Optuna sampler that proposes trials
     epochs: int = 30  # ASHA's max_t, and every trial's epoch budget
     grace_period: int = 2
     reduction_factor: float = 3.0
@@ -142,6 +145,7 @@ def parse_space(raw: dict[str, Any], src: str) -> SearchSpace:
         metric=metric, mode=mode,
         num_samples=_typed(src, "num_samples", raw.get("num_samples", 20), int),
         seed=_typed(src, "seed", raw.get("seed", 0), int),
+        searcher=_typed(src, "searcher", raw.get("searcher", "tpe"), str),
         epochs=_typed(src, "epochs", raw.get("epochs", 30), int),
         grace_period=_typed(src, "asha.grace_period", asha.get("grace_period", 2), int),
         reduction_factor=float(_typed(src, "asha.reduction_factor", asha.get("reduction_factor", 3), (int, float))),
@@ -224,6 +228,7 @@ def _start_points(src: str, start: Any, params: dict) -> list[dict[str, Any]]:
 
 def _check_settings(s: SearchSpace) -> None:
     rules = [(s.num_samples >= 1, "num_samples", "must be >= 1"), (s.epochs >= 1, "epochs", "must be >= 1"),
+             (s.searcher in SEARCHERS, "searcher", f"must be one of {', '.join(SEARCHERS)}, not {s.searcher!r}"),
              (1 <= s.grace_period <= s.epochs, "asha.grace_period", f"must be in [1, epochs={s.epochs}]"),
              (s.reduction_factor > 1, "asha.reduction_factor", "must be > 1"),
              (s.brackets >= 1, "asha.brackets", "must be >= 1")]

@@ -73,15 +73,17 @@ def start_experiment(job: Job, plan: Plan) -> None:
     options = {**asdict(replace(job.opts, space=job.space_file)), "resume": False}
     write_meta(job.loc, {
         "name": job.name, "data": str(Path(job.opts.data).resolve()), "space_file": job.space_file,
-        "space": {**space.raw, "num_samples": space.num_samples, "epochs": space.epochs, "seed": space.seed},
+        "space": {**space.raw, "num_samples": space.num_samples, "epochs": space.epochs, "seed": space.seed,
+                  "searcher": space.searcher},
         "options": options, "plan": asdict(plan), "provenance": provenance(), "started": time.time(),
         "finished": False,
     })
 
 
 def finish_experiment(loc: storage.Location, errors: int) -> Experiment:
-    """Prune checkpoints, mark the experiment finished with its number of errored trials; return it."""
+    """Reconcile the study with the records, prune checkpoints, mark the experiment finished; return it."""
     from tune.results import prune_checkpoints
+    from tune.searcher import reconcile_experiment
 
     if loc.remote:
         storage.pull(loc)  # what Ray wrote there, for the export that follows
@@ -90,5 +92,6 @@ def finish_experiment(loc: storage.Location, errors: int) -> Experiment:
         # Remote checkpoints are left to Ray's retention: pruning them would download every one first.
         freed = prune_checkpoints(Experiment.open(loc.local))
         log.info("pruned checkpoints: %.1f MB freed", freed / 2**20)
+    reconcile_experiment(loc)
     update_meta(loc, finished=True, ended=time.time(), errors=errors)
     return Experiment.open(loc.local)

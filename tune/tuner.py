@@ -5,15 +5,15 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-import optuna
 from ray import tune
 from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import Searcher
-from ray.tune.search.optuna import OptunaSearch
 
+from tune import storage
 from tune.console import Progress
 from tune.recorder import TrialRecorder
+from tune.searcher import StudySearch
 from tune.space import SearchSpace
 from tune.trainable import train_trial
 
@@ -29,7 +29,7 @@ def build_tuner(job: Job, plan: Plan, callbacks: tuple, out: TextIO | None, *, s
     return tune.Tuner(
         make_trainable(job, plan, callbacks),
         tune_config=tune.TuneConfig(
-            metric=space.metric, mode=space.mode, search_alg=make_searcher(space) if searcher is None else searcher,
+            metric=space.metric, mode=space.mode, search_alg=make_searcher(space, job.loc) if searcher is None else searcher,
             scheduler=make_scheduler(space) if scheduler is None else scheduler,
             num_samples=space.num_samples, max_concurrent_trials=plan.concurrent,
             # A fresh worker per trial costs ~2-3 s of imports and data fetch; reuse pays it once.
@@ -69,14 +69,9 @@ def run_config(job: Job, out: TextIO | None, stopper: Any = None) -> tune.RunCon
         callbacks=tune_callbacks(job, out), verbose=0)
 
 
-def make_searcher(space: SearchSpace) -> OptunaSearch:
-    """OptunaSearch over the space's distributions (seeded multivariate TPE, constant liar), start points first."""
-    # TPE needs some random trials first; its default of 10 would make a small sweep pure random search.
-    startup = max(len(space.start) + 2, min(10, space.num_samples // 3))
-    sampler = optuna.samplers.TPESampler(seed=space.seed, multivariate=True, constant_liar=True,
-                                         n_startup_trials=startup)
-    return OptunaSearch(space=space.distributions(), metric=space.metric, mode=space.mode,
-                        points_to_evaluate=[dict(s) for s in space.start] or None, sampler=sampler)
+def make_searcher(space: SearchSpace, loc: storage.Location) -> StudySearch:
+    """The space's Optuna sampler behind mmtune's StudySearch, its study in LOC's study.db; start points first."""
+    return StudySearch(space, loc)
 
 
 class FixedConfigs(Searcher):

@@ -1,0 +1,213 @@
+"""mmtune's Optuna searcher: Ray's OptunaSearch, telling Optuna the truth and keeping the study in `<exp>/study.db`.
+
+Ray's OptunaSearch tells Optuna COMPLETE with a trial's *last* value whenever one exists: a trial ASHA cut at
+a rung becomes a finished trial with a short-budget score, a diverged one a finished trial with the worst
+score, and a completed one is scored by its last epoch while mmtune ranks it by its best. Here:
+- every epoch is an intermediate value (as in Ray);
+- a trial the scheduler stopped is PRUNED (TPE then weighs it by the step it reached);
+- a trial that completed, stopped early on patience or was stopped by a loop callback is COMPLETE with its
+  best epoch's value, the value mmtune ranks it by;
+- a diverged, infeasible or failed trial is FAIL, its reason in the user attribute "reason";
+- every Optuna trial carries Ray's trial id ("ray_trial_id") and mmtune's status ("status").
+The study lives in SQLite (Optuna's RDBStorage), written by the driver only, so `optuna.load_study` and
+optuna-dashboard can open it; a resume reopens the same study.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import pickle
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+from model.status import TrialStatus
+from tune import storage
+from tune.experiment import STUDY_DB, Experiment, Trial
+from tune.recorder import ended_status
+from tune.space import SearchSpace
+
+log = logging.getLogger(__name__)
+
+STUDY_NAME = "mmtune"
+
+
+def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
+    """The space's Optuna sampler, seeded with the space's seed."""
+    # Model-based samplers need some random trials first; TPE's default of 10 would make a small sweep pure
+    # random search. About a third of the trials, at most 10, and more than the starting points.
+    startup = max(len(space.start) + 2, min(10, space.num_samples // 3))
+    if space.searcher == "tpe":
+        return optuna.samplers.TPESampler(seed=space.seed, multivariate=True, constant_liar=True,
+                                          n_startup_trials=startup)
+    if space.searcher == "gp":
+        return optuna.samplers.GPSampler(seed=space.seed, n_startup_trials=startup)
+    if space.searcher == "qmc":
+        return optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=space.seed)
+    return optuna.samplers.RandomSampler(seed=space.seed)
+
+
+def study_storage(exp_dir: Path) -> optuna.storages.RDBStorage:
+    """Optuna's SQLite storage of the experiment in EXP_DIR (created on first use)."""
+    return optuna.storages.RDBStorage(f"sqlite:///{Path(exp_dir).resolve() / STUDY_DB}")
+
+
+class StudySearch(OptunaSearch):
+    """OptunaSearch that tells Optuna how each trial really ended, on a study persisted with the experiment."""
+
+    def __init__(self, space: SearchSpace, loc: storage.Location):
+        self.loc = loc
+        super().__init__(space=space.distributions(), metric=space.metric, mode=space.mode,
+                         points_to_evaluate=[dict(s) for s in space.start] or None, sampler=make_sampler(space),
+                         study_name=STUDY_NAME, storage=study_storage(loc.local))
+
+    def suggest(self, trial_id: str) -> dict | None:
+        params = super().suggest(trial_id)
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None and "ray_trial_id" not in ot_trial.user_attrs:
+            ot_trial.set_user_attr("ray_trial_id", trial_id)
+        return params
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if _finite(result.get(self.metric)) and trial_id in self._ot_trials:
+            super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id not in self._ot_trials or trial_id in self._completed_trials:
+            return  # not ours, or told already (a resume re-reported it)
+        storage_id = self._ot_trials[trial_id]._trial_id
+        frozen = self._ot_study._storage.get_trial(storage_id)
+        if result is not None and result.get("training_iteration") not in frozen.intermediate_values:
+            self.on_trial_result(trial_id, result)  # Tune hands a trial's last result to on_trial_complete only
+            frozen = self._ot_study._storage.get_trial(storage_id)
+        if not frozen.state.is_finished():  # a driver killed after the tell and before Tune's save: told already
+            status = TrialStatus.FAILED if error else ended_status(result or {})
+            tell(self._ot_study, storage_id, status, frozen.intermediate_values, (result or {}).get("error"))
+        self._completed_trials.add(trial_id)
+        storage.push(self.loc, STUDY_DB)
+
+    # ---------------------------------------------------------------- resume
+
+    def rebind(self, loc: storage.Location) -> None:
+        """Point the searcher at LOC and reopen its study there: a resumed sweep's folder (or mirror) may have
+        moved since the first run."""
+        self.loc = loc
+        self._reopen()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Optuna's objects stay out of every pickle (tuner.pkl, Tune's searcher state): unpickling an RDBStorage
+        # connects to the database where it was, which fails once the experiment has moved. Storage ids only.
+        state = dict(self.__dict__)
+        state["_ot_study"] = state["_storage"] = None
+        state["_ot_trials"] = {tid: getattr(t, "_trial_id", t) for tid, t in self._ot_trials.items()}
+        return state
+
+    def _reopen(self) -> None:
+        """The study from LOC's study.db, and the Optuna trial of every Ray trial from its storage id."""
+        self._storage = study_storage(self.loc.local)
+        self._ot_study = optuna.load_study(study_name=STUDY_NAME, storage=self._storage, sampler=self._sampler,
+                                           pruner=optuna.pruners.NopPruner())
+        ids = {tid: getattr(t, "_trial_id", t) for tid, t in self._ot_trials.items()}
+        self._ot_trials = {tid: optuna.trial.Trial(self._ot_study, sid) for tid, sid in ids.items()}
+
+    def save(self, checkpoint_path: str) -> None:
+        """Tune's periodic searcher snapshot (the study itself is in study.db, uploaded here when remote)."""
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__getstate__(), f)
+        storage.push(self.loc, STUDY_DB)
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Tune's saved state, with the study reopened where the experiment is now. Study trials still running
+        that Tune will not resume (asked after its last save) are settled now, so none runs forever."""
+        loc = self.loc
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
+        self.loc = loc
+        self._reopen()
+        known = {t._trial_id for t in self._ot_trials.values()}
+        reconcile(self._ot_study, Experiment.open(loc.local), skip=known)
+        storage.push(self.loc, STUDY_DB)
+
+
+def tell(study: optuna.Study, storage_id: int, status: TrialStatus, values: dict[int, float],
+         error: str | None = None, reason: str | None = None) -> None:
+    """Tell the study trial STORAGE_ID how it ended; COMPLETE ones get their best intermediate value."""
+    store = study._storage
+    store.set_trial_user_attr(storage_id, "status", status.value)
+    number = store.get_trial_number_from_id(storage_id)
+    if status is TrialStatus.PRUNED:
+        study.tell(number, state=TrialState.PRUNED)
+    elif status.usable and values:
+        study.tell(number, _best(values, study.direction))
+    else:
+        why = reason or status.value
+        store.set_trial_user_attr(storage_id, "reason", f"{why}: {str(error)[:300]}" if error else why)
+        study.tell(number, state=TrialState.FAIL)
+
+
+def reconcile(study: optuna.Study, exp: Experiment, skip: set[int] = frozenset()) -> int:
+    """Make the study agree with the trials' durable records; returns how many study trials it changed.
+
+    - A study trial still running (not in SKIP: Tune resumes those) is told what its record says, or FAIL
+      ("interrupted") when the trial has no record: the driver was stopped before Tune saved it (a starting
+      point is then queued again, so the resumed sweep still tries it).
+    - A trial told FAIL when it ran out of retries, which a resume then retried to a final status (Tune does
+      not tell the searcher about it): Optuna cannot reopen a finished trial, so its outcome is added as a new
+      study trial with the same ray_trial_id and "retry_of".
+    """
+    views = {t.trial_id: t for t in exp.trials}
+    changed = 0
+    for frozen in study.get_trials(deepcopy=False):
+        trial = views.get(frozen.user_attrs.get("ray_trial_id"))
+        if frozen.state is TrialState.RUNNING and frozen._trial_id not in skip:
+            if trial is not None and trial.status.finished:
+                tell(study, frozen._trial_id, trial.status, {**frozen.intermediate_values, **_values(trial)},
+                     trial.error or trial.last_result.get("error"))
+            else:
+                if "fixed_params" in frozen.system_attrs:
+                    # A starting point: the restored searcher will not ask for it again, but the study's queue
+                    # has moved past it. Queue it anew (whole: a kill mid-ask leaves only some params set).
+                    study.enqueue_trial(frozen.system_attrs["fixed_params"])
+                tell(study, frozen._trial_id, TrialStatus.FAILED, {}, reason="interrupted: the driver stopped "
+                     "before Ray saved this trial; the resumed sweep asked the searcher again")
+            changed += 1
+        elif (frozen.state is TrialState.FAIL and trial is not None and trial.status.final and not trial.status.failed
+              and not _retold(study, frozen)):
+            values = _values(trial)
+            state = TrialState.PRUNED if trial.status is TrialStatus.PRUNED else TrialState.COMPLETE
+            study.add_trial(optuna.trial.create_trial(
+                params=frozen.params, distributions=frozen.distributions, state=state, intermediate_values=values,
+                value=_best(values, study.direction) if state is TrialState.COMPLETE else None,
+                user_attrs={"ray_trial_id": trial.trial_id, "status": trial.status.value, "retry_of": frozen.number}))
+            changed += 1
+    return changed
+
+
+def reconcile_experiment(loc: storage.Location) -> None:
+    """After a sweep: the experiment's study.db made to agree with its records (when it has one)."""
+    if not (loc.local / STUDY_DB).is_file():
+        return
+    study = optuna.load_study(study_name=STUDY_NAME, storage=study_storage(loc.local))
+    if reconcile(study, Experiment.open(loc.local)):
+        storage.push(loc, STUDY_DB)
+
+
+def _retold(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> bool:
+    return any(t.user_attrs.get("retry_of") == frozen.number for t in study.get_trials(deepcopy=False))
+
+
+def _values(trial: Trial) -> dict[int, float]:
+    """Every finite value of the trial's metric, by epoch."""
+    return {int(r.get("epoch", 0)): float(r[trial.metric]) for r in trial.history if _finite(r.get(trial.metric))}
+
+
+def _best(values: dict[int, float], direction: optuna.study.StudyDirection) -> float:
+    pick = max if direction == optuna.study.StudyDirection.MAXIMIZE else min
+    return pick(values.values())
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
