@@ -152,6 +152,14 @@ class Trainer:
     def should_stop_early(self) -> bool:
         return self.cfg.patience > 0 and self.bad_epochs >= self.cfg.patience
 
+    def outcome(self, record: dict[str, Any]) -> TrialStatus:
+        """Where training stands after RECORD's epoch: NAN, EARLY_STOPPED, COMPLETED (budget spent) or RUNNING."""
+        if record["status"] == TrialStatus.NAN:
+            return TrialStatus.NAN
+        if self.should_stop_early:
+            return TrialStatus.EARLY_STOPPED
+        return TrialStatus.COMPLETED if self.epoch >= self.cfg.epochs else TrialStatus.RUNNING
+
     def state_dict(self, weights: str = "current") -> dict[str, Any]:
         """A checkpoint (weights_only-safe): WEIGHTS 'current' for resuming, 'best' for using."""
         model = self.model.state_dict() if weights == "current" or self.best_state is None else self.best_state
@@ -205,14 +213,15 @@ def fit(cfg: TrainConfig, data: Dataset, callbacks: list[Callback] = (), kind: s
         record = trainer.run_epoch()
         trainer.history.append(record)
         stop = any([bool(cb(record, trainer)) for cb in callbacks])
-        if record["status"] == TrialStatus.NAN:
+        outcome = trainer.outcome(record)
+        if outcome is TrialStatus.NAN:
             status = TrialStatus.NAN
             log.warning("epoch %d: training loss is %s; stopping this run", trainer.epoch, record["train/loss"])
             break
         if stop:
             status = TrialStatus.STOPPED
             break
-        if trainer.should_stop_early:
+        if outcome is TrialStatus.EARLY_STOPPED:
             status = TrialStatus.EARLY_STOPPED
             log.info("early stop at epoch %d: no improvement of %s in %d epochs", trainer.epoch,
                      trainer.objective.monitor, cfg.patience)

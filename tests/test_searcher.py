@@ -28,10 +28,10 @@ def test_tell_records_status_best_value_pruned_and_reason(study):
     for t, values in ((done, [0.5, 0.7, 0.6]), (cut, [0.4])):
         for step, v in enumerate(values, 1):
             t.report(v, step)
-    store = study._storage
-    tell(study, done._trial_id, S.EARLY_STOPPED, store.get_trial(done._trial_id).intermediate_values)
-    tell(study, cut._trial_id, S.PRUNED, store.get_trial(cut._trial_id).intermediate_values)
-    tell(study, bad._trial_id, S.INFEASIBLE, {}, error="eta_min must be below lr")
+    first, second, third = study.get_trials()
+    tell(study, first, S.EARLY_STOPPED)
+    tell(study, second, S.PRUNED)
+    tell(study, third, S.INFEASIBLE, error="eta_min must be below lr")
     a, b, c = study.get_trials()
     assert (a.state, a.value, a.user_attrs["status"]) == (TrialState.COMPLETE, 0.7, "early_stopped")  # best, not last
     assert (b.state, b.value, b.last_step) == (TrialState.PRUNED, 0.4, 1)
@@ -55,7 +55,7 @@ def test_reconcile_settles_what_a_driver_kill_and_a_retry_left(study, tmp_path):
     study.enqueue_trial({"lr": 5e-3, "dropout": 0.25})
     cut_short = study.ask({"lr": DISTS["lr"]})
 
-    changed = reconcile(study, Experiment.open(exp), skip={running._trial_id})
+    changed = reconcile(study, Experiment.open(exp), skip={running.number})
     assert changed == 3
     trials = study.get_trials()
     assert (trials[0].state, trials[0].value, trials[0].user_attrs["status"]) == (TrialState.COMPLETE, 0.8, "completed")
@@ -67,7 +67,7 @@ def test_reconcile_settles_what_a_driver_kill_and_a_retry_left(study, tmp_path):
     assert trials[cut_short.number].user_attrs["reason"].startswith("interrupted")
     waiting = [t for t in trials if t.state == TrialState.WAITING]
     assert [t.system_attrs["fixed_params"] for t in waiting] == [{"lr": 5e-3, "dropout": 0.25}]  # queued whole
-    assert reconcile(study, Experiment.open(exp), skip={running._trial_id}) == 0  # nothing told twice
+    assert reconcile(study, Experiment.open(exp), skip={running.number}) == 0  # nothing told twice
 
 
 @pytest.mark.parametrize("name", SEARCHERS)

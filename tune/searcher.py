@@ -85,7 +85,7 @@ class StudySearch(OptunaSearch):
             frozen = self._ot_study._storage.get_trial(storage_id)
         if not frozen.state.is_finished():  # a driver killed after the tell and before Tune's save: told already
             status = TrialStatus.FAILED if error else ended_status(result or {})
-            tell(self._ot_study, storage_id, status, frozen.intermediate_values, (result or {}).get("error"))
+            tell(self._ot_study, frozen, status, error=(result or {}).get("error"))
         self._completed_trials.add(trial_id)
         storage.push(self.loc, STUDY_DB)
 
@@ -127,31 +127,32 @@ class StudySearch(OptunaSearch):
             self.__dict__.update(pickle.load(f))
         self.loc = loc
         self._reopen()
-        known = {t._trial_id for t in self._ot_trials.values()}
+        known = {t.number for t in self._ot_trials.values()}
         reconcile(self._ot_study, Experiment.open(loc.local), skip=known)
         storage.push(self.loc, STUDY_DB)
 
 
-def tell(study: optuna.Study, storage_id: int, status: TrialStatus, values: dict[int, float],
-         error: str | None = None, reason: str | None = None) -> None:
-    """Tell the study trial STORAGE_ID how it ended; COMPLETE ones get their best intermediate value."""
-    store = study._storage
-    store.set_trial_user_attr(storage_id, "status", status.value)
-    number = store.get_trial_number_from_id(storage_id)
+def tell(study: optuna.Study, frozen: optuna.trial.FrozenTrial, status: TrialStatus,
+         values: dict[int, float] | None = None, error: str | None = None, reason: str | None = None) -> None:
+    """Tell the study trial FROZEN how it ended; a COMPLETE one gets its best intermediate value (VALUES, or those
+    it has)."""
+    values = frozen.intermediate_values if values is None else values
+    store = study._storage  # Optuna has no public way to set an attribute of a trial by number
+    store.set_trial_user_attr(frozen._trial_id, "status", status.value)
     if status is TrialStatus.PRUNED:
-        study.tell(number, state=TrialState.PRUNED)
+        study.tell(frozen.number, state=TrialState.PRUNED)
     elif status.usable and values:
-        study.tell(number, _best(values, study.direction))
+        study.tell(frozen.number, _best(values, study.direction))
     else:
         why = reason or status.value
-        store.set_trial_user_attr(storage_id, "reason", f"{why}: {str(error)[:300]}" if error else why)
-        study.tell(number, state=TrialState.FAIL)
+        store.set_trial_user_attr(frozen._trial_id, "reason", f"{why}: {str(error)[:300]}" if error else why)
+        study.tell(frozen.number, state=TrialState.FAIL)
 
 
 def reconcile(study: optuna.Study, exp: Experiment, skip: set[int] = frozenset()) -> int:
     """Make the study agree with the trials' durable records; returns how many study trials it changed.
 
-    - A study trial still running (not in SKIP: Tune resumes those) is told what its record says, or FAIL
+    - A study trial still running (unless its number is in SKIP: Tune resumes those) is told what its record says, or FAIL
       ("interrupted") when the trial has no record: the driver was stopped before Tune saved it (a starting
       point is then queued again, so the resumed sweep still tries it).
     - A trial told FAIL when it ran out of retries, which a resume then retried to a final status (Tune does
@@ -162,16 +163,16 @@ def reconcile(study: optuna.Study, exp: Experiment, skip: set[int] = frozenset()
     changed = 0
     for frozen in study.get_trials(deepcopy=False):
         trial = views.get(frozen.user_attrs.get("ray_trial_id"))
-        if frozen.state is TrialState.RUNNING and frozen._trial_id not in skip:
+        if frozen.state is TrialState.RUNNING and frozen.number not in skip:
             if trial is not None and trial.status.finished:
-                tell(study, frozen._trial_id, trial.status, {**frozen.intermediate_values, **_values(trial)},
+                tell(study, frozen, trial.status, {**frozen.intermediate_values, **_values(trial)},
                      trial.error or trial.last_result.get("error"))
             else:
                 if "fixed_params" in frozen.system_attrs:
                     # A starting point: the restored searcher will not ask for it again, but the study's queue
                     # has moved past it. Queue it anew (whole: a kill mid-ask leaves only some params set).
                     study.enqueue_trial(frozen.system_attrs["fixed_params"])
-                tell(study, frozen._trial_id, TrialStatus.FAILED, {}, reason="interrupted: the driver stopped "
+                tell(study, frozen, TrialStatus.FAILED, {}, reason="interrupted: the driver stopped "
                      "before Ray saved this trial; the resumed sweep asked the searcher again")
             changed += 1
         elif (frozen.state is TrialState.FAIL and trial is not None and trial.status.final and not trial.status.failed

@@ -27,22 +27,21 @@ log = logging.getLogger(__name__)
 class Reporter:
     """Loop callback: one `tune.report` per epoch, with a resumable checkpoint."""
 
-    def __init__(self, metric: str, epochs: int):
-        self.metric, self.epochs = metric, epochs
+    def __init__(self, metric: str):
+        self.metric = metric
         self.node = ray.get_runtime_context().get_node_id()
         self.gpus = ",".join(str(g) for g in ray.get_gpu_ids())  # Ray's assignment, fractions share an id
 
     def __call__(self, record: dict[str, Any], trainer: Trainer) -> None:
         metrics = {k: v for k, v in record.items() if isinstance(v, (int, float, str, bool))}
         metrics["node_id"], metrics["gpu_ids"] = self.node, self.gpus
-        if record["status"] == TrialStatus.NAN:
-            # A diverged trial reports the worst value so that ASHA and TPE rank it last.
-            metrics.update({self.metric: worst_value(self.metric), STATUS_KEY: TrialStatus.NAN.value, "nonfinite": True})
+        status = trainer.outcome(record)  # the loop's own decision, as `fit` takes it
+        metrics[STATUS_KEY] = status.value
+        if status is TrialStatus.NAN:
+            # A diverged trial reports the worst value so that ASHA and the sampler rank it last.
+            metrics.update({self.metric: worst_value(self.metric), "nonfinite": True})
             tune.report(metrics)
             return
-        status = (TrialStatus.EARLY_STOPPED if trainer.should_stop_early
-                  else TrialStatus.COMPLETED if trainer.epoch >= self.epochs else TrialStatus.RUNNING)
-        metrics[STATUS_KEY] = status.value
         metrics["nonfinite"] = False
         with tempfile.TemporaryDirectory() as d:
             save_checkpoint(trainer.state_dict("current"), Path(d) / CKPT_FILE)
@@ -69,7 +68,7 @@ def train_trial(config: dict[str, Any], data: Dataset, space: SearchSpace, exp_d
         tune.report({space.metric: worst_value(space.metric), STATUS_KEY: TrialStatus.INFEASIBLE.value, "error": str(e)[:500],
                      "epoch": 0, "nonfinite": False})
         return
-    fit(cfg, data, [Reporter(space.metric, cfg.epochs), *callbacks], resume=restore(tune.get_checkpoint()))
+    fit(cfg, data, [Reporter(space.metric), *callbacks], resume=restore(tune.get_checkpoint()))
 
 
 def restore(checkpoint: tune.Checkpoint | None) -> dict[str, Any] | None:
