@@ -1,6 +1,8 @@
 """Fast tier: the study's bookkeeping (`tune.searcher`) on a real SQLite study and small experiment folders."""
 from __future__ import annotations
 
+import pickle
+
 import optuna
 import pytest
 from optuna.trial import TrialState
@@ -91,3 +93,26 @@ def test_every_sampler_is_seeded_and_takes_starting_points(name, tmp_path):
     assert first[0] == {"lr": 1e-3, "batch_size": 32}
     assert first == draws()  # same seed, same proposals
     assert all(1e-4 <= p["lr"] <= 1e-2 and p["batch_size"] in (16, 32) for p in first)
+
+
+def test_a_searcher_state_cut_by_a_kill_is_rebuilt_from_the_study(tmp_path):
+    from tune import storage
+    from tune.searcher import StudySearch
+
+    space = parse_space({"params": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
+                         "num_samples": 4}, "space.yaml")
+    exp = write_experiment(tmp_path, [FakeTrial({"lr": 1e-3}, [0.5])], space={**space.raw, "metric": "val/f1"})
+    searcher = StudySearch(space, storage.Location(exp))
+    searcher.set_search_properties(None, None, {})
+    first, second = searcher.suggest("ray_a"), searcher.suggest("ray_b")
+    searcher.on_trial_complete("ray_a", {"val/f1": 0.5, "training_iteration": 1, "trial_status": "completed"})
+    (exp / "searcher-state.pkl").write_bytes(b"")  # Ray's copy of it, cut by the driver's death
+
+    restored = pickle.loads(pickle.dumps(searcher))  # as tuner.pkl gives it back: no Optuna objects inside
+    restored.rebind(storage.Location(exp))
+    restored.restore(str(exp / "searcher-state.pkl"))
+    assert set(restored._ot_trials) == {"ray_a", "ray_b"} and restored._completed_trials == {"ray_a"}
+    restored.on_trial_complete("ray_a", {"val/f1": 0.9, "training_iteration": 1})  # a re-report: not told twice
+    restored.on_trial_complete("ray_b", {"val/f1": 0.7, "training_iteration": 2, "trial_status": "completed"})
+    study = optuna.load_study(study_name=STUDY_NAME, storage=study_storage(exp))
+    assert [(t.params, t.value) for t in study.get_trials()] == [(first, 0.5), (second, 0.7)]

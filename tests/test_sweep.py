@@ -156,6 +156,7 @@ def test_plan_packs_small_models_on_logical_gpus(ray_session, demo):
     assert plan.gpus == 4 and plan.trials_per_gpu > 1 and plan.gpus_per_trial == 1 / plan.trials_per_gpu
     assert plan.concurrent == 2  # two CPUs bound it
     assert "cluster: 1 node(s), 2 CPUs, 4 GPUs" in plan.describe()
+    assert "retried up to 3 time(s)" in plan_resources(space, demo.modalities, cluster_nodes(), max_failures=3).describe()
 
 
 def test_plan_on_heterogeneous_nodes(demo, monkeypatch):

@@ -29,6 +29,7 @@ class Plan:
     trials_per_gpu: int = 0
     est_trial_gb: float = 0.0
     gpu_gb: float = 0.0
+    max_failures: int = 0  # retries per trial from its last checkpoint, whatever failed (trial, worker, node)
     per_node: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -37,7 +38,9 @@ class Plan:
         lines = [f"cluster: {self.nodes} node(s), {self.cpus:g} CPUs, {self.gpus:g} GPUs",
                  f"per trial: {self.cpus_per_trial:g} CPU, {self.gpus_per_trial:g} GPU"
                  + (f" ({self.trials_per_gpu} trial(s) per GPU)" if self.gpus_per_trial else ""),
-                 f"concurrent trials: {self.concurrent}"]
+                 f"concurrent trials: {self.concurrent}",
+                 f"failures: each trial is retried up to {self.max_failures} time(s) from its last checkpoint; an "
+                 "error, a killed worker and a lost node each count as one"]
         return "\n".join(lines + [f"  {n}" for n in self.per_node] + [f"  - {n}" for n in self.notes])
 
 
@@ -100,11 +103,11 @@ def largest_config(space: SearchSpace) -> TrainConfig:
 
 def plan_resources(space: SearchSpace, modalities: dict[str, tuple[int, int]], nodes: list[Node],
                    cpus_per_trial: float = 1.0, gpus_per_trial: str = "auto",
-                   max_concurrent: int | None = None) -> Plan:
+                   max_concurrent: int | None = None, max_failures: int = 0) -> Plan:
     """Per-trial resources and concurrency of SPACE's trials on NODES (the resources of each node)."""
     cpus = sum(n.get("CPU", 0) for n in nodes)
     gpus = sum(n.get("GPU", 0) for n in nodes)
-    plan = Plan(len(nodes), cpus, gpus, cpus_per_trial, 0.0, 0)
+    plan = Plan(len(nodes), cpus, gpus, cpus_per_trial, 0.0, 0, max_failures=max_failures)
     if gpus_per_trial == "auto":
         _auto_gpus(plan, space, modalities)
     else:

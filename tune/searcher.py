@@ -123,13 +123,33 @@ class StudySearch(OptunaSearch):
         """Tune's saved state, with the study reopened where the experiment is now. Study trials still running
         that Tune will not resume (asked after its last save) are settled now, so none runs forever."""
         loc = self.loc
-        with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
+        try:
+            with open(checkpoint_path, "rb") as f:
+                self.__dict__.update(pickle.load(f))
+        except (OSError, EOFError, pickle.UnpicklingError) as e:
+            # Ray copies this file to the experiment folder without a rename: a driver killed mid-copy leaves it
+            # cut. The study holds what matters (which Ray trial is which Optuna trial, and which ended).
+            log.warning("%s is unreadable (%s); the searcher's state is rebuilt from %s", checkpoint_path, e, STUDY_DB)
+            self.loc = loc
+            self._rebuild()
+            return
         self.loc = loc
         self._reopen()
         known = {t.number for t in self._ot_trials.values()}
         reconcile(self._ot_study, Experiment.open(loc.local), skip=known)
         storage.push(self.loc, STUDY_DB)
+
+    def _rebuild(self) -> None:
+        """The Ray trial -> Optuna trial map and the told trials, from the study alone. Which running trials Tune
+        will resume is unknown here, so none is settled now; the end of the sweep reconciles the rest."""
+        self._ot_trials, self._completed_trials = {}, set()
+        self._reopen()
+        for frozen in self._ot_study.get_trials(deepcopy=False):
+            ray_id = frozen.user_attrs.get("ray_trial_id")
+            if ray_id is not None:
+                self._ot_trials[ray_id] = optuna.trial.Trial(self._ot_study, frozen._trial_id)
+                if frozen.state.is_finished():
+                    self._completed_trials.add(ray_id)
 
 
 def tell(study: optuna.Study, frozen: optuna.trial.FrozenTrial, status: TrialStatus,

@@ -46,7 +46,7 @@ def sweep(options: SweepOptions, *, searcher: Any = None, scheduler: Any = None,
     check_cluster(nodes, job.opts.storage, job.opts.allow_local_storage, job.opts.data, job.data.nbytes)
     if plan is None:
         plan = plan_resources(job.space, job.data.modalities, nodes, job.opts.cpus_per_trial,
-                              job.opts.gpus_per_trial, job.opts.max_concurrent)
+                              job.opts.gpus_per_trial, job.opts.max_concurrent, job.opts.max_failures)
         start_experiment(job, plan)
     _say(out, plan.describe())
     with capture_ray_output(job.loc.local / RAY_LOG, options.verbose):
