@@ -19,6 +19,18 @@ Measured (one JSON object on stdout, and in `--out FILE`):
 Exits 1 when a trial is lost or run twice. Run from the repository root (a few minutes):
 
     .venv/bin/python bench/faults.py [--trials 20] [--epochs 3] [--out FILE] [--keep DIR]
+
+--node-kill measures a lost node instead, on a two-node Ray cluster on loopback (head and worker, 1 CPU each,
+`ray start` in a private RAY_TMPDIR, fast node-death detection as in tests/test_node_loss.py): the same N configs
+without injected faults (longer epochs: `train_steps` 60), storage a file:// folder both nodes see. Once a trial
+on the worker has reported an epoch, the worker node is SIGKILLed (its process group, then every process carrying
+its MMTUNE_NODE tag), and a new worker node is started. The driver, on the head, survives: no resume. The clean run
+is the same sweep on a fresh two-node cluster. Same JSON, with "node_kill": the trials that were on the dead node
+(last epoch there, first epoch after, where they went on), trials the new node ran, failures Tune counted.
+  trials_run_twice  also counts a trial that was on the dead node and did not continue from its last or
+                    second-to-last reported epoch (Ray may not have registered the last one's checkpoint yet)
+
+    .venv/bin/python bench/faults.py --node-kill [--trials 8] [--epochs 8] [--out FILE] [--keep DIR]
 """
 from __future__ import annotations
 
@@ -27,6 +39,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +54,12 @@ SMOKE = REPO / "search_spaces" / "smoke.yaml"
 CPUS = 2
 RAISE_EPOCH, NAN_EPOCH = 2, 1
 PHASE_TIMEOUT_S = 900
+RAY = str(Path(sys.executable).parent / "ray")
+NODE_VAR = "MMTUNE_NODE"  # in one node's environment only: how its processes are found (never by name)
+# Ray's node health checks, made fast (~3 s to declare a killed node dead instead of ~15 s); cluster/README.md
+FAST_DETECTION = {"RAY_health_check_initial_delay_ms": "1000", "RAY_health_check_period_ms": "1000",
+                  "RAY_health_check_timeout_ms": "1000", "RAY_health_check_failure_threshold": "3"}
+NODE_KILL_STEPS = 60  # batches per epoch under --node-kill: ~1 s epochs, so a trial is caught mid-training
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -53,11 +72,13 @@ def configs(n: int) -> list[dict[str, Any]]:
             for i in range(n)]
 
 
-def space_file(tmp: Path, n: int, epochs: int) -> Path:
+def space_file(tmp: Path, n: int, epochs: int, train_steps: int | None = None) -> Path:
     """The smoke space with the N configs as starting points and ASHA out of the way."""
     doc = yaml.safe_load(SMOKE.read_text())
     doc.update(num_samples=n, epochs=epochs, start=configs(n), description="bench/faults.py")
     doc["asha"] = {**doc.get("asha", {}), "grace_period": epochs}
+    if train_steps:
+        doc["fixed"] = {**doc.get("fixed", {}), "train_steps": train_steps}
     path = tmp / "faults_space.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
@@ -92,8 +113,12 @@ def role_driver(args: argparse.Namespace) -> None:
     from tune.sweep import SweepOptions, sweep
 
     exp = Path(args.exp)
-    sweep(SweepOptions(data=args.data, space=args.space, name=exp.name, storage=str(exp.parent), num_cpus=CPUS,
-                       gpus_per_trial="0", max_failures=2), callbacks=injectors(args.faults))
+    if args.address:  # a cluster: storage every node sees (file://), its CPUs
+        where = dict(address=args.address, storage=f"file://{exp.parent}")
+    else:
+        where = dict(storage=str(exp.parent), num_cpus=CPUS)
+    sweep(SweepOptions(data=args.data, space=args.space, name=exp.name, gpus_per_trial="0", max_failures=2, **where),
+          callbacks=injectors(args.faults))
 
 
 def role_resume(args: argparse.Namespace) -> None:
@@ -117,10 +142,15 @@ def mentions(pid: int, marker: str) -> bool:
 class Phase:
     """One driver or resume subprocess with its own RAY_TMPDIR; always cleaned up on exit."""
 
-    def __init__(self, role: str, exp: Path, log: Path, extra: list[str]):
-        self.ray_tmp = tempfile.mkdtemp(prefix="rf", dir="/tmp")
-        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    def __init__(self, role: str, exp: Path, log: Path, extra: list[str], cluster: "Cluster | None" = None):
+        # A driver that joins a cluster shares the cluster's environment (its RAY_TMPDIR, token auth); the cluster
+        # removes that folder, not the phase.
+        self.owns_tmp = cluster is None
+        self.ray_tmp = tempfile.mkdtemp(prefix="rf", dir="/tmp") if cluster is None else cluster.ray_tmp
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} if cluster is None else dict(cluster.env)
         env.update(RAY_TMPDIR=self.ray_tmp, PYTHONUNBUFFERED="1")
+        if cluster is not None:
+            extra = [*extra, "--address", cluster.address]
         cmd = [sys.executable, str(Path(__file__).resolve()), "--role", role, "--exp", str(exp), *extra]
         self.log = log
         with open(log, "ab") as out:
@@ -132,19 +162,21 @@ class Phase:
 
     def __exit__(self, *exc: object) -> None:
         self.kill()
-        shutil.rmtree(self.ray_tmp, ignore_errors=True)
+        if self.owns_tmp:
+            shutil.rmtree(self.ray_tmp, ignore_errors=True)
 
     def kill(self) -> None:
-        """SIGKILL the process group, then every process of its Ray."""
+        """SIGKILL the process group, then every process of its Ray (a cluster's nodes are the cluster's to kill)."""
         if self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
         self.proc.wait(timeout=30)
-        from tune.faults import kill_processes_of
+        if self.owns_tmp:
+            from tune.faults import kill_processes_of
 
-        kill_processes_of(self.ray_tmp)
+            kill_processes_of(self.ray_tmp)
 
     def wait(self, timeout: float = PHASE_TIMEOUT_S) -> None:
         """Wait for a normal end; raise with the log's tail if it failed."""
@@ -155,6 +187,116 @@ class Phase:
         if rc != 0:
             tail = self.log.read_text(errors="replace")[-3000:]
             raise RuntimeError(f"{self.log.name}: exit code {rc}\n{tail}")
+
+
+class Cluster:
+    """A two-node Ray cluster on loopback (head and workers, 1 CPU each) in a private RAY_TMPDIR.
+
+    Every process of a node carries NODE_VAR=<tag> in its environment: a node is killed by its `ray start`
+    process group and then by that tag, never by process name. Closing kills every process of the cluster.
+    """
+
+    def __init__(self, logs: Path, keep_logs: bool = False):
+        self.logs, self.keep_logs = logs, keep_logs
+        self.ray_tmp = tempfile.mkdtemp(prefix="rk", dir="/tmp")
+        self.env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        self.env.update(RAY_TMPDIR=self.ray_tmp, PYTHONUNBUFFERED="1", RAY_AUTH_MODE="token", **FAST_DETECTION)
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.address = f"127.0.0.1:{sock.getsockname()[1]}"
+        self.workers: dict[str, subprocess.Popen] = {}
+        self.node_ids: dict[str, str] = {}
+
+    def __enter__(self) -> "Cluster":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name in [*self.workers, "head"]:
+            self.kill(name)
+        from tune.faults import kill_processes_of
+
+        kill_processes_of(self.ray_tmp)
+        ray_logs = Path(self.ray_tmp) / "ray/session_latest/logs"
+        if self.keep_logs and ray_logs.is_dir():  # Ray's own logs of every node (GCS, raylets, workers), to look closer
+            shutil.copytree(ray_logs, self.logs / f"ray-logs-{Path(self.ray_tmp).name}", ignore_dangling_symlinks=True,
+                            dirs_exist_ok=True)
+        shutil.rmtree(self.ray_tmp, ignore_errors=True)
+
+    def tag(self, name: str) -> str:
+        return f"{Path(self.ray_tmp).name}-{name}"
+
+    def start(self) -> None:
+        """The head and worker node 'worker1', both registered."""
+        subprocess.run([RAY, "start", "--head", f"--port={self.address.rsplit(':', 1)[1]}",
+                        "--node-ip-address=127.0.0.1", "--num-cpus=1", "--num-gpus=0", "--include-dashboard=false",
+                        "--disable-usage-stats"], env={**self.env, NODE_VAR: self.tag("head")}, check=True,
+                       capture_output=True, timeout=120)
+        self.node_ids["head"] = self._raylet_id("head")
+        self.add_worker("worker1")
+        deadline = time.time() + 60
+        while len(self.alive()) < 2:
+            if time.time() > deadline:
+                raise RuntimeError("worker1 did not join the cluster")
+            time.sleep(1)
+
+    def add_worker(self, name: str) -> str:
+        """Start worker node NAME (`ray start --block` in its own session); its node id."""
+        with open(self.logs / f"{name}.log", "ab") as log:
+            self.workers[name] = subprocess.Popen(
+                [RAY, "start", f"--address={self.address}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+                 "--num-gpus=0", "--disable-usage-stats", "--block"], env={**self.env, NODE_VAR: self.tag(name)},
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.node_ids[name] = self._raylet_id(name)
+        return self.node_ids[name]
+
+    def _raylet_id(self, name: str) -> str:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            for pid in tagged_pids(self.tag(name)):
+                try:
+                    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                except OSError:
+                    continue
+                if argv[0].endswith(b"/raylet"):
+                    return next(a.split(b"=", 1)[1].decode() for a in argv if a.startswith(b"--node_id="))
+            time.sleep(0.2)
+        raise RuntimeError(f"no raylet for node {name}")
+
+    def alive(self) -> list[str]:
+        """Ids of the nodes the cluster lists as alive (asked by a separate driver)."""
+        code = ("import json, ray; ray.init(address=%r, logging_level='ERROR');"
+                "print(json.dumps([n['NodeID'] for n in ray.nodes() if n['Alive']]))" % self.address)
+        out = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True, text=True, timeout=120)
+        return json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else []
+
+    def kill(self, name: str) -> None:
+        """SIGKILL node NAME, all but at once: its process group, then every process with its tag that left the
+        group (found before anything died, so they die microseconds later), then any that were forking."""
+        proc = self.workers.get(name)
+        escaped = tagged_pids(self.tag(name))
+        if proc is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for _ in range(50):
+            for pid in escaped:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            if not (escaped := tagged_pids(self.tag(name))):
+                break
+            time.sleep(0.1)
+        if proc is not None:
+            proc.wait(timeout=30)
+
+
+def tagged_pids(tag: str) -> list[int]:
+    """Every process of the node tagged TAG (NODE_VAR=TAG in its environment)."""
+    from tune.faults import pids_with_env
+
+    return pids_with_env(NODE_VAR, tag)
 
 
 # ----------------------------------------------------------------------------- observation
@@ -271,6 +413,114 @@ def run_faulty(args: argparse.Namespace, work: Path, data: Path, space: Path) ->
     return {"wall_s": wall, "exp": exp, "plan": plan, "victim": victim, "kills": kills}
 
 
+def cluster_results(exp: Path, cluster: Cluster) -> dict[str, list[dict[str, Any]]]:
+    """Each trial's results as the driver has them now: its own copy (the storage copy is synced later)."""
+    out = {}
+    for p in Path(cluster.ray_tmp).glob(f"ray/session_latest/artifacts/*/{exp.name}/driver_artifacts/trial_*"):
+        out[p.name.removeprefix("trial_")] = results_of(p)
+    return out
+
+
+def run_clean_cluster(args: argparse.Namespace, work: Path, data: Path, space: Path) -> float:
+    """The sweep on a fresh two-node cluster, no fault; the driver's wall time."""
+    with Cluster(work, bool(args.keep)) as cluster:
+        cluster.start()
+        t0 = time.perf_counter()
+        with Phase("driver", work / "clean", work / "clean.log", ["--data", str(data), "--space", str(space)],
+                   cluster) as ph:
+            ph.wait()
+        return time.perf_counter() - t0
+
+
+def run_node_kill(args: argparse.Namespace, work: Path, data: Path, space: Path) -> dict[str, Any]:
+    """Driver on the head; the worker node SIGKILLed once a trial on it has reported an epoch; a new worker."""
+    exp = work / "faulty"
+    with Cluster(work, bool(args.keep)) as cluster:
+        cluster.start()
+        t0 = time.perf_counter()
+        with Phase("driver", exp, work / "faulty.log", ["--data", str(data), "--space", str(space)], cluster) as ph:
+            dead = cluster.node_ids["worker1"]
+
+            def on_worker() -> dict[str, Any] | None:
+                for tid, res in cluster_results(exp, cluster).items():
+                    if res and res[-1].get("node_id") == dead and 1 <= res[-1]["epoch"] < args.epochs:
+                        return {"trial": tid, "epoch": res[-1]["epoch"]}
+                return None
+
+            victim: dict[str, Any] = {}
+
+            def found() -> bool:
+                victim.update(victim or on_worker() or {})
+                return bool(victim)
+
+            wait_until(ph.proc, found)
+            if not victim:
+                raise RuntimeError(f"no trial reported on worker1 before the sweep ended\n"
+                                   f"{(work / 'faulty.log').read_text(errors='replace')[-3000:]}")
+            before, killed_at = records_of(exp), time.time()
+            cluster.kill("worker1")
+            kill_s = time.perf_counter() - t0
+            new = cluster.add_worker("worker2")
+            ph.wait()
+        wall = time.perf_counter() - t0
+        alive = cluster.alive()
+    return {"wall_s": wall, "exp": exp, "dead": dead, "new": new, "victim": {**victim, "killed_at_s": round(kill_s, 1)},
+            "kills": [{"killed": True, "at": killed_at, "before": before}], "dead_declared": dead not in alive}
+
+
+def node_kill_victims(exp: Path, dead: str) -> dict[str, dict[str, Any]]:
+    """Trials that were running on the dead node: the last epoch it reported, the retry's first, where it went."""
+    out = {}
+    for d in sorted(exp.glob("trial_*")):
+        res = results_of(d)
+        on_dead = [r for r in res if r.get("node_id") == dead]
+        if not on_dead or len(on_dead) == len(res):
+            continue
+        rest = res[len(on_dead):]
+        error = d / "error.txt"
+        out[d.name.removeprefix("trial_")] = {
+            "last_epoch_on_dead_node": on_dead[-1]["epoch"], "first_epoch_after": rest[0]["epoch"],
+            "epochs_after": [r["epoch"] for r in rest], "retried_on": rest[0].get("node_id"),
+            "failures": error.read_text().count("Failure # ") if error.is_file() else 0}
+    return out
+
+
+def report_node_kill(args: argparse.Namespace, clean_s: float, f: dict[str, Any]) -> dict[str, Any]:
+    """The JSON summary of the node-kill runs (the same keys as the default mode's, plus node_kill)."""
+    exp = f["exp"]
+    after = records_of(exp)
+    expected = {c["dropout"] for c in configs(args.trials)}
+    finished = {rec["config"]["dropout"] for rec in after.values() if rec["status"] != "failed"}
+    statuses: dict[str, int] = {}
+    for rec in after.values():
+        statuses[rec["status"]] = statuses.get(rec["status"], 0) + 1
+    victims = node_kill_victims(exp, f["dead"])
+    twice = run_twice(exp, f["kills"], after)
+    for tid, v in victims.items():
+        # Continued from the last reported checkpoint (or the one before: Ray registers a checkpoint just after
+        # writing its result, and the kill may fall between), then each epoch once.
+        last, first = v["last_epoch_on_dead_node"], v["first_epoch_after"]
+        if first not in (last, last + 1) or v["epochs_after"] != list(range(first, args.epochs + 1)):
+            twice.append({"trial": tid, "node_kill": v})
+    twice_ids = {x.get("trial") or f"config dropout={x['config_dropout']}" for x in twice}
+    new_node_trials = sorted(d.name.removeprefix("trial_") for d in exp.glob("trial_*")
+                             if any(r.get("node_id") == f["new"] for r in results_of(d)))
+    return {
+        "mode": "node_kill", "trials_expected": args.trials, "epochs": args.epochs,
+        "trials_finished": len(after),
+        "trials_lost": len(expected - finished),
+        "trials_run_twice": len(twice_ids),
+        "fault_cost_s": round(f["wall_s"] - clean_s, 1),
+        "clean_wall_s": round(clean_s, 1), "faulty_wall_s": round(f["wall_s"], 1),
+        "statuses": statuses,
+        "node_kill": {"killed": f["victim"], "dead_node": f["dead"], "declared_dead": f["dead_declared"],
+                      "trials_on_dead_node": victims, "new_node": f["new"], "new_node_trials": new_node_trials,
+                      "health_checks": FAST_DETECTION},
+        "retried_trials": retried(exp),
+        "run_twice_details": twice,
+    }
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -354,9 +604,14 @@ def run_bench(args: argparse.Namespace) -> int:
     work.mkdir(parents=True, exist_ok=True)
     try:
         data = make_demo(work / "demo", n_train=240, n_val=80, n_test=80)
-        space = space_file(work, args.trials, args.epochs)
-        clean_s = 0.0 if args.no_clean else run_clean(args, work, data, space)
-        out = report(args, clean_s, run_faulty(args, work, data, space))
+        if args.node_kill:
+            space = space_file(work, args.trials, args.epochs, NODE_KILL_STEPS)
+            clean_s = 0.0 if args.no_clean else run_clean_cluster(args, work, data, space)
+            out = report_node_kill(args, clean_s, run_node_kill(args, work, data, space))
+        else:
+            space = space_file(work, args.trials, args.epochs)
+            clean_s = 0.0 if args.no_clean else run_clean(args, work, data, space)
+            out = report(args, clean_s, run_faulty(args, work, data, space))
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -370,8 +625,10 @@ def run_bench(args: argparse.Namespace) -> int:
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags (the --role ones are internal)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--trials", type=int, default=20)
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--trials", type=int, help="configs, one trial each (default 20; 8 with --node-kill)")
+    p.add_argument("--epochs", type=int, help="epochs per trial (default 3; 8 with --node-kill)")
+    p.add_argument("--node-kill", action="store_true",
+                   help="kill a worker node of a two-node loopback cluster mid-sweep instead (see above)")
     p.add_argument("--out", help="also write the JSON here")
     p.add_argument("--keep", help="work in this folder and keep it (experiments, logs, markers)")
     p.add_argument("--kill-at", type=lambda s: [int(x) for x in s.split(",")], default=None,
@@ -385,8 +642,14 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", help=argparse.SUPPRESS)
     p.add_argument("--space", help=argparse.SUPPRESS)
     p.add_argument("--faults", help=argparse.SUPPRESS)
+    p.add_argument("--address", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.role == "bench":
+    args.trials = args.trials or (8 if args.node_kill else 20)
+    args.epochs = args.epochs or (8 if args.node_kill else 3)
+    if args.role == "bench" and args.node_kill:
+        if args.trials < 4 or args.epochs < 3:
+            p.error("--node-kill needs --trials >= 4 and --epochs >= 3")
+    elif args.role == "bench":
         if args.trials < 7 or args.epochs < RAISE_EPOCH + 1:
             p.error("need --trials >= 7 (5 injected configs and spares) and --epochs >= 3")
         args.kill_at = args.kill_at or [max(2, round(0.15 * args.trials)), round(0.5 * args.trials)]

@@ -66,3 +66,17 @@ def kill_processes_of(marker: str) -> int:
             except ProcessLookupError:
                 pass
     return killed
+
+
+def pids_with_env(name: str, value: str) -> list[int]:
+    """Every process (but this one) whose environment holds NAME=VALUE: e.g. the processes of one Ray node."""
+    needle = f"\0{name}={value}\0".encode()
+    found = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit() and int(d.name) != os.getpid():
+            try:
+                if needle in b"\0" + (d / "environ").read_bytes():
+                    found.append(int(d.name))
+            except OSError:
+                continue
+    return found

@@ -79,7 +79,10 @@ def restore(checkpoint: tune.Checkpoint | None) -> dict[str, Any] | None:
     if checkpoint.filesystem.type_name != "local":
         with checkpoint.as_directory() as d:  # remote storage: only the latest is fetched
             return load_checkpoint(Path(d) / CKPT_FILE)
-    candidates = [latest, *sorted((p for p in latest.parent.glob("checkpoint_*") if p != latest), reverse=True)]
+    # Only older ones: a newer folder holds a checkpoint whose report never reached the driver (e.g. a node died
+    # while uploading it), so it may be half-written and its epoch is in no result. Names are checkpoint_%06d.
+    older = (p for p in latest.parent.glob("checkpoint_*") if p.name < latest.name)
+    candidates = [latest, *sorted(older, reverse=True)]
     for d in candidates:
         try:
             state = load_checkpoint(d / CKPT_FILE)

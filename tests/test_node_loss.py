@@ -1,0 +1,495 @@
+"""Node loss: a worker node of a real two-node Ray cluster on loopback dies mid-sweep, and nothing is lost.
+
+The cluster is started as `tests/test_cluster.py` starts one (`ray start --head` / `ray start --address`, private
+RAY_TMPDIR, token auth), with Ray's node health checks made fast (FAST_DETECTION). Each worker node is a
+`ray start --block` in its own session, and every process of it carries MMTUNE_NODE=<its tag> in its
+environment: the node is killed with SIGKILL to its process group, then to every process with its tag that left the
+group (never by name). The sweep is a separate `python -m tune sweep --address ...` on the head, on shared storage
+(the local S3 server, or a file:// folder that both nodes see).
+
+What Ray guarantees, and so what is asserted, for a trial that was running on the dead node: Tune learns of a
+trial's checkpoint in two steps. The trial uploads the checkpoint to storage *before* its report leaves the node,
+so the driver never sees a report whose checkpoint is not fully stored; the driver then writes the result
+(result.json) and afterwards registers the checkpoint (a `save` round trip to the trial's actor). A node that dies
+between the two leaves epoch L in result.json whose checkpoint was never registered. So, with L the last epoch
+the dead node reported, the retry on a surviving node reports L + 1 first (or L, when the kill cut that round trip:
+L is then trained again from the same checkpoint and RNG state, with the same result), then every epoch to the
+end once. The epoch that was in flight on the dead node (never reported) is the only work done twice.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, SMOKE, rows, study_matches_trials_csv
+from tune.faults import kill_processes_of
+
+RAY = str(Path(sys.executable).parent / "ray")
+NODE_VAR = "MMTUNE_NODE"  # set only in one node's environment: how its processes are found, never by name
+# Ray's defaults take ~15 s to declare a killed node dead (5 missed checks, 3 s apart, after a 5 s delay; longer
+# when the machine vanishes and checks time out). These make it ~3 s; cluster/README.md has values for real clusters.
+FAST_DETECTION = {"RAY_health_check_initial_delay_ms": "1000", "RAY_health_check_period_ms": "1000",
+                  "RAY_health_check_timeout_ms": "1000", "RAY_health_check_failure_threshold": "3"}
+SAMPLES, EPOCHS, STEPS = 6, 8, 60  # ~1 s per epoch on a busy 2-core machine: trials are long enough to be caught
+NAME = "nodeloss"
+TIMEOUT_S = 400
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tagged_pids(tag: str) -> list[int]:
+    """Every process of the node tagged TAG (NODE_VAR=TAG in its environment)."""
+    from tune.faults import pids_with_env
+
+    return pids_with_env(NODE_VAR, tag)
+
+
+def raylet_node_id(tag: str) -> str | None:
+    """The node id of the raylet with NODE_VAR=TAG (from its command line), or None while it is not up."""
+    for pid in tagged_pids(tag):
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if args and args[0].endswith(b"/raylet"):
+            return next((a.split(b"=", 1)[1].decode() for a in args if a.startswith(b"--node_id=")), None)
+    return None
+
+
+@dataclass
+class Node:
+    name: str
+    tag: str
+    proc: subprocess.Popen | None  # `ray start --block` of a worker (the head's `ray start` has returned)
+    node_id: str = ""
+
+
+@dataclass
+class LoopbackCluster:
+    """A head (1 CPU) and worker nodes (1 CPU each) on 127.0.0.1 in one private RAY_TMPDIR."""
+
+    env: dict[str, str]
+    logs: Path
+    nodes: list[Node] = field(default_factory=list)
+    sweep_proc: subprocess.Popen | None = None
+
+    def __post_init__(self) -> None:
+        self.env = {**self.env, "RAY_AUTH_MODE": "token", **FAST_DETECTION}
+        self.address = f"127.0.0.1:{free_port()}"
+        self.uid = Path(self.env["RAY_TMPDIR"]).name  # unique per test: node tags never match another test's
+
+    def start_head(self) -> Node:
+        node = Node("head", f"{self.uid}-head", None)
+        self.nodes.append(node)
+        subprocess.run([RAY, "start", "--head", f"--port={self.address.rsplit(':', 1)[1]}",
+                        "--node-ip-address=127.0.0.1", "--num-cpus=1", "--num-gpus=0", "--include-dashboard=false",
+                        "--disable-usage-stats"], env={**self.env, NODE_VAR: node.tag}, check=True,
+                       capture_output=True, timeout=120)
+        node.node_id = self._wait_for_raylet(node)
+        return node
+
+    def add_worker(self, name: str, registered: bool = True) -> Node:
+        """Start a worker node; with REGISTERED, wait until the cluster lists it as alive."""
+        tag = f"{self.uid}-{name}"
+        with open(self.logs / f"{name}.log", "wb") as log:
+            proc = subprocess.Popen([RAY, "start", f"--address={self.address}", "--node-ip-address=127.0.0.1",
+                                     "--num-cpus=1", "--num-gpus=0", "--disable-usage-stats", "--block"],
+                                    env={**self.env, NODE_VAR: tag}, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        node = Node(name, tag, proc)
+        self.nodes.append(node)
+        node.node_id = self._wait_for_raylet(node)
+        deadline = time.time() + 60
+        while registered and node.node_id not in self.alive_nodes():
+            assert time.time() < deadline, f"{name} did not join the cluster"
+            time.sleep(1)
+        return node
+
+    def _wait_for_raylet(self, node: Node) -> str:
+        deadline = time.time() + 60
+        while (node_id := raylet_node_id(node.tag)) is None:
+            assert time.time() < deadline, f"no raylet for {node.name}"
+            assert node.proc is None or node.proc.poll() is None, (self.logs / f"{node.name}.log").read_text()[-2000:]
+            time.sleep(0.2)
+        return node_id
+
+    def alive_nodes(self) -> set[str]:
+        """Ids of the nodes the cluster lists as alive, asked by a separate driver."""
+        code = ("import json, ray; ray.init(address=%r, logging_level='ERROR');"
+                "print(json.dumps([n['NodeID'] for n in ray.nodes() if n['Alive']]))" % self.address)
+        out = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return set(json.loads(out.stdout.strip().splitlines()[-1]))
+
+    def kill(self, node: Node, check: bool = True, first: int | None = None) -> None:
+        """SIGKILL the node, all but at once: process FIRST (one we froze), its process group, then every process
+        that left the group (found before anything died, so they die microseconds later, not after a scan).
+
+        A frozen (SIGSTOPped) process goes first: when its parent dies, its orphaned process group gets SIGHUP and
+        SIGCONT from the kernel, and it would run on (finish an upload, send a report) until killed.
+        """
+        escaped = tagged_pids(node.tag)
+        for pid in ([first] if first in escaped else []):
+            os.kill(pid, signal.SIGKILL)
+        if node.proc is not None:
+            try:
+                os.killpg(node.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for _ in range(50):  # then look again until none is left (a process may have been forking)
+            for pid in escaped:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            if not (escaped := tagged_pids(node.tag)):
+                break
+            time.sleep(0.1)
+        if node.proc is not None:
+            node.proc.wait(timeout=30)
+        assert not check or not tagged_pids(node.tag), f"processes of {node.name} survived SIGKILL"
+
+    def sweep(self, *args: str) -> subprocess.Popen:
+        """`mmtune sweep` joining this cluster, as a separate process on the head (no node tag in its environment)."""
+        with open(self.logs / "sweep.out", "wb") as out, open(self.logs / "sweep.err", "wb") as err:
+            self.sweep_proc = subprocess.Popen(
+                [sys.executable, "-m", "tune", "sweep", "--address", self.address, "--name", NAME,
+                 "--gpus-per-trial", "0", "--cpus-per-trial", "1", "--max-failures", "2", *args],
+                env=self.env, cwd=REPO, stdout=out, stderr=err)
+        return self.sweep_proc
+
+    def close(self) -> None:
+        """Kill everything this cluster started, by our own pids and tags, then what is left of its RAY_TMPDIR."""
+        if self.sweep_proc is not None and self.sweep_proc.poll() is None:
+            self.sweep_proc.kill()
+            self.sweep_proc.wait(timeout=30)
+        for node in self.nodes:
+            self.kill(node, check=False)
+        kill_processes_of(self.env["RAY_TMPDIR"])
+        shutil.rmtree(self.env["RAY_TMPDIR"], ignore_errors=True)
+
+
+@dataclass
+class Storage:
+    uri: str  # --storage
+    exp: Path  # the experiment's local folder (the mirror, for S3)
+
+
+@pytest.fixture(params=["s3", "file"])
+def shared(request, tmp_path) -> Storage:
+    """Storage both nodes see: the local S3 server (AWS_* set in this process's environment), or a file:// folder."""
+    if request.param == "s3":
+        uri = f"{request.getfixturevalue('s3_bucket')}/{tmp_path.name}"
+        return Storage(uri, tmp_path / "mirror/remote/s3" / uri.removeprefix("s3://") / NAME)
+    return Storage(f"file://{tmp_path / 'shared'}", tmp_path / "shared" / NAME)
+
+
+@pytest.fixture
+def cluster(shared, subprocess_env, tmp_path):
+    """A head and one worker; every process started here is killed at the end, also on failure."""
+    env = {**subprocess_env, **{k: v for k, v in os.environ.items() if k.startswith("AWS_")},
+           "MMTUNE_CACHE": str(tmp_path / "mirror")}
+    c = LoopbackCluster(env, tmp_path)
+    try:
+        c.start_head()
+        yield c
+    finally:
+        c.close()
+
+
+def space_file(tmp: Path) -> str:
+    """The smoke space with longer trials and ASHA out of the way (every trial runs all epochs)."""
+    doc = yaml.safe_load(Path(SMOKE).read_text())
+    doc.update(num_samples=SAMPLES, epochs=EPOCHS, description="tests/test_node_loss.py")
+    doc["asha"] = {**doc.get("asha", {}), "grace_period": EPOCHS}
+    doc["fixed"] = {**doc.get("fixed", {}), "train_steps": STEPS}
+    path = tmp / "space.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return str(path)
+
+
+# ----------------------------------------------------------------------------- observing the sweep
+
+
+def read_results(path: str | Path) -> list[dict[str, Any]]:
+    """Every complete line of a result.json."""
+    out = []
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # being written
+    return out
+
+
+def live_results(c: LoopbackCluster) -> dict[str, list[dict[str, Any]]]:
+    """Each trial's results as the driver has them now (its own copy, written as results arrive; the storage copy
+    is synced later)."""
+    pattern = f"{c.env['RAY_TMPDIR']}/ray/session_latest/artifacts/*/{NAME}/driver_artifacts/trial_*/result.json"
+    return {Path(p).parent.name.removeprefix("trial_"): read_results(p) for p in glob.glob(pattern)}
+
+
+def live_records(exp: Path) -> dict[str, dict]:
+    from tune import records
+
+    try:
+        return records.read_all(exp)
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def wait_until(c: LoopbackCluster, what: str, done, timeout: float = TIMEOUT_S, every: float = 0.1):
+    """Poll DONE until it returns something truthy; fail with the sweep's output if the sweep ends or time runs out."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if found := done():
+            return found
+        if c.sweep_proc.poll() is not None:
+            break
+        time.sleep(every)
+    pytest.fail(f"{what}: not seen (sweep exit {c.sweep_proc.poll()})\n"
+                + (c.logs / "sweep.err").read_text(errors="replace")[-3000:])
+
+
+def running_on(c: LoopbackCluster, node: Node, min_epoch: int, max_epoch: int = EPOCHS - 2) -> tuple[str, dict] | None:
+    """A trial on NODE whose last report is of epoch MIN_EPOCH..MAX_EPOCH: (trial id, its last result)."""
+    for trial, res in sorted(live_results(c).items()):
+        if res and res[-1]["node_id"] == node.node_id and min_epoch <= res[-1]["epoch"] <= max_epoch:
+            return trial, res[-1]
+    return None
+
+
+def storage_fs(shared: Storage):
+    import pyarrow.fs as pafs
+
+    fs, root = pafs.FileSystem.from_uri(shared.uri)
+    return fs, f"{root}/{NAME}"
+
+
+def catch_checkpoint_upload(c: LoopbackCluster, node: Node, shared: Storage) -> dict[str, Any]:
+    """Freeze (SIGSTOP) a trial of NODE the moment the folder of its next checkpoint appears in storage, and keep it
+    frozen if that checkpoint file is not there yet (or is short): the upload is cut, so its report cannot have
+    left the node. The node is then killed, that process first, as a node dies mid-upload; the freeze only fixes
+    that moment.
+
+    If the file is already whole, its report may be on its way (and the driver may write it seconds later): that
+    moment is let go (SIGCONT) and the trial's next checkpoint is tried.
+    """
+    import pyarrow.fs as pafs
+
+    fs, root = storage_fs(shared)
+    attempts = 0
+    while True:
+        trial, last = wait_until(c, f"a trial on {node.name} past epoch 2", lambda: running_on(c, node, 2, EPOCHS - 1),
+                                 every=0.02)
+        index = int(last["checkpoint_dir_name"].rsplit("_", 1)[1]) + 1  # the folder of its next epoch's checkpoint
+        folder = f"{root}/trial_{trial}/checkpoint_{index:06d}"
+        assert last["pid"] in tagged_pids(node.tag), last  # the trial's process is one of the node's
+        whole = fs.get_file_info(f"{root}/trial_{trial}/{last['checkpoint_dir_name']}/checkpoint.pt").size
+        if not whole:
+            continue  # its last checkpoint not visible yet
+        if fs.get_file_info(folder).type != pafs.FileType.NotFound:
+            time.sleep(0.05)
+            continue  # there already: the driver has not written the trial's latest report yet
+        attempts += 1
+        if not wait_for_folder(c, fs, folder, trial, last["epoch"]):
+            continue  # reported already: missed
+        os.kill(last["pid"], signal.SIGSTOP)  # at once: the upload is under way
+        held = {i.path.rsplit("/", 1)[1]: i.size for i in fs.get_file_info(pafs.FileSelector(folder))}
+        if held.get("checkpoint.pt", 0) < 0.9 * whole:  # checkpoints grow by a few hundred bytes per epoch
+            return {"trial": trial, "epoch": last["epoch"], "folder": folder.rsplit("/", 1)[1], "held": held,
+                    "previous_size": whole, "attempts": attempts, "pid": last["pid"]}
+        os.kill(last["pid"], signal.SIGCONT)
+
+
+def wait_for_folder(c: LoopbackCluster, fs, folder: str, trial: str, epoch: int) -> bool:
+    """Poll (every few ms) until FOLDER exists in storage: True; False once the trial reported past EPOCH."""
+    import pyarrow.fs as pafs
+
+    deadline, n = time.time() + 60, 0
+    while time.time() < deadline and c.sweep_proc.poll() is None:
+        if fs.get_file_info(folder).type != pafs.FileType.NotFound:
+            return True
+        n += 1
+        if n % 100 == 0 and live_results(c).get(trial, [{}])[-1].get("epoch") != epoch:
+            return False
+        time.sleep(0.001)
+    return False
+
+
+# ----------------------------------------------------------------------------- what must hold afterwards
+
+
+def failures(trial_dir: Path) -> int:
+    """How many times Tune recorded the trial as failed (error.txt has one 'Failure #' per failure)."""
+    p = trial_dir / "error.txt"
+    return p.read_text().count("Failure # ") if p.is_file() else 0
+
+
+def check_nothing_lost(c: LoopbackCluster, shared: Storage, dead: Node, new: Node,
+                       before: dict[str, dict]) -> dict[str, Any]:
+    """The sweep's end state after the node loss; returns what the victims did (for the caller's own checks)."""
+    out, err = (c.logs / "sweep.out").read_text(), (c.logs / "sweep.err").read_text(errors="replace")
+    assert c.sweep_proc.returncode == 0, err[-3000:]
+    assert "cluster: 2 node(s), 2 CPUs" in out and "concurrent trials: 2" in out, out[:2000]
+    assert "retried up to 2 time(s)" in out, out[:2000]  # the plan says how many node losses a trial survives
+
+    export = subprocess.run([sys.executable, "-m", "tune", "export", f"{shared.uri.removeprefix('file://')}/{NAME}"],
+                            env=c.env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert export.returncode == 0, export.stderr[-3000:]
+    exp = shared.exp
+    from tune import records
+
+    # Exactly num_samples trials, each ended once with all its epochs; every config once.
+    table = rows(exp)
+    after = records.read_all(exp)
+    assert len(table) == SAMPLES and set(after) == {r["trial_id"] for r in table}, (len(table), sorted(after))
+    assert {r["status"] for r in table} == {"completed"} and {int(r["epochs"]) for r in table} == {EPOCHS}, table
+    assert all(rec["status"] == "completed" and rec["epochs"] == EPOCHS for rec in after.values()), after
+    configs = [json.dumps(rec["config"], sort_keys=True) for rec in after.values()]
+    assert len(set(configs)) == SAMPLES, "a config ran under two trial ids"
+    # Trials that had ended before the kill were not touched again.
+    for tid, rec in before.items():
+        assert after[tid] == rec, f"trial {tid} ended before the kill, and its record changed"
+
+    victims = {}
+    for r in table:
+        tid = r["trial_id"]
+        res = read_results(exp / f"trial_{tid}" / "result.json")
+        assert [x["training_iteration"] for x in res] == [x["epoch"] for x in res], tid
+        on_dead = [x for x in res if x["node_id"] == dead.node_id]
+        if not on_dead or on_dead[-1]["epoch"] == EPOCHS:
+            # Not hit by the kill: each epoch once, from one worker, and never a failure.
+            assert [x["epoch"] for x in res] == list(range(1, EPOCHS + 1)), (tid, [x["epoch"] for x in res])
+            assert len({x["pid"] for x in res}) == 1 and failures(exp / f"trial_{tid}") == 0, tid
+            continue
+        # Running on the dead node when it died: continued on a surviving node from its last checkpoint.
+        last = on_dead[-1]["epoch"]
+        assert [x["epoch"] for x in on_dead] == list(range(1, last + 1)), (tid, on_dead)
+        rest = res[len(on_dead):]
+        assert rest and all(x["node_id"] != dead.node_id for x in rest), (tid, "dead node's reports after others'")
+        first = rest[0]["epoch"]
+        assert first in (last, last + 1), f"trial {tid}: retry began at epoch {first}, the dead node reported {last}"
+        assert [x["epoch"] for x in rest] == list(range(first, EPOCHS + 1)), (tid, [x["epoch"] for x in rest])
+        assert rest[0]["iterations_since_restore"] == 1, rest[0]
+        if first == last:  # the kill cut the checkpoint's registration: epoch `last` replayed, identically
+            assert rest[0]["val/f1"] == on_dead[-1]["val/f1"] and rest[0]["val/loss"] == on_dead[-1]["val/loss"]
+        assert failures(exp / f"trial_{tid}") == 1, f"trial {tid}: a node loss must count as one failure"
+        victims[tid] = {"last_on_dead_node": last, "first_after": first, "retried_on": rest[0]["node_id"][:8]}
+    assert len(victims) == 1, victims  # the dead node had one CPU: one trial was running there
+
+    # The node started after the kill joined and ran trials.
+    on_new = [r["trial_id"] for r in table
+              if any(x["node_id"] == new.node_id for x in read_results(exp / f"trial_{r['trial_id']}" / "result.json"))]
+    assert on_new, "the new worker node got no trial"
+    alive = c.alive_nodes()
+    assert dead.node_id not in alive and new.node_id in alive, "the cluster did not declare the killed node dead"
+
+    # trials.csv, the records and study.db agree: every trial told once, COMPLETE, with every epoch's value.
+    import optuna
+
+    states = study_matches_trials_csv(exp)
+    study = optuna.load_study(study_name="mmtune", storage=f"sqlite:///{exp / 'study.db'}")
+    assert len(study.trials) == SAMPLES and set(states.values()) == {"COMPLETE"}, states
+    assert all(sorted(t.intermediate_values) == list(range(1, EPOCHS + 1)) for t in study.trials)
+    print(f"trials on the new node: {len(on_new)}")
+    return victims
+
+
+# ----------------------------------------------------------------------------- the tests
+
+
+def start(cluster: LoopbackCluster, shared: Storage, demo_dir: Path, tmp_path: Path) -> Node:
+    worker = cluster.add_worker("worker1")
+    cluster.sweep("--data", str(demo_dir), "--space", space_file(tmp_path), "--storage", shared.uri)
+    return worker
+
+
+@pytest.mark.slow
+def test_worker_node_killed_mid_training(cluster, shared, demo_dir, tmp_path):
+    """A worker node dies while one of its trials trains; a new node joins; the sweep ends with nothing lost."""
+    worker = start(cluster, shared, demo_dir, tmp_path)
+    trial, last = wait_until(cluster, "a trial on worker1 past epoch 2", lambda: running_on(cluster, worker, 2))
+    before = live_records(shared.exp)
+    cluster.kill(worker)
+    new = cluster.add_worker("worker2", registered=False)
+    cluster.sweep_proc.wait(timeout=TIMEOUT_S)
+    victims = check_nothing_lost(cluster, shared, worker, new, before)
+    assert trial in victims and victims[trial]["last_on_dead_node"] >= last["epoch"] >= 2, (victims, trial, last)
+    print(f"victim {trial}: {victims[trial]}")
+
+
+@pytest.mark.slow
+def test_worker_node_killed_during_checkpoint_upload(cluster, shared, demo_dir, tmp_path):
+    """A worker node dies while a trial uploads a checkpoint it has not reported yet: the retry continues from the
+    last reported checkpoint, never from the half-uploaded one (that would skip an epoch in result.json)."""
+    worker = start(cluster, shared, demo_dir, tmp_path)
+    caught = catch_checkpoint_upload(cluster, worker, shared)
+    before = live_records(shared.exp)
+    cluster.kill(worker, first=caught["pid"])  # the frozen trial first: it must not resume mid-kill
+    new = cluster.add_worker("worker2", registered=False)
+    cluster.sweep_proc.wait(timeout=TIMEOUT_S)
+    victims = check_nothing_lost(cluster, shared, worker, new, before)
+    v = victims.get(caught["trial"])
+    # The upload was cut, so its report never reached the driver.
+    assert v is not None and v["last_on_dead_node"] == caught["epoch"], (caught, victims)
+    # The cut folder was to hold epoch `last + 1`; continuing from it would report `last + 2` first.
+    assert v["first_after"] <= caught["epoch"] + 1, (caught, v)
+    print(f"upload cut: {caught}; victim: {v}")
+
+
+def test_restore_never_picks_a_checkpoint_newer_than_the_latest(tmp_path):
+    """The trainable's fallback, when the checkpoint Tune hands back is unreadable, takes the newest *older* one.
+
+    A newer folder is one whose report never reached the driver, like the upload a node death cut short: it may be
+    half-written, and its epoch is in no result. Only file:// storage has a fallback (object storage fetches the
+    latest only).
+    """
+    from ray import tune
+
+    from model.checkpoint import save_checkpoint
+    from tune.trainable import restore
+
+    for index in range(3):
+        save_checkpoint({"format": 1, "epoch": index + 1}, tmp_path / f"checkpoint_{index:06d}" / "checkpoint.pt")
+    (tmp_path / "checkpoint_000001" / "checkpoint.pt").write_bytes(b"cut short")  # the latest Tune knows of
+    state = restore(tune.Checkpoint.from_directory(str(tmp_path / "checkpoint_000001")))
+    assert state["epoch"] == 1, f"restored epoch {state['epoch']} from a checkpoint newer than the latest"
+
+
+@pytest.mark.slow
+def test_faults_bench_node_kill_loses_nothing(tmp_path, subprocess_env):
+    """bench/faults.py --node-kill, small: the worker node dies mid-sweep, no trial is lost or run twice."""
+    out = tmp_path / "node_kill.json"
+    cmd = [sys.executable, str(REPO / "bench/faults.py"), "--node-kill", "--trials", "5", "--epochs", "6", "--no-clean",
+           "--out", str(out), "--keep", str(tmp_path / "work")]
+    proc = subprocess.run(cmd, cwd=REPO, env=subprocess_env, capture_output=True, text=True, timeout=600)
+    assert out.is_file(), proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["trials_finished"] == 5 and res["trials_lost"] == 0, res
+    assert res["trials_run_twice"] == 0, res["run_twice_details"]
+    killed = res["node_kill"]
+    assert killed["declared_dead"] and len(killed["trials_on_dead_node"]) == 1, killed
+    assert [v["failures"] for v in killed["trials_on_dead_node"].values()] == [1], killed
+    assert proc.returncode == 0
