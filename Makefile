@@ -33,8 +33,9 @@ bench: $(STAMP)
 	$(BIN)/python bench/sweep_overhead.py
 	$(BIN)/python bench/faults.py
 
-bench-search: $(STAMP)  # about 25 minutes on 2 cores
-	$(BIN)/python bench/search_efficiency.py --plot bench/search_efficiency.png
+bench-search: $(STAMP)  # 25-35 minutes on 2 cores
+	$(BIN)/python bench/search_efficiency.py --out bench/search_efficiency.json --plot bench/search_efficiency.png \
+		--md bench/search_efficiency.md
 
 clean:
 	rm -rf $(VENV) demo_data runs .pytest_cache

@@ -1,68 +1,104 @@
-"""Search efficiency: is mmtune's TPE + ASHA better than random search at the same compute?
+"""Search efficiency: which search finds good configs fastest at the same compute, on 2 CPU cores?
 
-On the demo data set, every method gets the same total budget (epochs summed over all its trials) and the
-same parallelism (2 concurrent trials, 1 CPU each, one shared embedded Ray):
+Every run is one `tune.sweep.sweep()` of a search space written by this script, on one shared embedded
+Ray (2 CPUs, 2 concurrent trials of 1 CPU each). Methods (sampler from `SearchSpace.searcher`, mmtune's
+StudySearch in every case; ASHA is `tune.tuner.make_scheduler`, FIFO is Ray's FIFOScheduler):
 
-  (a) tpe_asha    mmtune's default: tuner.make_searcher (seeded multivariate TPE, configured as for
-                  default.yaml's num_samples) + tuner.make_scheduler (ASHA);
-  (b) random_asha OptunaSearch with optuna.samplers.RandomSampler(seed) + the same ASHA;
-  (c) random_fifo the same random search, no scheduler: every trial runs the full epochs;
-  (d) old         the old script's two hand-made configs (the `start` points of seed-baseline.yaml), each
-                  trained once with model.run.train_run at the full epoch budget (reference, not a search).
+  tpe_asha     mmtune's default: seeded multivariate TPE + ASHA
+  gp_asha      Optuna's GPSampler + ASHA
+  qmc_asha     Optuna's QMCSampler (scrambled Sobol) + ASHA
+  random_asha  RandomSampler + ASHA
+  random_fifo  RandomSampler, no early stopping: every trial runs the full epochs
 
-(a)-(c) are repeated for several sampler seeds. Each run has a large num_samples and a Stopper that ends
-the whole experiment once the reported results (one per epoch) reach the budget. From the order in which
-results arrived, each run gets an anytime curve: best validation metric so far vs cumulative epochs and vs
-wall seconds. The global best G is the best value any run found; for each run we report the epochs and
-seconds it needed to reach 0.99 * G ("not reached" when it never did), and the median over seeds.
-Finally (a)'s best run is finalized (tune.finalize: top-k configs x seeds, retrained at the full budget)
-and its winner's mean test F1 is compared with (d)'s test F1.
+Each (method, sampler seed) run gets the same budget: a Stopper counts the reported epochs (summed over
+trials; Tune's repeat of a finished trial's last result is not counted) and stops the whole experiment
+when they reach --budget. From the order in which results arrived, each run gets an anytime curve: the
+best val/f1 so far after each epoch spent.
 
-The setting is reduced to fit about 25 minutes on 2 CPU cores: the demo data at its default size
-(1200/300/300), the default.yaml space and ASHA settings with models capped to d_model 32/64/128 and
-1-3 layers (the 256-wide, 4-layer corner costs ~10x more per epoch on CPU), 12 epochs per trial (as
-default.yaml) and 144 epochs per method run (12 full trials for FIFO). Val/test sets of 300 (~75
-positives) make single F1 values noisy: read the medians, not single runs.
+Default setting (cheap, so that methods can be separated by many seeds rather than long runs): the demo
+data with 600 train / 400 val / 200 test samples at difficulty 0.3, tiny models (d_model 16/32, 1-2
+layers, nhead 2/4, ff_mult 2, batch 32/64), 12 epochs per trial (cosine warm restarts, t0 4, t_mult 2:
+cycles end at 4 and 12), ASHA grace 4 / reduction 3 (one rung at epoch 4, the end of the first cycle),
+a budget of 240 epochs per run (20 full trials for FIFO), 8 sampler seeds. The searched parameters are
+the ones that matter for quality: lr (log), weight_decay (log), dropout, modality_dropout, aux_weight,
+focal_gamma, plus the four size/batch choices. `num_samples` of each sweep is 2 * budget / grace + 2,
+more trials than the budget can pay for, so the Stopper ends every run (TPE's and GP's start-up
+trials follow it as a real sweep's would: min(10, num_samples // 3) = 10).
 
-    .venv/bin/python bench/search_efficiency.py [--seeds 3] [--budget 144] [--epochs 12]
-        [--out FILE.json] [--plot FILE.png] [--md FILE.md] [--keep DIR]
+Statistics, over sampler seeds:
+- best: the best val/f1 a run reached within the budget; per method its median and a 95 % percentile
+  bootstrap interval (seeds resampled with replacement, 2000 resamples, fixed RNG seed);
+- epochs to target: the global best G is the best value any run found; a run's epochs to target is the
+  cumulative epochs it spent until its best-so-far first reached 0.99 * G (+inf when never: the median
+  is then "not reached" when half the runs or more miss it); median, bootstrap interval, runs reaching.
+  One lucky run can put G out of everyone's reach, so the same is also given for a second bar, the median
+  of all runs' best values;
+- target 1: (a) tpe_asha reaches (c) random_fifo's final median best V_c with at most 1/3 of the epochs
+  (c) needs. Both are read from the median anytime curve over seeds (the first epoch at which the
+  median best-so-far reaches V_c), each with a bootstrap interval (V_c held at its point value);
+- target 2: (a)'s median best is above (b) random_asha's and (c)'s, with bootstrap intervals that do
+  not overlap;
+- every pair of methods: a two-sided Mann-Whitney U test of their per-seed best values.
+
+    .venv/bin/python bench/search_efficiency.py [--seeds 8] [--budget 240] [--epochs 12] [--grace 4]
+        [--methods tpe_asha,gp_asha,...] [--smoke] [--out FILE.json] [--plot FILE.png] [--md FILE.md]
+        [--keep DIR]
+
+`--smoke` is a ~1-minute check of the whole path (2 seeds, tpe_asha + random_asha + random_fifo, budget
+16, 4 epochs per trial, grace 2); its numbers mean nothing.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import math
 import shutil
-import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import yaml
+import numpy as np
 from ray.tune import Stopper
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_SPACE = ROOT / "search_spaces" / "default.yaml"
-BASELINE_SPACE = ROOT / "search_spaces" / "seed-baseline.yaml"
-METHODS = ("tpe_asha", "random_asha", "random_fifo")
-COLORS = {"tpe_asha": "tab:blue", "random_asha": "tab:orange", "random_fifo": "tab:green", "old": "tab:red"}
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+METHODS = ("tpe_asha", "gp_asha", "qmc_asha", "random_asha", "random_fifo")
+SAMPLER = {"tpe_asha": "tpe", "gp_asha": "gp", "qmc_asha": "qmc", "random_asha": "random", "random_fifo": "random"}
+COLORS = {"tpe_asha": "tab:blue", "gp_asha": "tab:purple", "qmc_asha": "tab:brown", "random_asha": "tab:orange",
+          "random_fifo": "tab:green"}
 CONCURRENCY = 2
-MANY_TRIALS = 10_000  # the Stopper ends a run long before this
 TARGET_FRACTION = 0.99
+RESAMPLES = 2000
+BOOT_SEED = 12345
+DATA = {"n_train": 600, "n_val": 400, "n_test": 200, "difficulty": 0.3, "seed": 0}
+SMOKE = {"seeds": 2, "budget": 16, "epochs": 4, "grace": 2, "methods": "tpe_asha,random_asha,random_fifo"}
+DEFAULTS = {"seeds": 8, "budget": 180, "epochs": 9, "grace": 3, "methods": ",".join(METHODS)}
 
 
 class BudgetStopper(Stopper):
-    """Tune Stopper: logs every result (one per epoch) and stops the experiment at BUDGET results."""
+    """Tune Stopper: logs every epoch's result in arrival order and stops the experiment at BUDGET epochs.
+
+    Tune hands a trial that ran to its end (FIFO: every trial) its last result twice, the second time as the
+    final `done` result; that repeat is not an epoch and is not counted (it was, before: FIFO lost 10 %).
+    """
 
     def __init__(self, budget: int, log_path: Path, metric: str):
         self.budget, self.log_path, self.metric = budget, str(log_path), metric
-        self.count, self.t0 = 0, time.time()
+        self.count, self.repeats, self.t0 = 0, 0, time.time()
+        self.seen: set[tuple[str, Any]] = set()
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
-        """Count and log one reported epoch; never stops a single trial."""
+        """Count and log one reported epoch (repeats ignored); never stops a single trial."""
+        key = (trial_id, result.get("training_iteration"))
+        if key in self.seen:
+            self.repeats += 1
+            return False
+        self.seen.add(key)
         self.count += 1
         value = result.get(self.metric)
         with open(self.log_path, "a") as f:
@@ -76,290 +112,358 @@ class BudgetStopper(Stopper):
         return self.count >= self.budget
 
 
-def write_space(path: Path, epochs: int) -> Path:
-    """default.yaml (its ASHA settings too) capped to small models, EPOCHS per trial, CPU only."""
-    raw = yaml.safe_load(DEFAULT_SPACE.read_text())
-    raw["params"].update({"d_model": {"type": "categorical", "choices": [32, 64, 128]},
-                          "num_layers": {"type": "int", "low": 1, "high": 3},
-                          "batch_size": {"type": "categorical", "choices": [32, 64]}})
-    raw.update(epochs=epochs, num_samples=MANY_TRIALS,
-               description="bench/search_efficiency.py: default.yaml capped to small models")
-    raw["fixed"] = {**raw.get("fixed", {}), "device": "cpu"}
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
+# ----------------------------------------------------------------------------------------- setting
 
 
-def make_search(method: str, space: Any, seed: int) -> tuple[Any, Any]:
-    """(searcher, scheduler) of METHOD for SPACE with sampler SEED."""
-    import optuna
-    from ray.tune.search.optuna import OptunaSearch
+def make_space(epochs: int, grace: int, budget: int) -> Any:
+    """The benchmark's search space (a SearchSpace built here, no file): tiny models, quality parameters."""
+    from tune.space import parse_space
 
+    raw = {
+        "description": "bench/search_efficiency.py: tiny models on a small demo set",
+        "metric": "val/f1",
+        "num_samples": 2 * math.ceil(budget / grace) + 2,
+        "seed": 0,
+        "searcher": "tpe",
+        "epochs": epochs,
+        "asha": {"grace_period": grace, "reduction_factor": 3, "brackets": 1},
+        "fixed": {"ff_mult": 2, "train_steps": 0, "patience": 0, "t0": grace, "t_mult": 2, "device": "cpu"},
+        "params": {
+            "d_model": {"type": "categorical", "choices": [16, 32]},
+            "nhead": {"type": "categorical", "choices": [2, 4]},
+            "num_layers": {"type": "int", "low": 1, "high": 2},
+            "batch_size": {"type": "categorical", "choices": [32, 64]},
+            "lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True},
+            "weight_decay": {"type": "float", "low": 1.0e-4, "high": 1.0e-1, "log": True},
+            "dropout": {"type": "float", "low": 0.0, "high": 0.3},
+            "modality_dropout": {"type": "float", "low": 0.0, "high": 0.3},
+            "aux_weight": {"type": "float", "low": 0.0, "high": 1.0},
+            "focal_gamma": {"type": "float", "low": 0.0, "high": 3.0},
+        },
+    }
+    return parse_space(raw, "bench/search_efficiency.py (space)")
+
+
+def run_method(method: str, seed: int, data_dir: Path, space: Any, storage: Path, budget: int) -> dict[str, Any]:
+    """One budgeted sweep of METHOD with sampler SEED; returns its results in arrival order."""
     from ray.tune.schedulers import FIFOScheduler
 
-    from tune.tuner import make_scheduler, make_searcher
-
-    if method == "tpe_asha":
-        # TPE's startup count follows num_samples; configure it as default.yaml's sweep would be.
-        default_n = int(yaml.safe_load(DEFAULT_SPACE.read_text()).get("num_samples", 20))
-        return make_searcher(space.with_overrides(num_samples=default_n, seed=seed)), make_scheduler(space)
-    searcher = OptunaSearch(space=space.distributions(), metric=space.metric, mode=space.mode,
-                            sampler=optuna.samplers.RandomSampler(seed=seed))
-    return searcher, (make_scheduler(space) if method == "random_asha" else FIFOScheduler())
-
-
-def run_method(method: str, seed: int, data_dir: Path, space_path: Path, storage: Path, budget: int) -> dict[str, Any]:
-    """One budgeted search run; returns its log of results in arrival order and its folder."""
-    from tune import results
-    from tune.space import load_space
-    from tune.job import experiment_location
     from tune.sweep import SweepOptions, sweep
+    from tune.tuner import make_scheduler
 
-    space = load_space(space_path).with_overrides(seed=seed)
-    searcher, scheduler = make_search(method, space, seed)
-    log_path = experiment_location(str(storage), f"{method}-s{seed}").local / "bench_results.jsonl"
-    stopper = BudgetStopper(budget, log_path, space.metric)
-    opts = SweepOptions(data=str(data_dir), space=str(space_path), name=f"{method}-s{seed}", storage=str(storage),
-                        gpus_per_trial="0", seed=seed, overwrite=True, max_concurrent=CONCURRENCY,
-                        num_samples=MANY_TRIALS)
+    name = f"{method}-s{seed}"
+    run_space = space.with_overrides(searcher=SAMPLER[method], seed=seed)
+    scheduler = FIFOScheduler() if method == "random_fifo" else make_scheduler(run_space)
+    log_path = storage / f"{name}.jsonl"
+    log_path.unlink(missing_ok=True)
+    stopper = BudgetStopper(budget, log_path, run_space.metric)
+    opts = SweepOptions(data=str(data_dir), space=run_space, name=name, storage=str(storage), num_cpus=CONCURRENCY,
+                        gpus_per_trial="0", max_concurrent=CONCURRENCY, overwrite=True)
     t0 = time.time()
-    exp = sweep(opts, searcher=searcher, scheduler=scheduler, stopper=stopper)
+    exp = sweep(opts, scheduler=scheduler, stopper=stopper)
     wall = time.time() - t0
-    summary = results.export(exp.path)
+    events = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.exists() else []
     trials = exp.trials
-    events = [json.loads(line) for line in log_path.read_text().splitlines()]
     return {"method": method, "seed": seed, "exp_dir": str(exp.path), "wall_s": wall, "events": events,
-            "trials": len(trials), "epochs_on_disk": sum(t.epochs for t in trials),
-            "export_best": summary["best_value"]}
+            "trials": len(trials), "epochs_reported": len(events), "repeats_ignored": stopper.repeats,
+            "epochs_on_disk": sum(t.epochs for t in trials)}
 
 
-def curve(events: list[dict[str, Any]], budget: int) -> list[tuple[int, float, float]]:
-    """Best-so-far (cumulative epochs, seconds, value) over the first BUDGET results in arrival order."""
-    out, best = [], -math.inf
-    for e in events[:budget]:
+# ----------------------------------------------------------------------------------------- statistics
+
+
+def curve(events: list[dict[str, Any]], budget: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best-so-far value and seconds after each of the first BUDGET results (arrival order), padded to BUDGET
+    with the last value when the run reported fewer; -inf before the first finite value."""
+    vals, secs, best, t = np.full(budget, -np.inf), np.full(budget, np.nan), -math.inf, math.nan
+    for i, e in enumerate(events[:budget]):
         v = e["value"]
         if isinstance(v, (int, float)) and math.isfinite(v):
             best = max(best, v)
-        out.append((e["n"], e["t"], best))
-    return out
+        vals[i], secs[i], t = best, e["t"], e["t"]
+    n = min(len(events), budget)
+    vals[n:], secs[n:] = best, t
+    return vals, secs
 
 
-def time_to(points: list[tuple[int, float, float]], target: float) -> tuple[int | None, float | None]:
-    """(epochs, seconds) at which the curve first reaches TARGET, or (None, None)."""
-    for n, t, v in points:
-        if v >= target:
-            return n, t
-    return None, None
+def first_reach(vals: np.ndarray, target: float) -> float:
+    """Cumulative epochs (1-based) at which VALS first reaches TARGET; +inf when never."""
+    hit = np.nonzero(vals >= target)[0]
+    return float(hit[0] + 1) if hit.size else math.inf
 
 
-def median_or_none(values: list[float | None]) -> float | None:
-    """Median treating None (not reached) as +inf; None when the median itself is not reached."""
-    m = statistics.median([math.inf if v is None else v for v in values])
-    return None if math.isinf(m) else m
+def _boot_idx(n: int, rng: np.random.Generator) -> np.ndarray:
+    return rng.integers(0, n, size=(RESAMPLES, n))
 
 
-def run_old_configs(data_dir: Path, space_path: Path, out_dir: Path, epochs: int) -> list[dict[str, Any]]:
-    """(d): the two start points of seed-baseline.yaml, trained in parallel as 1-CPU Ray tasks."""
-    import ray
-
-    from tune.space import load_space
-    from tune.job import load_data
-
-    space = load_space(space_path)
-    base = load_space(BASELINE_SPACE)
-    configs = [dataclasses.replace(space.train_config(s), epochs=epochs) for s in base.start]
-    data = load_data(data_dir, space)
-
-    @ray.remote(num_cpus=1)
-    def train(cfg: Any, data: Any, run_dir: str) -> tuple[dict[str, Any], float]:
-        """train_run one config with one thread; returns its summary and wall seconds."""
-        import torch
-
-        from model.run import train_run
-
-        torch.set_num_threads(1)
-        t0 = time.time()
-        return train_run(cfg, data, run_dir), time.time() - t0
-
-    ref = ray.put(data)
-    outs = ray.get([train.remote(c, ref, str(out_dir / f"old{i}")) for i, c in enumerate(configs)])
-    return [{"config": {k: v for k, v in s.items()}, "val_f1": o["best_value"], "test_f1": o["test"]["f1"],
-             "best_epoch": o["best_epoch"], "epochs_run": o["epochs_run"], "seconds": sec}
-            for s, (o, sec) in zip(base.start, outs)]
+def _interval(samples: np.ndarray) -> list[float]:
+    """95 % percentile interval without interpolation (robust to +inf)."""
+    return [float(np.quantile(samples, 0.025, method="lower")), float(np.quantile(samples, 0.975, method="higher"))]
 
 
-def analyse(runs: list[dict[str, Any]], budget: int) -> dict[str, Any]:
-    """Per-run and per-method figures against the global best."""
+def boot_median(values: list[float], rng: np.random.Generator) -> dict[str, Any]:
+    """Median of VALUES (+inf allowed) and its 95 % percentile bootstrap interval over resampled seeds."""
+    x = np.asarray(values, dtype=float)
+    meds = np.median(x[_boot_idx(len(x), rng)], axis=1)
+    return {"median": float(np.median(x)), "ci": _interval(meds)}
+
+
+def boot_curve_reach(curves: np.ndarray, target: float, rng: np.random.Generator) -> dict[str, Any]:
+    """First epoch at which the median (over seeds) best-so-far curve reaches TARGET, with a bootstrap interval."""
+    point = first_reach(np.median(curves, axis=0), target)
+    med = np.median(curves[_boot_idx(len(curves), rng)], axis=1)  # (RESAMPLES, budget)
+    hits = med >= target
+    reach = np.where(hits.any(axis=1), hits.argmax(axis=1) + 1.0, np.inf)
+    return {"median": point, "ci": _interval(reach)}
+
+
+def _fin(v: float) -> float | None:
+    """JSON value: +/-inf (not reached) becomes None."""
+    return None if v is None or not math.isfinite(v) else v
+
+
+def analyse(runs: list[dict[str, Any]], methods: list[str], budget: int) -> dict[str, Any]:
+    """Per-run and per-method figures, target checks and pairwise tests."""
+    from scipy.stats import mannwhitneyu
+
+    rng = np.random.default_rng(BOOT_SEED)
     for r in runs:
-        r["curve"] = curve(r["events"], budget)
-        r["best"] = r["curve"][-1][2] if r["curve"] else None
-        r["epochs_used"] = len(r["curve"])
-        r["seconds_used"] = r["curve"][-1][1] if r["curve"] else None
-    global_best = max(r["best"] for r in runs if r["best"] is not None)
+        r["curve"], r["seconds"] = curve(r["events"], budget)
+        r["best"] = float(r["curve"][-1])
+        r["epochs_used"] = min(len(r["events"]), budget)
+    global_best = max(r["best"] for r in runs)
     target = TARGET_FRACTION * global_best
-    per_method = {}
-    for m in METHODS:
+    pooled = float(np.median([r["best"] for r in runs]))  # a second, less extreme bar than the one best run
+    per_method: dict[str, Any] = {}
+    for m in methods:
         rs = [r for r in runs if r["method"] == m]
         for r in rs:
-            r["epochs_to_target"], r["seconds_to_target"] = time_to(r["curve"], target)
+            r["epochs_to_target"] = first_reach(r["curve"], target)
+            i = r["epochs_to_target"]
+            r["seconds_to_target"] = float(r["seconds"][int(i) - 1]) if math.isfinite(i) else math.inf
+            r["epochs_to_pooled"] = first_reach(r["curve"], pooled)
+        best = boot_median([r["best"] for r in rs], rng)
+        ett = boot_median([r["epochs_to_target"] for r in rs], rng)
+        etp = boot_median([r["epochs_to_pooled"] for r in rs], rng)
+        stt = boot_median([r["seconds_to_target"] for r in rs], rng)
         per_method[m] = {
-            "median_best": statistics.median(r["best"] for r in rs),
-            "median_epochs_to_target": median_or_none([r["epochs_to_target"] for r in rs]),
-            "median_seconds_to_target": median_or_none([r["seconds_to_target"] for r in rs]),
-            "reached": f"{sum(r['epochs_to_target'] is not None for r in rs)}/{len(rs)}",
-            "median_trials": statistics.median(r["trials"] for r in rs),
-            "median_wall_s": statistics.median(r["wall_s"] for r in rs)}
-    return {"global_best": global_best, "target": target, "per_method": per_method}
+            "runs": len(rs), "median_best": best["median"], "best_ci": best["ci"],
+            "median_epochs_to_target": _fin(ett["median"]), "epochs_to_target_ci": [_fin(v) for v in ett["ci"]],
+            "median_seconds_to_target": _fin(stt["median"]), "seconds_to_target_ci": [_fin(v) for v in stt["ci"]],
+            "reached": sum(math.isfinite(r["epochs_to_target"]) for r in rs),
+            "median_epochs_to_pooled": _fin(etp["median"]), "epochs_to_pooled_ci": [_fin(v) for v in etp["ci"]],
+            "reached_pooled": sum(math.isfinite(r["epochs_to_pooled"]) for r in rs),
+            "median_trials": float(np.median([r["trials"] for r in rs])),
+            "median_wall_s": float(np.median([r["wall_s"] for r in rs])),
+            "median_curve": [_fin(float(v)) for v in np.median(np.stack([r["curve"] for r in rs]), axis=0)]}
+    targets = {}
+    if {"tpe_asha", "random_fifo"} <= set(methods):
+        targets["a_reaches_c_final_with_third_of_epochs"] = target_one(runs, per_method, budget, rng)
+    if {"tpe_asha", "random_asha", "random_fifo"} <= set(methods):
+        a, b, c = (per_method[m] for m in ("tpe_asha", "random_asha", "random_fifo"))
+        targets["a_best_above_b_and_c_ci_disjoint"] = {
+            "met": bool(a["median_best"] > max(b["median_best"], c["median_best"])
+                        and a["best_ci"][0] > max(b["best_ci"][1], c["best_ci"][1])),
+            "a": [a["median_best"], a["best_ci"]], "b": [b["median_best"], b["best_ci"]],
+            "c": [c["median_best"], c["best_ci"]]}
+    pairwise = {}
+    for i, m1 in enumerate(methods):
+        for m2 in methods[i + 1:]:
+            x1 = [r["best"] for r in runs if r["method"] == m1]
+            x2 = [r["best"] for r in runs if r["method"] == m2]
+            p = float(mannwhitneyu(x1, x2, alternative="two-sided").pvalue) if len(x1) > 1 and len(x2) > 1 else None
+            pairwise[f"{m1} vs {m2}"] = {"p_best": p, "median_diff": float(np.median(x1) - np.median(x2))}
+    return {"global_best": global_best, "target": target, "pooled_median_best": pooled, "per_method": per_method,
+            "targets": targets,
+            "pairwise_mannwhitney": pairwise}
 
 
-def target_one(per_method: dict[str, Any], budget: int) -> dict[str, Any]:
-    """Does (a) reach 99 % of the best with <= 1/3 of (c)'s compute (epochs and seconds)?"""
-    a, c = per_method["tpe_asha"], per_method["random_fifo"]
-    out = {}
-    for unit in ("epochs", "seconds"):
-        ea, ec = a[f"median_{unit}_to_target"], c[f"median_{unit}_to_target"]
-        if ea is None:
-            out[unit] = {"met": False, "why": "(a) does not reach the target (median over seeds)"}
-        elif ec is None:
-            out[unit] = {"met": True, "why": "(a) reaches the target, (c) does not within the budget "
-                                             "(so (c)'s compute is > budget; ratio is an upper bound)",
-                         "ratio_upper_bound": ea / budget}
-        else:
-            out[unit] = {"met": ea <= ec / 3, "ratio": ea / ec}
-    return out
+def target_one(runs: list[dict[str, Any]], per_method: dict[str, Any], budget: int,
+               rng: np.random.Generator) -> dict[str, Any]:
+    """(a) reaches (c)'s final median best with <= 1/3 of the epochs (c)'s median curve needs to get there."""
+    v_c = per_method["random_fifo"]["median_best"]
+    curves = {m: np.stack([r["curve"] for r in runs if r["method"] == m]) for m in ("tpe_asha", "random_fifo")}
+    ea, ec = (boot_curve_reach(curves[m], v_c, rng) for m in ("tpe_asha", "random_fifo"))
+    met = math.isfinite(ea["median"]) and ea["median"] <= ec["median"] / 3
+    return {"met": bool(met), "value_c": v_c,
+            "epochs_a": _fin(ea["median"]), "epochs_a_ci": [_fin(v) for v in ea["ci"]],
+            "epochs_c": _fin(ec["median"]), "epochs_c_ci": [_fin(v) for v in ec["ci"]],
+            "ratio": _fin(ea["median"] / ec["median"]) if math.isfinite(ea["median"]) else None,
+            "budget": budget}
 
 
-def finalize_best(runs: list[dict[str, Any]], top_k: int, seeds: int) -> dict[str, Any]:
-    """Finalize (a)'s best run; its winner's mean/std test F1."""
-    from tune.finalize import finalize
-
-    best = max((r for r in runs if r["method"] == "tpe_asha"), key=lambda r: r["best"])
-    t0 = time.time()
-    s = finalize(best["exp_dir"], top_k=top_k, seeds=seeds, num_cpus=CONCURRENCY)
-    w = s["winner"]
-    return {"run": f"tpe_asha-s{best['seed']}", "top_k": top_k, "seeds": seeds, "params": w["params"],
-            "val_f1_mean": w["mean"].get("val/f1"), "val_f1_std": w["std"].get("val/f1"),
-            "test_f1_mean": w["mean"].get("test/f1"), "test_f1_std": w["std"].get("test/f1"),
-            "seconds": time.time() - t0}
+# ----------------------------------------------------------------------------------------- output
 
 
-def plot(runs: list[dict[str, Any]], old: list[dict[str, Any]], target: float, path: str) -> None:
-    """Best-so-far val metric vs cumulative epochs, one line per run, colour per method."""
+def plot(runs: list[dict[str, Any]], stats: dict[str, Any], methods: list[str], path: str) -> None:
+    """Best val/f1 so far vs cumulative epochs: one faint line per run, the median over seeds in bold."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
-    seen = set()
-    for r in runs:
-        xs = [n for n, _, v in r["curve"] if v > -math.inf]
-        ys = [v for _, _, v in r["curve"] if v > -math.inf]
-        ax.step(xs, ys, where="post", color=COLORS[r["method"]], alpha=0.8,
-                label=None if r["method"] in seen else r["method"])
-        seen.add(r["method"])
-    for i, o in enumerate(old):
-        ax.axhline(o["val_f1"], color=COLORS["old"], ls=":", label="old configs (val, full epochs)" if i == 0 else None)
-    ax.axhline(target, color="k", ls="--", lw=0.8, label="99 % of global best")
-    ax.set_xlabel("cumulative epochs (all trials)")
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for m in methods:
+        rs = [r for r in runs if r["method"] == m]
+        for r in rs:
+            y = np.where(np.isfinite(r["curve"]), r["curve"], np.nan)
+            ax.step(np.arange(1, len(y) + 1), y, where="post", color=COLORS[m], alpha=0.18, lw=0.8)
+        med = np.array([np.nan if v is None else v for v in stats["per_method"][m]["median_curve"]])
+        ax.step(np.arange(1, len(med) + 1), med, where="post", color=COLORS[m], lw=2.2,
+                label=f"{m} (median of {len(rs)})")
+    ax.axhline(stats["target"], color="k", ls="--", lw=0.8, label="99 % of global best")
+    if "random_fifo" in methods:
+        ax.axhline(stats["per_method"]["random_fifo"]["median_best"], color=COLORS["random_fifo"], ls=":", lw=1,
+                   label="random_fifo final median")
+    lows = [np.nanmin(np.where(np.isfinite(r["curve"]), r["curve"], np.nan)) for r in runs]
+    ax.set_ylim(max(min(lows), stats["global_best"] - 0.25), stats["global_best"] + 0.01)
+    ax.set_xlabel("cumulative epochs (all trials of the run)")
     ax.set_ylabel("best val/f1 so far")
-    ax.legend(loc="lower right")
+    ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
+def _num(v: float | None, d: int = 3) -> str:
+    if v is None:
+        return "not reached"
+    return f"{v:.{d}f}" if d else f"{v:.0f}"
+
+
+def _ci(ci: list[float | None], d: int = 3) -> str:
+    return f"[{_num(ci[0], d)}, {_num(ci[1], d)}]".replace("not reached", "∞")
+
+
 def markdown(out: dict[str, Any]) -> str:
-    """A markdown table of the per-method figures, (d) and the finalize comparison."""
-    f = lambda v, d=3: "not reached" if v is None else f"{v:.{d}f}" if isinstance(v, float) else str(v)  # noqa: E731
-    lines = [f"Global best val/f1 {out['global_best']:.4f}; target (99 %) {out['target']:.4f}. "
-             f"Budget {out['setting']['budget']} epochs per run, {out['setting']['seeds']} seeds, "
-             f"{CONCURRENCY} concurrent trials.", "",
-             "| method | median best val/f1 | runs reaching target | median epochs to target | "
-             "median s to target | median trials | median wall s |", "|---|---|---|---|---|---|---|"]
+    """The per-method table, the targets and the pairwise tests, as markdown."""
+    s = out["setting"]
+    lines = [f"Setting: {s['data']}; {s['space']}; {s['epochs']} epochs per trial, ASHA grace {s['grace']} / "
+             f"reduction 3; budget {s['budget']} epochs per run; {s['seeds']} sampler seeds; {CONCURRENCY} "
+             f"concurrent trials. Global best val/f1 {out['global_best']:.4f}; target (99 %) {out['target']:.4f}; "
+             f"median of all runs' bests {out['pooled_median_best']:.4f}. "
+             f"Intervals: 95 % percentile bootstrap over seeds ({RESAMPLES} resamples).", "",
+             "| method | median best val/f1 [95 % CI] | median epochs to 99 % of global best [95 % CI] | reached | "
+             f"median epochs to {out['pooled_median_best']:.3f} (median of all bests) [95 % CI] | reached | "
+             "median trials | median wall s |", "|---|---|---|---|---|---|---|---|"]
     for m, v in out["per_method"].items():
-        lines.append(f"| {m} | {f(v['median_best'])} | {v['reached']} | {f(v['median_epochs_to_target'], 0)} | "
-                     f"{f(v['median_seconds_to_target'], 0)} | {f(v['median_trials'], 0)} | {f(v['median_wall_s'], 0)} |")
-    lines += ["", "| run | best val/f1 | trials | epochs to target | s to target |", "|---|---|---|---|---|"]
+        lines.append(f"| {m} | {v['median_best']:.3f} {_ci(v['best_ci'])} | "
+                     f"{_num(v['median_epochs_to_target'], 0)} {_ci(v['epochs_to_target_ci'], 0)} | "
+                     f"{v['reached']}/{v['runs']} | "
+                     f"{_num(v['median_epochs_to_pooled'], 0)} {_ci(v['epochs_to_pooled_ci'], 0)} | "
+                     f"{v['reached_pooled']}/{v['runs']} | {v['median_trials']:.0f} | {v['median_wall_s']:.0f} |")
+    t = out["targets"]
+    if "a_reaches_c_final_with_third_of_epochs" in t:
+        x = t["a_reaches_c_final_with_third_of_epochs"]
+        lines += ["", f"Target 1, (a) reaches (c)'s final median {x['value_c']:.3f} with ≤ 1/3 of (c)'s epochs: "
+                      f"**{'met' if x['met'] else 'missed'}**. Median curves reach it at {_num(x['epochs_a'], 0)} "
+                      f"{_ci(x['epochs_a_ci'], 0)} epochs for (a) and {_num(x['epochs_c'], 0)} "
+                      f"{_ci(x['epochs_c_ci'], 0)} for (c) (ratio {_num(x['ratio'], 2)}; budget {x['budget']})."]
+    if "a_best_above_b_and_c_ci_disjoint" in t:
+        x = t["a_best_above_b_and_c_ci_disjoint"]
+        lines += ["", f"Target 2, (a)'s median best above (b)'s and (c)'s with disjoint intervals: "
+                      f"**{'met' if x['met'] else 'missed'}**: (a) {x['a'][0]:.3f} {_ci(x['a'][1])}, "
+                      f"(b) {x['b'][0]:.3f} {_ci(x['b'][1])}, (c) {x['c'][0]:.3f} {_ci(x['c'][1])}."]
+    lines += ["", "| pair (best val/f1 per seed) | median difference | Mann-Whitney p |", "|---|---|---|"]
+    for pair, v in out["pairwise_mannwhitney"].items():
+        lines.append(f"| {pair} | {v['median_diff']:+.3f} | {_num(v['p_best'], 2)} |")
+    lines += ["", "| run | best val/f1 | trials | epochs used | epochs to target | wall s |",
+              "|---|---|---|---|---|---|"]
     for r in out["runs"]:
-        lines.append(f"| {r['method']} s{r['seed']} | {r['best']:.4f} | {r['trials']} | "
-                     f"{f(r['epochs_to_target'], 0)} | {f(r['seconds_to_target'], 0)} |")
-    lines += ["", "| old config | val/f1 | test/f1 | s |", "|---|---|---|---|"]
-    for i, o in enumerate(out["old"]):
-        c = o["config"]
-        lines.append(f"| #{i + 1} d{c['d_model']} L{c['num_layers']} h{c['nhead']} | {o['val_f1']:.4f} | "
-                     f"{o['test_f1']:.4f} | {o['seconds']:.0f} |")
-    fin = out.get("finalize")
-    if fin:
-        lines += ["", f"Finalized winner of {fin['run']} (top-{fin['top_k']} x {fin['seeds']} seeds): test/f1 "
-                      f"{fin['test_f1_mean']:.4f} ± {fin['test_f1_std']:.4f} (val/f1 {fin['val_f1_mean']:.4f})."]
-    lines += ["", f"Targets: {json.dumps(out['targets'])}"]
+        lines.append(f"| {r['method']} s{r['seed']} | {r['best']:.4f} | {r['trials']} | {r['epochs_used']} | "
+                     f"{_num(r['epochs_to_target'], 0)} | {r['wall_s']:.0f} |")
+    lines += ["", f"Whole script: {out.get('total_wall_s', 0):.0f} s wall."]
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    """Run every method and seed, (d), the finalize step; print JSON, write plot and markdown."""
+# ----------------------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--budget", type=int, default=144, help="epochs summed over trials, per method run")
-    ap.add_argument("--epochs", type=int, default=12, help="per-trial epoch budget (ASHA max_t)")
-    ap.add_argument("--top-k", type=int, default=2)
-    ap.add_argument("--final-seeds", type=int, default=2)
+    ap.add_argument("--seeds", type=int, help=f"sampler seeds 0..N-1 (default {DEFAULTS['seeds']})")
+    ap.add_argument("--budget", type=int, help=f"epochs summed over trials, per run (default {DEFAULTS['budget']})")
+    ap.add_argument("--epochs", type=int, help=f"epochs per trial = ASHA max_t (default {DEFAULTS['epochs']})")
+    ap.add_argument("--grace", type=int,
+                    help=f"ASHA grace period = first warm-restart cycle (default {DEFAULTS['grace']})")
+    ap.add_argument("--methods", help=f"comma-separated subset of {','.join(METHODS)} (default: all)")
+    ap.add_argument("--smoke", action="store_true", help="~1 minute check: " + json.dumps(SMOKE))
     ap.add_argument("--out", help="also write the JSON here")
     ap.add_argument("--plot", help="PNG of the anytime curves")
-    ap.add_argument("--md", help="markdown table")
+    ap.add_argument("--md", help="markdown tables")
     ap.add_argument("--keep", help="keep data and experiments in this folder (default: a temp folder)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    base = SMOKE if args.smoke else DEFAULTS
+    for k, v in base.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    bad = [m for m in args.methods if m not in METHODS]
+    if bad or not args.methods:
+        ap.error(f"--methods: unknown {bad}; choose from {', '.join(METHODS)}")
+    if args.seeds < 1 or args.epochs < 1 or not 1 <= args.grace <= args.epochs or args.budget < args.epochs:
+        ap.error("need seeds >= 1, 1 <= grace <= epochs, budget >= epochs")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run every method and seed; print JSON, write the plot and the markdown."""
+    args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     t_start = time.time()
     work = Path(args.keep).resolve() if args.keep else Path(tempfile.mkdtemp(prefix="search_eff_"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        out = bench(args, work)
+        runs = bench(args, work)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    out["total_wall_s"] = time.time() - t_start
-    text = json.dumps(out, indent=2, default=str)
-    print(text)
+    stats = analyse(runs, args.methods, args.budget)
+    out = {
+        "setting": {"data": "demo " + " ".join(f"{k}={v}" for k, v in DATA.items()),
+                    "space": "tiny models: d_model 16/32, nhead 2/4, 1-2 layers, ff_mult 2, batch 32/64; lr, "
+                             "weight_decay (log), dropout, modality_dropout, aux_weight, focal_gamma",
+                    "epochs": args.epochs, "grace": args.grace, "reduction_factor": 3, "budget": args.budget,
+                    "seeds": args.seeds, "methods": args.methods, "concurrency": CONCURRENCY, "metric": "val/f1",
+                    "smoke": args.smoke, "resamples": RESAMPLES, "boot_seed": BOOT_SEED},
+        **{k: stats[k] for k in ("global_best", "target", "pooled_median_best", "per_method", "targets",
+                                  "pairwise_mannwhitney")},
+        "runs": [{"method": r["method"], "seed": r["seed"], "best": r["best"], "trials": r["trials"],
+                  "epochs_used": r["epochs_used"], "epochs_reported": r["epochs_reported"],
+                  "repeats_ignored": r["repeats_ignored"], "epochs_on_disk": r["epochs_on_disk"],
+                  "epochs_to_target": _fin(r["epochs_to_target"]), "seconds_to_target": _fin(r["seconds_to_target"]),
+                  "epochs_to_pooled": _fin(r["epochs_to_pooled"]),
+                  "wall_s": r["wall_s"], "curve": [_fin(float(v)) for v in r["curve"]]} for r in runs],
+        "total_wall_s": time.time() - t_start}
+    if args.plot:
+        plot(runs, stats, args.methods, args.plot)
+    text = json.dumps(out, indent=1, allow_nan=False)
     if args.out:
         Path(args.out).write_text(text + "\n")
     if args.md:
         Path(args.md).write_text(markdown(out))
+    print(markdown(out))
 
 
-def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    """The measurements; WORK holds the data and experiment folders."""
+def bench(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+    """The sweeps, methods interleaved per seed (so machine-load drift hits all alike); WORK holds everything."""
     from data.demo import make_demo
     from tune.ray_runtime import connect
 
-    data_dir = make_demo(work / "demo")
-    space_path = write_space(work / "space.yaml", args.epochs)
+    data_dir = make_demo(work / "demo", **DATA)
+    space = make_space(args.epochs, args.grace, args.budget)
     connect(None, num_cpus=CONCURRENCY)
+    storage = work / "results"
+    storage.mkdir(parents=True, exist_ok=True)
     runs = []
-    for seed in range(args.seeds):  # methods interleaved per seed, so machine-load drift hits all alike
-        for m in METHODS:
-            runs.append(run_method(m, seed, data_dir, space_path, work / "results", args.budget))
-            print(f"# {m} seed {seed}: {runs[-1]['trials']} trials, {runs[-1]['wall_s']:.0f} s", flush=True)
-    old = run_old_configs(data_dir, space_path, work / "old", args.epochs)
-    stats = analyse(runs, args.budget)
-    fin = finalize_best(runs, args.top_k, args.final_seeds) if args.top_k > 0 else None
-    targets = {"a_le_third_of_c": target_one(stats["per_method"], args.budget)}
-    if fin:
-        targets["winner_beats_both_old_on_test_f1"] = {
-            "met": all(fin["test_f1_mean"] > o["test_f1"] for o in old),
-            "winner": fin["test_f1_mean"], "old": [o["test_f1"] for o in old]}
-    if args.plot:
-        plot(runs, old, stats["target"], args.plot)
-    return {
-        "setting": {"data": "demo n_train=1200 n_val=300 n_test=300", "space": "default.yaml capped: d_model "
-                    "32/64/128, num_layers 1-3, batch 32/64", "epochs": args.epochs, "budget": args.budget,
-                    "seeds": args.seeds, "asha": "default.yaml's", "concurrency": CONCURRENCY,
-                    "metric": "val/f1"},
-        "global_best": stats["global_best"], "target": stats["target"], "per_method": stats["per_method"],
-        "runs": [{k: r[k] for k in ("method", "seed", "best", "trials", "epochs_used", "seconds_used",
-                                    "epochs_to_target", "seconds_to_target", "wall_s", "epochs_on_disk",
-                                    "export_best")} for r in runs],
-        "old": old, "finalize": fin, "targets": targets}
+    for seed in range(args.seeds):
+        for m in args.methods:
+            r = run_method(m, seed, data_dir, space, storage, args.budget)
+            runs.append(r)
+            vals = [e["value"] for e in r["events"][:args.budget] if isinstance(e["value"], (int, float))]
+            print(f"# {m} seed {seed}: {r['trials']} trials, {r['epochs_reported']} epochs, best "
+                  f"{max(vals, default=float('nan')):.4f}, {r['wall_s']:.0f} s", file=sys.stderr, flush=True)
+    return runs
 
 
 if __name__ == "__main__":
