@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-fast demo bench bench-search clean
+.PHONY: test test-fast demo bench bench-search bench-quality clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -36,6 +36,9 @@ bench: $(STAMP)
 bench-search: $(STAMP)  # 25-35 minutes on 2 cores
 	$(BIN)/python bench/search_efficiency.py --out bench/search_efficiency.json --plot bench/search_efficiency.png \
 		--md bench/search_efficiency.md
+
+bench-quality: $(STAMP)  # ~35-40 minutes on 2 cores (estimate); `--smoke` ~3 min, run by the tests
+	$(BIN)/python bench/search_quality.py --out bench/search_quality.json --md bench/search_quality.md
 
 clean:
 	rm -rf $(VENV) demo_data runs .pytest_cache

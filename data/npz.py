@@ -5,6 +5,7 @@ import logging
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -53,6 +54,12 @@ class Dataset:
     def nbytes(self) -> int:
         """Bytes held by all arrays."""
         return sum(a.nbytes for s in self.splits.values() for a in [*s.x.values(), *s.mask.values(), s.y])
+
+    def batches(self, name: str, device: Any) -> Any:
+        """Split NAME as `Batches` on DEVICE (a CV fold view answers the same call without copying)."""
+        from data.batches import Batches  # late: batches imports this module
+
+        return Batches(self.splits[name], device)
 
 
 def read_split(path: Path) -> Split:
@@ -152,18 +159,17 @@ def load_dataset(root: str | Path, val_fraction: float = 0.2, split_seed: int = 
                  stats: dict | None = None) -> Dataset:
     """Load, validate, split (when there is no val.npz) and standardize the data set at ROOT.
 
-    STATS (e.g. from a checkpoint) replace the statistics computed from the train split.
+    STATS (e.g. from a checkpoint) replace the statistics computed from the train split. VAL_FRACTION 0 means
+    no evaluation split: train.npz and val.npz together are the train split (a recipe's final training).
     """
     root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"{root}: no such data folder; it must hold train.npz (and optionally val.npz, test.npz)")
-    splits = {s: read_split(root / f"{s}.npz") for s in SPLITS if (root / f"{s}.npz").exists()}
-    if "train" not in splits:
-        raise DataError(f"{root / 'train.npz'}: missing; a data set needs at least train.npz")
+    splits = read_splits(root)
     info = {"source": str(root.resolve()), "val": "val.npz"}
-    if "val" not in splits:
+    if val_fraction == 0:
+        splits["train"], info["val"] = pool_of(root, splits), "none (val_fraction=0: train.npz + val.npz train)"
+        splits.pop("val", None)
+    elif "val" not in splits:
         splits["train"], splits["val"], info["val"] = split_train(splits["train"], val_fraction, split_seed)
-    _check_consistent(root, splits)
     for name, s in splits.items():
         if name != "test" and len(np.unique(s.y)) < 2:
             where = (f"{root / 'train.npz'} (the val split made from it)" if name == "val" and "made_from" in
@@ -176,6 +182,32 @@ def load_dataset(root: str | Path, val_fraction: float = 0.2, split_seed: int = 
     ds = Dataset({k: apply_stats(v, stats) for k, v in splits.items()}, stats, info)
     log.info("loaded %s: %s", root, {k: len(v) for k, v in ds.splits.items()})
     return ds
+
+
+def read_splits(root: Path, names: tuple[str, ...] = SPLITS) -> dict[str, Split]:
+    """The split files NAMES present at ROOT, read raw and checked against train.npz."""
+    if not root.is_dir():
+        raise DataError(f"{root}: no such data folder; it must hold train.npz (and optionally val.npz, test.npz)")
+    splits = {s: read_split(root / f"{s}.npz") for s in names if (root / f"{s}.npz").exists()}
+    if "train" not in splits:
+        raise DataError(f"{root / 'train.npz'}: missing; a data set needs at least train.npz")
+    _check_consistent(root, splits)
+    return splits
+
+
+def pool_of(root: Path, splits: dict[str, Split]) -> Split:
+    """train.npz with val.npz appended (when present): the rows that folds or a recipe train on."""
+    train, val = splits["train"], splits.get("val")
+    if val is None:
+        return train
+    if (train.groups is None) != (val.groups is None):
+        has, lacks = ("train.npz", "val.npz") if train.groups is not None else ("val.npz", "train.npz")
+        raise DataError(f"{root / lacks}: key 'groups' is missing but {has} has it; train.npz and val.npz are "
+                        "pooled here, so give both 'groups' (the same ids mean the same person) or neither")
+    groups = None if train.groups is None else np.concatenate([train.groups, val.groups])
+    return Split({m: np.concatenate([a, val.x[m]]) for m, a in train.x.items()},
+                 {m: np.concatenate([a, val.mask[m]]) for m, a in train.mask.items()},
+                 np.concatenate([train.y, val.y]), groups)
 
 
 def _check_consistent(root: Path, splits: dict[str, Split]) -> None:

@@ -24,8 +24,9 @@ class TrainConfig:
     """Everything that decides a training run. Defaults fix what the old script got wrong."""
 
     # --- data ---
-    val_fraction: float = 0.2  # share of train.npz held out when the set has no val.npz
-    split_seed: int = 0  # seed of that split (recorded with the run)
+    val_fraction: float = 0.2  # share of train.npz held out when the set has no val.npz; 0: no holdout (recipe)
+    split_seed: int = 0  # seed of that split and of the CV folds (recorded with the run)
+    cv: int = 0  # K >= 2: K-fold cross-validation over train (+ val.npz); 0: one holdout split
     # --- model ---
     d_model: int = 256  # token width; the old 64 underfit
     num_layers: int = 4  # encoder layers (old: 2)
@@ -53,6 +54,9 @@ class TrainConfig:
     # --- loop ---
     epochs: int = 50  # maximum epochs
     train_steps: int = 0  # batches per epoch; 0 means one pass over the train split
+    # With train_steps 0, an epoch has at least this many batches: on a few hundred samples one pass is a handful
+    # of optimizer steps, too few for an epoch budget to show which configs are good. 0: exactly one pass.
+    min_steps_per_epoch: int = 0
     patience: int = 10  # epochs without improvement before stopping; 0 disables early stopping
     monitor: str = "val/f1"  # metric that picks the best epoch and drives early stopping
     seed: int = 0  # seeds init, sampler, dropout
@@ -98,11 +102,18 @@ def _problems(c: TrainConfig) -> list[str]:
         (c.warmup_epochs >= 0, f"warmup_epochs={c.warmup_epochs}: must be >= 0"),
         (c.epochs >= 1, f"epochs={c.epochs}: must be >= 1"),
         (c.train_steps >= 0, f"train_steps={c.train_steps}: must be >= 0 (0 = one pass over the data)"),
+        (c.min_steps_per_epoch >= 0, f"min_steps_per_epoch={c.min_steps_per_epoch}: must be >= 0 (0 = one pass)"),
         (c.patience >= 0, f"patience={c.patience}: must be >= 0 (0 disables early stopping)"),
         (c.monitor in MONITOR_CHOICES, f"monitor={c.monitor!r}: use one of {', '.join(MONITOR_CHOICES)}"),
         (c.device in ("auto", "cpu", "cuda"), f"device={c.device!r}: use 'auto', 'cpu' or 'cuda'"),
         (0 < c.mask_prob < 1, f"mask_prob={c.mask_prob}: must be in (0, 1)"),
-        (0 < c.val_fraction < 1, f"val_fraction={c.val_fraction}: must be in (0, 1)"),
+        (0 <= c.val_fraction < 1, f"val_fraction={c.val_fraction}: must be in [0, 1) (0 = train on all data)"),
+        (c.cv == 0 or c.cv >= 2, f"cv={c.cv}: use 0 (one holdout split) or a fold count K >= 2"),
+        (c.val_fraction > 0 or c.cv == 0, f"cv={c.cv} with val_fraction=0: folds replace the holdout; set cv: 0 "
+         "to train on all data, or val_fraction > 0 for cross-validation"),
+        # Without an evaluation split nothing can pick an epoch: the recipe's `epochs` is the whole schedule.
+        (c.val_fraction > 0 or c.patience == 0, f"patience={c.patience} with val_fraction=0: there is no "
+         "validation split to stop on; set patience: 0 (train exactly `epochs` epochs)"),
     ]
     return [msg for ok, msg in checks if not ok]
 

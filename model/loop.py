@@ -14,7 +14,7 @@ from data.batches import Batches
 from data.npz import Dataset
 from model.checkpoint import FORMAT, CheckpointError, load_checkpoint
 from model.config import TrainConfig
-from model.metrics import classification_metrics, is_better, metric_name, mode_of
+from model.metrics import classification_metrics, is_better, metric_name
 from model.objectives import Classification, MaskedPretraining, pretrained_encoder
 from model.status import TrialStatus
 from model.transformer import configure_optimizer
@@ -69,6 +69,11 @@ def build_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, steps: int) ->
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
+def steps_per_epoch(cfg: TrainConfig, n_train: int) -> int:
+    """Batches per epoch: train_steps, or one pass over N_TRAIN samples raised to min_steps_per_epoch."""
+    return cfg.train_steps or max(math.ceil(n_train / cfg.batch_size), cfg.min_steps_per_epoch)
+
+
 class Trainer:
     """Model, optimizer, schedule, sampler and early-stopping state: everything a checkpoint restores."""
 
@@ -79,12 +84,11 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.model = objective.build(data.modalities).to(self.device)
         self.opt = configure_optimizer(self.model, cfg.lr, cfg.weight_decay)
-        self.train = Batches(data.splits["train"], self.device)
-        self.val = Batches(data.splits["val"], self.device)
-        self.steps = cfg.train_steps or self.train.steps(cfg.batch_size)
+        self.train = data.batches("train", self.device)
+        self.val = data.batches("val", self.device) if "val" in data.splits else None  # None: val_fraction=0
+        self.steps = steps_per_epoch(cfg, len(self.train))
         self.sched = build_scheduler(cfg, self.opt, self.steps)
         self.gen = torch.Generator().manual_seed(cfg.seed)  # batch draws
-        self.mode = mode_of(objective.monitor)
         self.epoch = 0
         self.best: float | None = None
         self.best_epoch: int | None = None
@@ -136,11 +140,12 @@ class Trainer:
             record.update(status=TrialStatus.NAN.value, improved=False, seconds=time.perf_counter() - t0)
             return record
         record.update({metric_name("train", k): v for k, v in train_metrics.items()})
-        record.update({metric_name("val", k): v for k, v in evaluate(self.model, self.objective, self.val).items()})
-        value = record[self.objective.monitor]
-        improved = is_better(value, self.best, self.mode)
+        if self.val is not None:
+            record.update({metric_name("val", k): v for k, v in evaluate(self.model, self.objective, self.val).items()})
+        # Without an evaluation split (val_fraction=0, a recipe) the latest epoch is the model.
+        improved = self.val is None or is_better(record, self.best_metrics, self.objective.monitor)
         if improved:
-            self.best, self.best_epoch, self.bad_epochs = value, self.epoch, 0
+            self.best, self.best_epoch, self.bad_epochs = record.get(self.objective.monitor), self.epoch, 0
             self.best_metrics = dict(record)
             self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
         else:
@@ -198,12 +203,22 @@ def make_objective(cfg: TrainConfig, data: Dataset, kind: str = "classify") -> O
     return Classification(cfg, data.splits["train"].y)
 
 
+def make_trainer(cfg: TrainConfig, data: Any, kind: str = "classify") -> Any:
+    """The trainer `fit` drives: one `Trainer`, or K of them composed when cfg.cv >= 2 (DATA from load_cv)."""
+    if cfg.cv >= 2:
+        from model.cv import CVTrainer  # late: model.cv builds on this module
+
+        return CVTrainer(cfg, data, kind)
+    return Trainer(cfg, data, make_objective(cfg, data, kind))
+
+
 def fit(cfg: TrainConfig, data: Dataset, callbacks: list[Callback] = (), kind: str = "classify",
         resume: dict[str, Any] | None = None, pretrained: str | None = None) -> tuple[FitResult, Trainer]:
     """Train CFG on DATA until epochs, early stopping, divergence or a callback says stop."""
-    trainer = Trainer(cfg, data, make_objective(cfg, data, kind))
+    trainer = make_trainer(cfg, data, kind)
     if pretrained:
-        loaded = pretrained_encoder(trainer.model, load_checkpoint(pretrained)["model"], pretrained)
+        for model in trainer.models if cfg.cv >= 2 else [trainer.model]:  # every fold starts from it
+            loaded = pretrained_encoder(model, load_checkpoint(pretrained)["model"], pretrained)
         log.info("loaded %d encoder tensors from %s", len(loaded), pretrained)
     if resume is not None:
         trainer.load_state_dict(resume)

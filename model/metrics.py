@@ -1,6 +1,9 @@
 """Metric names (defined once) and their computation."""
 from __future__ import annotations
 
+import math
+from typing import Any, Mapping
+
 import numpy as np
 
 # Every per-split metric the loop reports, as "<split>/<key>".
@@ -24,11 +27,30 @@ def worst_value(name: str) -> float:
     return 0.0 if mode_of(name) == "max" else float("inf")
 
 
-def is_better(value: float, best: float | None, mode: str) -> bool:
-    """True when VALUE improves on BEST (None: nothing yet)."""
-    if best is None or not np.isfinite(best):
-        return bool(np.isfinite(value))
-    return bool(value > best if mode == "max" else value < best)
+def tie_breaker(metric: str) -> str:
+    """The continuous second key that orders epochs and trials tied on METRIC: the loss, or AP when METRIC is a
+    loss. F1 on a small val split takes few distinct values (it saturates at 1.0); the loss almost never ties."""
+    split, key = metric.split("/", 1) if "/" in metric else ("val", metric)
+    return metric_name(split, "ap" if key == "loss" else "loss")
+
+
+def rank_key(record: Mapping[str, Any], metric: str) -> tuple[float, float]:
+    """How RECORD (an epoch's metrics) ranks under METRIC, smaller is better: the metric, then its tie-breaker;
+    a missing or non-finite value ranks last. The one ordering of epochs, trials and finalized configs."""
+    return _signed(record.get(metric), metric), _signed(record.get(tie_breaker(metric)), tie_breaker(metric))
+
+
+def _signed(value: Any, name: str) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        return math.inf
+    return -float(value) if mode_of(name) == "max" else float(value)
+
+
+def is_better(record: Mapping[str, Any], best: Mapping[str, Any] | None, metric: str) -> bool:
+    """True when RECORD improves on BEST (None or {}: nothing yet) under METRIC; ties on METRIC go to the
+    tie-breaker, never to the earlier epoch or trial. A non-finite METRIC never improves."""
+    key = rank_key(record, metric)
+    return math.isfinite(key[0]) and key < rank_key(best or {}, metric)
 
 
 def classification_metrics(y: np.ndarray, prob: np.ndarray, loss: float) -> dict[str, float]:

@@ -13,6 +13,7 @@ from data.io import finite, write_json
 from data.npz import Dataset
 from model.checkpoint import save_checkpoint
 from model.config import TrainConfig, build_config, save_config
+from model.cv import cv_estimate
 from model.loop import Callback, FitResult, Objective, Trainer, evaluate, fit, make_objective
 from model.status import TrialStatus
 
@@ -43,11 +44,16 @@ class RunFolder:
 def train_run(cfg: TrainConfig, data: Dataset, run_dir: str | Path, kind: str = "classify",
               save_best_only: bool = False, pretrained: str | None = None,
               callbacks: list[Callback] = ()) -> dict[str, Any]:
-    """Train into RUN_DIR and return (and write) its summary, with test metrics of the best epoch."""
+    """Train into RUN_DIR and return (and write) its summary, with test metrics of the best epoch.
+
+    With cfg.cv >= 2 (DATA from `load_cv`) the summary holds the CV estimate instead; test.npz is not used.
+    """
     folder = RunFolder(run_dir, cfg, save_best_only)
     result, trainer = fit(cfg, data, [folder, *callbacks], kind=kind, pretrained=pretrained)
     summary = summarize(result, trainer)
-    if "test" in data.splits and trainer.best_state is not None:
+    if cfg.cv >= 2:
+        summary["cv"] = cv_estimate(trainer)  # the estimate is the point: no test evaluation
+    elif "test" in data.splits and trainer.best_state is not None:
         trainer.model.load_state_dict(trainer.best_state)
         summary["test"] = evaluate_splits(trainer.model, trainer.objective, data, ("test",), trainer.device)["test"]
     write_json(summary, folder.path / "summary.json")

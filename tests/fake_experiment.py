@@ -33,10 +33,11 @@ class FakeTrial:
     status: TrialStatus | None = TrialStatus.COMPLETED
     error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # more keys for every epoch's result
+    per_epoch: dict[str, list[float]] = field(default_factory=dict)  # more keys, one value per epoch
 
 
 def write_experiment(root: Path, trials: list[FakeTrial], name: str = "exp", space: dict[str, Any] | None = None,
-                     finished: bool = True, data: str = "/data/demo") -> Path:
+                     finished: bool = True, data: str = "/data/demo", validation: dict | None = None) -> Path:
     """Write experiment NAME under ROOT with TRIALS (started 10 s apart, in order); returns its folder."""
     space = dict(space or SPACE)
     exp = Path(root) / name
@@ -45,7 +46,8 @@ def write_experiment(root: Path, trials: list[FakeTrial], name: str = "exp", spa
     meta = {"name": name, "data": data, "space_file": str(exp / "space.yaml"), "space": space,
             "options": {"data": data, "space": str(exp / "space.yaml"), "name": name, "storage": str(root)},
             "plan": {}, "started": start, "finished": finished, "ended": start + 10 * len(trials) + 5 if finished else None,
-            "provenance": {"versions": {"python": "3.11"}, "git_commit": None}}
+            "provenance": {"versions": {"python": "3.11"}, "git_commit": None},
+            **({"validation": validation} if validation else {})}
     (exp / META).write_text(json.dumps(meta))
     for i, t in enumerate(trials):
         _write_trial(exp, f"fake0_{i:05d}", t, start + 10 * i, space)
@@ -62,7 +64,8 @@ def _write_trial(exp: Path, trial_id: str, t: FakeTrial, started: float, space: 
         status = t.status if last and t.status not in (None, TrialStatus.PRUNED, TrialStatus.FAILED) else TrialStatus.RUNNING
         lines.append(json.dumps({"trial_id": trial_id, "epoch": epoch, "training_iteration": epoch,
                                  space["metric"]: value, STATUS_KEY: status.value, "timestamp": started + epoch,
-                                 "time_total_s": float(epoch), "node_id": "node0", **t.extra}))
+                                 "time_total_s": float(epoch), "node_id": "node0", **t.extra,
+                                 **{k: v[epoch - 1] for k, v in t.per_epoch.items()}}))
     (d / "result.json").write_text("".join(line + "\n" for line in lines))
     if t.status is not None:
         last = json.loads(lines[-1]) if lines else {}

@@ -52,7 +52,8 @@ def nodes_of(address: str, env: dict) -> dict[str, float]:
 
 
 def sweep(address: str, env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tune", "sweep", "--address", address, "--space", SMOKE, *args],
+    return subprocess.run([sys.executable, "-m", "tune", "sweep", "--address", address, "--space", SMOKE,
+                           "--finalize-top-k", "0", *args],
                           env=env, capture_output=True, text=True, timeout=400, cwd=REPO)
 
 

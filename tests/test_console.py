@@ -137,7 +137,7 @@ def test_formatting_helpers_and_pickling():
     p, _, _ = make()
     p.observe("t", result(1, 0.5))
     copy = pickle.loads(pickle.dumps(p))  # Tune pickles its callbacks with the Tuner
-    assert copy.best == {"t": 0.5} and copy._out is None
+    assert copy.best_trial() == ("t", 0.5) and copy._out is None
     assert ray_init_kwargs(False) == ray_init_kwargs(True) == {"log_to_driver": True}
     with pytest.raises(ValueError, match="mode"):
         Progress(3, "val/f1", "maximum")

@@ -50,7 +50,7 @@ def test_min_metrics_pick_the_lowest_epoch_and_rank_lowest_first(tmp_path):
                                       FakeTrial({"lr": 2e-3, "dropout": 0.1}, [0.6, 0.2], S.EARLY_STOPPED)],
                            space={**SPACE, "metric": "val/loss", "mode": "min"})
     e = Experiment.open(exp)
-    assert [(t.best_value, t.best_epoch) for t in rank_trials(e.trials, "min")] == [(0.2, 2), (0.3, 2)]
+    assert [(t.best_value, t.best_epoch) for t in rank_trials(e.trials)] == [(0.2, 2), (0.3, 2)]
 
 
 def test_status_predicates_partition_the_vocabulary():

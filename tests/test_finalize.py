@@ -1,4 +1,5 @@
-"""`mmtune finalize` on a real small sweep: top-k configs retrained with several seeds as a second Tune run."""
+"""Finalize on a real small sweep: `mmtune sweep` retrains its top-k configs with several seeds as a second Tune run
+and writes the winner as best_config.yaml; `mmtune finalize` does the same on its own."""
 from __future__ import annotations
 
 import argparse
@@ -18,7 +19,7 @@ from data.npz import load_dataset
 from model.checkpoint import load_checkpoint
 from model.config import build_config, load_config
 from model.loop import evaluate, make_objective
-from tests.conftest import run_sweep
+from tests.conftest import SMOKE
 from tune import finalize as fin
 from tune.errors import ResultsError
 from tune.experiment import Experiment, load_trials, space_of
@@ -28,10 +29,13 @@ TOP_K, SEEDS = 2, 2
 
 @pytest.fixture(scope="module")
 def exp(ray_session, demo_dir, tmp_path_factory) -> Path:
-    """A finished real smoke sweep (4 trials), finalized once with 2 configs x 2 seeds."""
-    exp_dir = run_sweep(demo_dir, tmp_path_factory.mktemp("res"), "fin-smoke")
-    fin.finalize(exp_dir, top_k=TOP_K, seeds=SEEDS)
-    return exp_dir
+    """`mmtune sweep` of the smoke space (4 trials), finalized at its end with 2 configs x 2 seeds."""
+    from tune.cli import run
+
+    storage = tmp_path_factory.mktemp("res")
+    assert run(["sweep", "--data", str(demo_dir), "--space", SMOKE, "--storage", str(storage), "--name", "fin-smoke",
+                "--finalize-top-k", str(TOP_K), "--finalize-seeds", str(SEEDS)]) == 0
+    return storage / "fin-smoke"
 
 
 def rows(exp_dir: Path) -> list[dict]:
@@ -66,6 +70,10 @@ def test_every_config_trained_with_every_seed_in_final(exp):
         assert t.epochs == space.epochs  # patience 0 and no scheduler: the full budget
         assert [r["epoch"] for r in t.history] == list(range(1, space.epochs + 1))
     assert s["seeds"] == list(range(SEEDS)) and s["top_k"] == TOP_K and s["metric"] == "val/f1"
+    # Seed i sets the split seed too; the demo set has val.npz, so only the initialization could vary.
+    assert s["split_seeds"] == list(range(SEEDS)) and "val.npz" in s["holdout"]["how"]
+    assert sorted(t.params["split_seed"] for t in runs.trials) == sorted(list(range(SEEDS)) * TOP_K)
+    assert all(t.params["split_seed"] == t.params["seed"] for t in runs.trials)
     for c in s["configs"]:
         assert [r["seed"] for r in c["runs"]] == s["seeds"]
         # Each run trained exactly its config with its seed.
@@ -74,21 +82,75 @@ def test_every_config_trained_with_every_seed_in_final(exp):
         assert {r["best_epoch"] for r in c["runs"]} <= {t.best_epoch for t in mine}
 
 
-def test_winner_has_the_best_mean_val_metric(exp):
+def test_winner_follows_the_selection_rule(exp):
     lb = rows(exp)
-    means = [float(r["val/f1 mean"]) for r in lb]
-    assert lb[0]["final_rank"] == "1" and means[0] == max(means)
     s = summary(exp)
-    assert s["winner"]["trial_id"] == lb[0]["trial_id"]
+    assert lb[0]["final_rank"] == "1" and s["winner"]["trial_id"] == lb[0]["trial_id"]
     runs = s["winner"]["runs"]
-    assert s["winner"]["mean"]["val/f1"] == pytest.approx(sum(r["val/f1"] for r in runs) / SEEDS)
+    mean = sum(r["val/f1"] for r in runs) / SEEDS
+    assert s["winner"]["mean"]["val/f1"] == pytest.approx(mean)
+    assert s["winner"]["bound"] == pytest.approx(mean - s["winner"]["std"]["val/f1"] / math.sqrt(SEEDS))
+    leader = max(s["configs"], key=lambda c: c["bound"])
+    assert s["leader"] == leader["trial_id"] and s["winner"]["trial_id"] in s["tied"]
+    if s["winner"]["trial_id"] != leader["trial_id"]:  # won a tie: no larger than the leader
+        assert s["winner"]["num_params"] <= leader["num_params"] and "tied within one SE" in s["choice"]
+    assert all(int(r["num_params"]) > 0 and r["val/f1 bound"] != "" for r in lb)
+
+
+def test_sweep_writes_the_finalized_winner_as_best_config(exp, capsys):
+    s, export_summary = summary(exp), json.loads((exp / "summary.json").read_text())
+    cfg = load_config(exp / "best_config.yaml")
+    assert cfg == load_config(exp / "final" / "best_config.yaml")
+    assert cfg == replace(space_of(exp).train_config(s["winner"]["params"]), seed=0, split_seed=0)
+    head = (exp / "best_config.yaml").read_text().split("\n", 3)
+    assert "Finalized winner" in head[0] and "Chosen by: " + s["choice"] in head[1]
+    trial = load_config(exp / "best_trial_config.yaml")
+    assert trial == space_of(exp).train_config(export_summary["best_params"])
+    assert export_summary["best_config_from"] == "finalize" and export_summary["finalized_winner"] == \
+        s["winner"]["trial_id"]
+
+
+def test_export_after_finalize_leaves_best_config_alone(exp, tmp_path):
+    from tune.cli import run
+
+    copy = tmp_path / exp.name
+    shutil.copytree(exp, copy)
+    (copy / "best_trial_config.yaml").unlink()
+    before = (copy / "best_config.yaml").read_bytes()
+    assert run(["export", str(copy)]) == 0
+    assert (copy / "best_config.yaml").read_bytes() == before and (copy / "best_trial_config.yaml").is_file()
+    assert json.loads((copy / "summary.json").read_text())["best_config_from"] == "finalize"
+    shutil.rmtree(copy / "final")  # no finalize result: export writes the best trial's config as best_config
+    assert run(["export", str(copy)]) == 0
+    assert load_config(copy / "best_config.yaml") == load_config(copy / "best_trial_config.yaml")
+    assert "No finalize run" in (copy / "best_config.yaml").read_text()
+
+
+def test_finalize_top_k_0_skips_it_and_best_config_is_the_best_trial(ray_session, demo_dir, tmp_path, capsys):
+    from tune.cli import run
+
+    assert run(["sweep", "--data", str(demo_dir), "--space", SMOKE, "--storage", str(tmp_path), "--name", "skip",
+                "--num-samples", "2", "--epochs", "1", "--finalize-top-k", "0"]) == 0
+    exp_dir = tmp_path / "skip"
+    assert not (exp_dir / "final").exists() and "finalizing was skipped" in capsys.readouterr().out
+    assert load_config(exp_dir / "best_config.yaml") == load_config(exp_dir / "best_trial_config.yaml")
+    assert Experiment.open(exp_dir).meta["options"]["finalize_top_k"] == 0  # a resume skips it too
+
+
+def test_seeds_vary_the_split_seed_from_the_sweeps_own():
+    from tune.space import load_space
+
+    space = load_space(SMOKE)
+    assert fin.seeds_for(space, 3) == [(0, 0), (1, 1), (2, 2)]
+    moved = replace(space, fixed={**space.fixed, "seed": 7, "split_seed": 3})
+    assert fin.seeds_for(moved, 2) == [(7, 3), (8, 4)]
 
 
 def test_best_config_is_the_winners_config(exp):
     s = summary(exp)
     cfg = load_config(exp / "final" / "best_config.yaml")
     expected = space_of(exp).train_config(s["winner"]["params"])
-    assert cfg.seed == 0 and cfg == replace(expected, seed=cfg.seed)
+    assert cfg.seed == 0 and cfg.split_seed == 0 and cfg == expected
     assert cfg.epochs == space_of(exp).epochs
 
 
@@ -120,7 +182,7 @@ def test_winner_checkpoints_hold_the_best_epoch_weights(exp, demo_dir):
 def test_leaderboard_table_lists_the_winner_first(exp):
     s = summary(exp)
     lines = fin.leaderboard_table(s).splitlines()
-    assert len(lines) == 1 + TOP_K and "val/f1 mean ± std" in lines[0]
+    assert len(lines) == 1 + TOP_K and "val/f1 mean ± std" in lines[0] and "LCB" in lines[0] and "params" in lines[0]
     assert s["winner"]["trial_id"] in lines[1] and "±" in lines[1]
 
 
@@ -172,26 +234,13 @@ def test_select_top_uses_what_exists_and_skips_duplicates(exp, caplog):
     space = space_of(exp)
     trials = load_trials(exp, space)
     usable = [t for t in trials if t.best_value is not None]
-    clone = replace(usable[0], trial_id="clone", best_value=max(t.best_value for t in usable) + 1)
+    top = max(t.best_value for t in usable) + 1
+    clone = replace(usable[0], trial_id="clone", best_value=top, best_result={**usable[0].best_result, "val/f1": top})
     with caplog.at_level(logging.WARNING, logger="tune.finalize"):
         picked = fin.select_top([*trials, clone], space, 10)
     assert picked[0].trial.trial_id == "clone" and len(picked) == len(usable)  # the original is a duplicate
     assert [c.rank for c in picked] == list(range(len(picked)))
     assert "only" in caplog.text and "--top-k 10" in caplog.text
-
-
-def _cand(rank: int, mean: float, std: float, failed: int = 0) -> fin.Candidate:
-    c = fin.Candidate(rank, rank + 1, trial=None, cfg=None)
-    c.runs = [{"ok": True}] * 2 + [{"ok": False}] * failed
-    c.mean, c.std = {"val/f1": mean}, {"val/f1": std}
-    return c
-
-
-def test_ranking_prefers_mean_then_lower_std_and_demotes_failed_seeds():
-    a, b, c, d = _cand(0, 0.80, 0.05), _cand(1, 0.80, 0.01), _cand(2, 0.90, 0.0, failed=1), _cand(3, 0.70, 0.1)
-    assert [x.rank for x in fin.ranking([a, b, c, d], "val/f1", "max")] == [1, 0, 3, 2]
-    lo = [_cand(0, 0.5, 0.1), _cand(1, 0.4, 0.2)]
-    assert [x.rank for x in fin.ranking(lo, "val/f1", "min")] == [1, 0]
 
 
 def test_finalize_command_end_to_end(exp, tmp_path, capsys):
@@ -201,6 +250,33 @@ def test_finalize_command_end_to_end(exp, tmp_path, capsys):
     shutil.copytree(exp, copy)
     assert run(["finalize", str(copy), "--top-k", "1", "--seeds", "1"]) == 0
     out = capsys.readouterr().out
-    assert str(copy / "final" / "best_config.yaml") in out
+    assert str(copy / "best_config.yaml") in out and "winner: sweep trial" in out
     assert len(rows(copy)) == 1 and load_config(copy / "final" / "best_config.yaml")
+    assert load_config(copy / "best_config.yaml") == load_config(copy / "final" / "best_config.yaml")
     assert run(["finalize", str(copy), "--top-k", "0"]) == 2
+
+
+def test_each_split_seed_gets_its_own_split_unless_val_npz_fixes_it(demo_dir, tmp_path):
+    """What the trial workers receive: one data object per split_seed a run can set (finalize's seeds)."""
+    import shutil
+
+    from tune.job import load_variants
+    from tune.space import load_space
+
+    space = load_space(SMOKE)
+    fixed = load_variants(demo_dir, space, (1, 2))
+    assert sorted(fixed) == [0, 1, 2] and fixed[0] is fixed[1] is fixed[2]  # val.npz: one split, stored once
+    no_val = tmp_path / "no_val"
+    shutil.copytree(demo_dir, no_val)
+    (no_val / "val.npz").unlink()
+    split = load_variants(no_val, space, (1, 2))
+    held_out = [tuple(d.splits["val"].y[:50]) + (len(d.splits["val"]),) for d in split.values()]
+    stats = [d.stats[next(iter(d.stats))]["mean"][0] for d in split.values()]
+    assert len(set(held_out)) == 3 and len(set(stats)) == 3  # another holdout, standardized on its own train part
+
+
+def test_summary_after_finalize_takes_the_noise_from_the_seeds(exp):
+    """`mmtune sweep` re-exports after finalizing: summary.json's noise is the finalized configs' seed spread."""
+    s = json.loads((exp / "summary.json").read_text())
+    assert s["best_config_from"] == "finalize" and s["noise"]["source"].startswith("finalize")
+    assert isinstance(s["warnings"], list) and len(s["noise"]["gaps"]) == min(5, len(Experiment.open(exp).ranked) - 1)

@@ -41,12 +41,23 @@ def test_every_epoch_reports_train_and_val_metrics(tiny_cfg, demo):
 
 
 def test_early_stopping_after_patience(tiny_cfg, demo):
-    # lr at the floor of the schedule: nothing improves after the first epoch or two.
-    cfg = replace(tiny_cfg, epochs=30, patience=2, lr=2e-6, eta_min=1e-6)
+    # An lr far below float32's resolution of the weights: every epoch evaluates the same model, so neither the
+    # metric nor its tie-breaker (the loss) ever improves after the first epoch.
+    cfg = replace(tiny_cfg, epochs=30, patience=2, lr=1e-12, eta_min=0.0)
     result, trainer = fit(cfg, demo)
     assert result.status == "early_stopped"
-    assert result.epochs_run < 30
-    assert result.epochs_run - result.best_epoch == 2
+    assert result.epochs_run == 3 and result.best_epoch == 1
+
+
+def test_best_epoch_breaks_metric_ties_by_the_loss(tiny_cfg, demo):
+    """The loop's best epoch is the best by (metric, then val loss): never the earliest of tied epochs."""
+    from model.metrics import rank_key
+
+    result, _ = fit(replace(tiny_cfg, epochs=6, patience=0), demo)
+    keys = [rank_key(r, "val/f1") for r in result.history]
+    assert result.best_epoch == 1 + keys.index(min(keys))
+    assert [r["improved"] for r in result.history] == [k < min(keys[:i], default=(float("inf"),) * 2)
+                                                       for i, k in enumerate(keys)]
 
 
 def test_diverging_loss_stops_with_status_nan(tiny_cfg, demo):
@@ -144,3 +155,15 @@ def test_pretrain_then_load_encoder(tiny_cfg, demo, tmp_path):
     assert all(torch.allclose(own[k], state["model"][k], atol=1e-6) for k in enc)
     with pytest.raises(CheckpointError, match="encoder.proj.pose.weight|encoder.modality_emb|shape"):
         fit(replace(tiny_cfg, d_model=32), demo, pretrained=str(ckpt))
+
+
+def test_small_data_sets_get_at_least_min_steps_per_epoch(tiny_cfg, demo):
+    from model.loop import Trainer, make_objective, steps_per_epoch
+
+    one_pass = replace(tiny_cfg, train_steps=0, batch_size=64, min_steps_per_epoch=0)
+    assert steps_per_epoch(one_pass, 216) == 4  # a handful of optimizer steps per epoch
+    raised = replace(one_pass, min_steps_per_epoch=25)
+    assert steps_per_epoch(raised, 216) == 25 and steps_per_epoch(raised, 5000) == 79  # a longer pass is kept
+    assert steps_per_epoch(replace(raised, train_steps=3), 216) == 3  # an explicit train_steps wins
+    trainer = Trainer(raised, demo, make_objective(raised, demo))
+    assert trainer.steps == max(25, -(-len(demo.splits["train"]) // 64))

@@ -171,7 +171,8 @@ class LoopbackCluster:
         with open(self.logs / "sweep.out", "wb") as out, open(self.logs / "sweep.err", "wb") as err:
             self.sweep_proc = subprocess.Popen(
                 [sys.executable, "-m", "tune", "sweep", "--address", self.address, "--name", NAME,
-                 "--gpus-per-trial", "0", "--cpus-per-trial", "1", "--max-failures", "2", *args],
+                 "--gpus-per-trial", "0", "--cpus-per-trial", "1", "--max-failures", "2", "--finalize-top-k", "0",
+                 *args],
                 env=self.env, cwd=REPO, stdout=out, stderr=err)
         return self.sweep_proc
 

@@ -22,15 +22,20 @@ def test_sweep_on_s3_then_every_command_from_another_machine(ray_session, s3_buc
                                                                monkeypatch, capsys):
     monkeypatch.setenv("MMTUNE_CACHE", str(tmp_path / "head"))
     assert run(["sweep", "--data", str(demo_dir), "--space", SMOKE, "--storage", f"{s3_bucket}/exps",
-                "--name", "remote"]) == 0
+                "--name", "remote", "--finalize-top-k", "1", "--finalize-seeds", "1"]) == 0
     uri = f"{s3_bucket}/exps/remote"
     files = remote_files(uri)
     n = json.loads(storage.read_text(uri, META))["space"]["num_samples"]
     assert len([f for f in files if f.startswith(f"{records.RECORDS_DIR}/")]) == n
-    assert len({f.split("/")[0] for f in files if "/checkpoint_" in f}) == n  # written by the trial workers
-    for name in ("trials.csv", "best_config.yaml", "summary.json", "best/checkpoint.pt", "study.db", "ray.log"):
+    # Written by the trial workers (final/: the finalize run's own trials).
+    assert len({f.split("/")[0] for f in files if "/checkpoint_" in f and not f.startswith("final/")}) == n
+    for name in ("trials.csv", "best_config.yaml", "best_trial_config.yaml", "summary.json", "best/checkpoint.pt",
+                 "study.db", "ray.log", "final/summary.json", "final/winner/seed_0.pt"):
         assert files.get(name), name
     summary = json.loads(storage.read_text(uri, "summary.json"))
+    # The sweep finalized on the bucket: best_config.yaml is the re-evaluated winner (top 1: the best trial's config).
+    finalized = storage.read_text(uri, "best_config.yaml")
+    assert summary["best_config_from"] == "finalize" and "Finalized winner" in finalized
 
     # A machine with none of the sweep's local files (a new head node, a laptop) works from the URI alone.
     monkeypatch.setenv("MMTUNE_CACHE", str(tmp_path / "laptop"))
@@ -39,7 +44,9 @@ def test_sweep_on_s3_then_every_command_from_another_machine(ray_session, s3_buc
     assert not list((tmp_path / "laptop").rglob("checkpoint_*"))  # status downloads results, not weights
     assert run(["export", uri, "--out", str(tmp_path / "best.yaml")]) == 0
     exported = yaml.safe_load((tmp_path / "best.yaml").read_text())
-    assert exported == yaml.safe_load(storage.read_text(uri, "best_config.yaml"))
+    assert exported == yaml.safe_load(storage.read_text(uri, "best_trial_config.yaml"))
+    assert run(["export", uri]) == 0
+    assert storage.read_text(uri, "best_config.yaml") == finalized  # an export never overwrites the winner
     assert run(["report", uri]) == 0
     assert run(["finalize", uri, "--top-k", "1", "--seeds", "1"]) == 0
     files = remote_files(uri)

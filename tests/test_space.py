@@ -108,3 +108,12 @@ def test_overrides_are_checked_again():
     assert space.with_overrides(num_samples=7, epochs=None).num_samples == 7
     with pytest.raises(SpaceError, match="key .epochs. must be >= 1"):
         space.with_overrides(epochs=0)
+
+
+def test_the_plan_states_the_budget_in_optimizer_steps():
+    from tune.sweep import budget
+
+    space = load_space(REPO / "search_spaces/default.yaml")
+    line = budget(space, 216)
+    assert line.startswith(f"budget per trial: {space.epochs} epochs x 25 optimizer steps") and "min_steps" in line
+    assert f"up to {space.epochs * 25} steps" in line

@@ -88,7 +88,9 @@ def test_status_and_export_commands(smoke_exp, tmp_path, capsys):
     assert "4/4 trials started, finished" in out and "best val/f1" in out
     target = tmp_path / "best.yaml"
     assert run(["export", str(smoke_exp), "--out", str(target)]) == 0
-    assert load_config(target) == load_config(smoke_exp / "best_config.yaml")
+    assert load_config(target) == load_config(smoke_exp / "best_trial_config.yaml")
+    # No finalize run: best_config.yaml is the best trial's too.
+    assert load_config(smoke_exp / "best_config.yaml") == load_config(target)
 
 
 def test_disk_full_while_writing_results_keeps_earlier_files(smoke_exp, tmp_path, capsys):
@@ -181,6 +183,7 @@ def test_plan_on_heterogeneous_nodes(demo, monkeypatch):
     ("--gpus-per-trial", "1.5", "fraction"), ("--cpus-per-trial", "0", "> 0"),
     ("--max-concurrent", "0", ">= 1"), ("--name", "../escape", "no '/' or '..'"),
     ("--epochs", "0", "epochs"), ("--num-samples", "-2", "num_samples"),
+    ("--finalize-top-k", "-1", "--finalize-top-k -1"), ("--finalize-seeds", "0", "--finalize-seeds 0"),
 ])
 def test_bad_sweep_flags_exit_2_before_ray(demo_dir, tmp_path, capsys, flag, value, words):
     code = run(["sweep", "--data", str(demo_dir), "--space", SMOKE, "--storage", str(tmp_path), flag, value])
@@ -233,7 +236,7 @@ KILL_POINTS = {
 def test_sigkill_driver_then_resume_loses_nothing(demo_dir, tmp_path, subprocess_env, when):
     storage, name, n = tmp_path / "res", "killed", 6
     cmd = [sys.executable, "-m", "tune", "sweep", "--data", str(demo_dir), "--space", SMOKE, "--name", name,
-           "--storage", str(storage), "--num-samples", str(n), "--num-cpus", "2"]
+           "--storage", str(storage), "--num-samples", str(n), "--num-cpus", "2", "--finalize-top-k", "0"]
     exp = storage / name
     proc = subprocess.Popen(cmd, env=subprocess_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)

@@ -132,7 +132,10 @@ def importance(exp: Experiment) -> Importance:
 
 def collect_warnings(exp: Experiment, imp: Importance) -> list[str]:
     """Everything a user should act on before trusting the result."""
-    return [*edge_warnings(exp), *failure_warnings(exp), *importance_warnings(imp), *progress_warnings(exp)]
+    from tune.noise import saturation_warnings
+
+    return [*saturation_warnings(exp), *edge_warnings(exp), *failure_warnings(exp), *importance_warnings(imp),
+            *progress_warnings(exp)]
 
 
 def edge_warning(param: Param, value: Any) -> str | None:
@@ -218,6 +221,8 @@ def status_counts(trials: list[Trial]) -> dict[TrialStatus, int]:
 
 def header_rows(doc: Document) -> list[tuple[str, str]]:
     """The header facts as (label, text) pairs."""
+    from tune.noise import noise
+
     exp, s, best = doc.experiment, doc.space, doc.best
     by_status = ", ".join(f"{n} {k.label}" for k, n in status_counts(doc.trials).items())
     return [("experiment", f"{exp.name} ({exp.path})"),
@@ -229,6 +234,7 @@ def header_rows(doc: Document) -> list[tuple[str, str]]:
             ("trials by status", by_status),
             ("best value", f"{fmt_value(best.best_value)} (trial {best.trial_id}, epoch {best.best_epoch})" if best
              else "none yet (no trial has a finite value)"),
+            ("noise vs gaps", noise(exp).text),
             ("best config", best_config_text(doc)),
             ("search", f"Optuna TPE (seed {s.seed}), ASHA grace {s.grace_period}, reduction {s.reduction_factor:g}, "
                        f"{s.epochs} epochs max"),

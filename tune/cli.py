@@ -76,15 +76,30 @@ def cmd_train(args: argparse.Namespace, kind: str = "classify") -> int:
     from model.run import train_run
 
     cfg = load_config(args.config, config_overrides(args))
-    data = load_dataset(args.data, cfg.val_fraction, cfg.split_seed)
     run_dir = Path(args.checkpoint_dir or f"runs/{kind}-{time.strftime('%Y%m%d-%H%M%S')}")
-    print(f"{kind}: {args.data} -> {run_dir}  ({', '.join(f'{k} {len(v)}' for k, v in data.splits.items())})")
+    if cfg.cv >= 2:
+        from data.folds import load_cv
+
+        data = load_cv(args.data, cfg.cv, cfg.split_seed)
+        print(f"{kind}: {args.data} -> {run_dir}  ({cfg.cv}-fold CV over {data.info['pool']}, {len(data.pool)} "
+              "samples; test.npz is not used)")
+    else:
+        data = load_dataset(args.data, cfg.val_fraction, cfg.split_seed)
+        print(f"{kind}: {args.data} -> {run_dir}  ({', '.join(f'{k} {len(v)}' for k, v in data.splits.items())})")
     pretrained = getattr(args, "pretrained_ckpt", None)
     if pretrained:
         print(f"encoder weights from {pretrained}")
     summary = train_run(cfg, data, run_dir, kind, args.save_best_only, pretrained, [_progress(cfg.epochs)])
-    print(f"done: {summary['status']} after {summary['epochs_run']} epochs; best {summary['monitor']} "
-          f"{summary['best_value']} at epoch {summary['best_epoch']}")
+    if cfg.val_fraction == 0:
+        print(f"done: {summary['status']} after {summary['epochs_run']} epochs on all training data (train.npz + "
+              "val.npz, no validation split); the model is the last epoch's")
+    else:
+        print(f"done: {summary['status']} after {summary['epochs_run']} epochs; best {summary['monitor']} "
+              f"{summary['best_value']} at epoch {summary['best_epoch']}")
+    if "cv" in summary:
+        est = summary["cv"]
+        print(f"CV estimate ({est['folds']} folds): {est['monitor']} {est['mean']:.4f} +- {est['sd']:.4f} at epoch "
+              f"{est['epoch']}; per fold {', '.join(f'{v:.4f}' for v in est['per_fold'])} (test.npz not evaluated)")
     if "test" in summary:
         print("test (best epoch): " + "  ".join(f"{k} {v:.4f}" for k, v in summary["test"].items()))
     print(f"run folder: {run_dir}")
@@ -101,6 +116,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     state = load_checkpoint(args.checkpoint)
     if state["kind"] != "classify":
         raise CheckpointError(f"{args.checkpoint}: a {state['kind']} checkpoint has no classifier to evaluate")
+    if "folds" in state:
+        raise CheckpointError(f"{args.checkpoint}: a {state['cv']}-fold CV checkpoint (K models, an estimate); "
+                              "train the config with cv: 0 to get one model to evaluate")
     cfg = build_config(state["config"], source=f"{args.checkpoint} (config)")
     data = load_dataset(args.data, cfg.val_fraction, cfg.split_seed, stats=state["stats"])
     if args.split not in data.splits:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import math
 import re
 import sys
 import time
@@ -15,6 +14,7 @@ from typing import Any, Callable, Iterator, TextIO
 
 from ray import tune
 
+from model.metrics import is_better, rank_key, tie_breaker
 from model.status import STATUS_KEY, TrialStatus
 from tune.recorder import ended_status
 
@@ -59,7 +59,7 @@ class Progress(tune.Callback):
         self.num_samples, self.metric, self.mode, self.interval_s = num_samples, metric, mode, interval_s
         self._out, self._clock = out, clock
         self.start = self.last_line = clock()
-        self.best: dict[str, float] = {}  # trial id -> its best metric value so far
+        self.best: dict[str, dict[str, Any]] = {}  # trial id -> its best result so far (metric and tie-breaker)
         self.status: dict[str, TrialStatus] = {}  # trial id -> its latest status
         self.ended: dict[str, TrialStatus] = {}  # trial id -> how it ended
 
@@ -72,16 +72,16 @@ class Progress(tune.Callback):
         """Take one result of a trial into account."""
         if result.get(STATUS_KEY) in TrialStatus.__members__.values():
             self.status[trial_id] = TrialStatus(result[STATUS_KEY])
-        value, old = result.get(self.metric), self.best.get(trial_id)
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            if old is None or (value > old if self.mode == "max" else value < old):
-                self.best[trial_id] = float(value)
+        if is_better(result, self.best.get(trial_id), self.metric):
+            self.best[trial_id] = {k: result.get(k) for k in (self.metric, tie_breaker(self.metric))}
 
     def best_trial(self) -> tuple[str, float] | None:
-        """(trial id, value) of the best metric value of any rankable trial, or None."""
-        ranked = [(t, v) for t, v in self.best.items() if self.status.get(t) not in _UNRANKED]
-        pick = max if self.mode == "max" else min
-        return pick(ranked, key=lambda tv: tv[1]) if ranked else None
+        """(trial id, value) of the best rankable trial so far, ranked as everywhere (`rank_key`), or None."""
+        ranked = [(t, r) for t, r in self.best.items() if self.status.get(t) not in _UNRANKED]
+        if not ranked:
+            return None
+        trial, best = min(ranked, key=lambda tr: rank_key(tr[1], self.metric))
+        return trial, float(best[self.metric])
 
     def summary(self, running: int) -> str:
         """Counts by status, running trials, best so far and ETA: the part every line shares."""

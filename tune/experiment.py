@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from data.io import atomic_file
-from model.metrics import is_better
+from model.metrics import is_better, rank_key
 from model.status import TrialStatus
 from tune import records, storage
 from tune.errors import ResultsError
@@ -84,6 +84,7 @@ class Trial:
     error: str | None = None
     best_value: float | None = None
     best_epoch: int | None = None
+    best_result: dict[str, Any] | None = None  # the best epoch's result: its metric, tie-breaker and the rest
 
     @property
     def epochs(self) -> int:
@@ -127,7 +128,9 @@ def load_trials(exp_dir: Path, space: SearchSpace) -> list[Trial]:
             history = [record["last_result"]]
         t = Trial(trial_id, d, json.loads((d / "params.json").read_text()), history,
                   TrialStatus(record.get("status", TrialStatus.UNFINISHED)), space.metric, record.get("error"))
-        t.best_value, t.best_epoch = best_epoch(t, space.mode)
+        t.best_result = best_record(t)
+        if t.best_result is not None:
+            t.best_value, t.best_epoch = float(t.best_result[t.metric]), int(t.best_result.get("epoch", 0))
         trials.append(t)
     # Start order; trials that reported nothing yet go last, by folder age.
     return sorted(trials, key=lambda t: (t.started if t.started is not None else math.inf, t.path.stat().st_mtime,
@@ -147,28 +150,26 @@ def _history(path: Path) -> list[dict[str, Any]]:
     return [by_epoch[k] for k in sorted(by_epoch, key=lambda e: (e is None, e))]
 
 
-def best_epoch(t: Trial, mode: str) -> tuple[float | None, int | None]:
-    """The trial's best value and epoch by its metric (not its last epoch); none for a failed trial."""
-    best, epoch = None, None
-    if t.status.failed:
-        return best, epoch
-    for r in t.history:
-        v = r.get(t.metric)
-        if _finite(v) and is_better(v, best, mode):
-            best, epoch = float(v), int(r.get("epoch", 0))
-    return best, epoch
+def best_record(t: Trial) -> dict[str, Any] | None:
+    """The result of the trial's best epoch by its metric, ties broken by the second key as the loop breaks them
+    (None: failed, or no finite value)."""
+    best = None
+    if not t.status.failed:
+        for r in t.history:
+            if is_better(r, best, t.metric):
+                best = r
+    return best
 
 
 def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def rank_trials(trials: list[Trial], mode: str) -> list[Trial]:
-    """The one ranking of trials: usable ones with a finite best value, best first; ties keep the given order
-    (start order, so the earlier trial wins)."""
+def rank_trials(trials: list[Trial]) -> list[Trial]:
+    """The one ranking of trials: usable ones with a finite best value, best first, by the best epoch's metric and
+    then its second key (`model.metrics.rank_key`); only trials equal on both keep their start order."""
     scored = [t for t in trials if (t.status.usable or t.status is TrialStatus.UNFINISHED) and _finite(t.best_value)]
-    sign = -1.0 if mode == "max" else 1.0
-    return sorted(scored, key=lambda t: sign * t.best_value)
+    return sorted(scored, key=lambda t: rank_key(t.best_result or {}, t.metric))
 
 
 def counts(trials: list[Trial]) -> dict[str, int]:
@@ -206,7 +207,7 @@ class Experiment:
     @cached_property
     def ranked(self) -> list[Trial]:
         """Trials with a usable finite value, best first."""
-        return rank_trials(self.trials, self.space.mode)
+        return rank_trials(self.trials)
 
     @cached_property
     def full_budget(self) -> list[Trial]:

@@ -7,11 +7,12 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from data.npz import Dataset, load_dataset
+from data.folds import CVData, load_cv
+from data.npz import Dataset, load_dataset, read_splits, split_train
 from model.config import TrainConfig
 from tune import storage
 from tune.errors import SweepError
@@ -41,9 +42,14 @@ class SweepOptions:
     num_samples: int | None = None
     epochs: int | None = None
     seed: int | None = None
+    cv: str | None = None  # "auto", "0" (holdout) or a fold count K >= 2 (overrides the space's `cv`)
+    split_seeds: tuple[int, ...] = ()  # more split_seeds trials set (finalize varies them): each gets its split
     overwrite: bool = False
     resume: bool = False  # continue the unfinished experiment NAME under STORAGE (its recorded inputs win)
     verbose: bool = False  # Ray's own output on the console too (it always goes to <exp>/ray.log)
+    # Recorded so that a resume finalizes as the start asked; `mmtune sweep`/`resume` run it, sweep() does not.
+    finalize_top_k: int = 3  # configs re-evaluated over seeds at the end (0: none)
+    finalize_seeds: int = 3  # seeds per re-evaluated config
 
     @classmethod
     def for_experiment(cls, location: str | Path, **kw: Any) -> "SweepOptions":
@@ -58,19 +64,32 @@ class Job:
 
     opts: SweepOptions
     space: SearchSpace
-    data: Dataset
+    data: Dataset | CVData
     loc: storage.Location
     space_file: str
+    validation: str = ""  # how trials are validated and why (the plan prints it)
+    variants: dict[int, Dataset | CVData] = field(default_factory=dict)  # split_seed -> data, for the trials
+
+    def __post_init__(self) -> None:
+        self.variants = self.variants or {primary_split_seed(self.space): self.data}
 
     @property
     def name(self) -> str:
         return self.loc.name
 
+    @property
+    def train_rows(self) -> int:
+        """Rows one trial's model trains on (a fold's training part under CV)."""
+        if isinstance(self.data, CVData):
+            return int((self.data.fold_of != 0).sum())
+        return len(self.data.splits["train"])
+
 
 def prepare(opts: SweepOptions) -> Job:
     """Check the space, data, flags and experiment folder; nothing starts, nothing is written."""
     space_file, space = _space(opts.space)
-    space = space.with_overrides(num_samples=opts.num_samples, epochs=opts.epochs, seed=opts.seed)
+    space = space.with_overrides(num_samples=opts.num_samples, epochs=opts.epochs, seed=opts.seed,
+                                 cv=cv_option(opts.cv))
     name = opts.name or f"{Path(space_file).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     loc = experiment_location(opts.storage, name)
     check_flags(opts.cpus_per_trial, opts.gpus_per_trial, opts.max_concurrent, opts.max_failures)
@@ -81,7 +100,44 @@ def prepare(opts: SweepOptions) -> Job:
         state = "finished" if meta.get("finished") else "unfinished"
         raise SweepError(f"{loc}: an {state} experiment of that name exists; continue it with "
                          f"`mmtune resume {loc}`, replace it with --overwrite, or pick another --name")
-    return Job(replace(opts, name=name), space, load_data(opts.data, space), loc, space_file)
+    space, validation = resolve_cv(opts.data, space)
+    variants = load_variants(opts.data, space, opts.split_seeds)
+    return Job(replace(opts, name=name), space, variants[primary_split_seed(space)], loc, space_file, validation,
+               variants)
+
+
+def cv_option(value: str | None) -> int | str | None:
+    """The --cv flag: None (the space decides), 'auto', or a fold count (0 = holdout)."""
+    if value is None or value == "auto":
+        return value
+    try:
+        k = int(value)
+    except ValueError:
+        k = -1
+    if k < 0 or k == 1:
+        raise SweepError(f"--cv {value}: give 0 (one holdout split), a fold count K >= 2, or 'auto'")
+    return k
+
+
+AUTO_MIN_RARER = 50  # fewer val samples of the rarer class than this cannot rank configs: cv: auto picks K-fold
+AUTO_FOLDS = 5
+
+
+def resolve_cv(path: str | Path, space: SearchSpace) -> tuple[SearchSpace, str]:
+    """SPACE with `cv: auto` decided from the data (before Ray), and the decision in words."""
+    if space.cv != "auto":
+        return space, f"{space.cv}-fold CV (cv: {space.cv})" if space.cv else "holdout (cv: 0)"
+    base = TrainConfig()
+    fraction = space.fixed.get("val_fraction", base.val_fraction)
+    splits = read_splits(Path(path).resolve(), ("train", "val"))  # test.npz plays no part in the search
+    where = "val.npz" if "val" in splits else f"the val_fraction={fraction:g} holdout"
+    val = splits.get("val") or split_train(splits["train"], fraction, space.fixed.get("split_seed", base.split_seed))[1]
+    pos = int(val.y.sum())
+    rarer, word = min((pos, "positives"), (len(val) - pos, "negatives"))
+    if rarer < AUTO_MIN_RARER:
+        return (replace(space, cv=AUTO_FOLDS), f"{AUTO_FOLDS}-fold CV (cv: auto; {where} would hold {rarer} {word} "
+                f"< {AUTO_MIN_RARER})")
+    return replace(space, cv=0), f"holdout (cv: auto; {where} holds {rarer} {word} >= {AUTO_MIN_RARER})"
 
 
 def _space(space: str | SearchSpace) -> tuple[str, SearchSpace]:
@@ -95,11 +151,33 @@ def json_meta(loc: storage.Location) -> dict[str, Any]:
     return json.loads(storage.read_text(str(loc), META) or "{}")
 
 
-def load_data(path: str | Path, space: SearchSpace) -> Dataset:
-    """The data set, loaded and validated once in the driver, split as every trial's config says."""
+def load_data(path: str | Path, space: SearchSpace) -> Dataset | CVData:
+    """The data set, loaded and validated once in the driver, split (or folded) as every trial's config says."""
     base = TrainConfig()
+    if isinstance(space.cv, int) and space.cv >= 2:
+        return load_cv(Path(path).resolve(), space.cv, space.fixed.get("split_seed", base.split_seed))
     return load_dataset(Path(path).resolve(), space.fixed.get("val_fraction", base.val_fraction),
                         space.fixed.get("split_seed", base.split_seed))
+
+
+def primary_split_seed(space: SearchSpace) -> int:
+    """The split_seed of the space's fixed values (or the default): the split that planning and checks read."""
+    return int(space.fixed.get("split_seed", TrainConfig.split_seed))
+
+
+def load_variants(path: str | Path, space: SearchSpace, extra: tuple[int, ...] = ()) -> dict[int, Dataset | CVData]:
+    """The data split with every split_seed a trial can set: the space's, a searched split_seed's values, EXTRA.
+
+    A trial worker gets the split its own config names (finalize varies split_seed per run). With val.npz and
+    no CV the split does not depend on the seed: every seed shares one object (and one copy in Ray's store).
+    """
+    searched = next((p.values() or [] for p in space.params if p.name == "split_seed"), [])
+    seeds = dict.fromkeys([primary_split_seed(space), *map(int, searched), *map(int, extra)])
+    cv = isinstance(space.cv, int) and space.cv >= 2
+    if not cv and (Path(path) / "val.npz").is_file():
+        data = load_data(path, space)
+        return {s: data for s in seeds}
+    return {s: load_data(path, replace(space, fixed={**space.fixed, "split_seed": s})) for s in seeds}
 
 
 def experiment_location(storage_path: str, name: str) -> storage.Location:
@@ -117,6 +195,8 @@ def recorded_job(location: str | Path) -> tuple[Job, dict[str, Any]]:
     meta = read_meta(loc.local)
     if not meta:
         raise SweepError(f"{loc}: not an mmtune experiment (no {META}); pass results/<experiment>")
-    opts = SweepOptions(**{**meta["options"], "overwrite": False})
+    recorded = meta["options"]
+    opts = SweepOptions(**{**recorded, "overwrite": False, "split_seeds": tuple(recorded.get("split_seeds", ()))})
     space = parse_space(meta["space"], f"{meta['space_file']} (as recorded in {loc}/{META})")
-    return Job(opts, space, load_data(meta["data"], space), loc, meta["space_file"]), meta
+    variants = load_variants(meta["data"], space, opts.split_seeds)
+    return Job(opts, space, variants[primary_split_seed(space)], loc, meta["space_file"], variants=variants), meta

@@ -32,6 +32,7 @@ class Plan:
     max_failures: int = 0  # retries per trial from its last checkpoint, whatever failed (trial, worker, node)
     per_node: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    validation: str = ""  # how trials are validated (holdout or K-fold CV) and why
 
     def describe(self) -> str:
         """The plan as a few lines for the user."""
@@ -39,6 +40,7 @@ class Plan:
                  f"per trial: {self.cpus_per_trial:g} CPU, {self.gpus_per_trial:g} GPU"
                  + (f" ({self.trials_per_gpu} trial(s) per GPU)" if self.gpus_per_trial else ""),
                  f"concurrent trials: {self.concurrent}",
+                 *([f"validation: {self.validation}"] if self.validation else []),
                  f"failures: each trial is retried up to {self.max_failures} time(s) from its last checkpoint; an "
                  "error, a killed worker and a lost node each count as one"]
         return "\n".join(lines + [f"  {n}" for n in self.per_node] + [f"  - {n}" for n in self.notes])
@@ -84,11 +86,14 @@ def storage_path_shared(location: str) -> bool:
 
 
 def estimate_trial_gb(cfg: TrainConfig, modalities: dict[str, tuple[int, int]]) -> float:
-    """Rough GPU memory of one trial: weights, grads and AdamW moments, bf16 activations, CUDA context."""
+    """Rough GPU memory of one trial: weights, grads and AdamW moments, bf16 activations, CUDA context.
+
+    A CV trial holds K models with their optimizers; its folds train one after another, so activations count once.
+    """
     d, layers, tokens = cfg.d_model, cfg.num_layers, 1 + sum(t for t, _ in modalities.values())
     params = layers * (4 + 2 * cfg.ff_mult) * d * d + sum(f * d for _, f in modalities.values())
     activations = cfg.batch_size * layers * (tokens * d * (10 + 2 * cfg.ff_mult) + cfg.nhead * tokens ** 2 * 2) * 2
-    return (params * 16 + activations * 2 + 0.5e9) / 1e9
+    return (params * 16 * max(1, cfg.cv) + activations * 2 + 0.5e9) / 1e9
 
 
 def largest_config(space: SearchSpace) -> TrainConfig:

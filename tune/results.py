@@ -5,6 +5,7 @@ Reads through `tune.experiment` only: no Ray, no torch until a checkpoint is cop
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,14 @@ import yaml
 
 from data.io import atomic_file, write_json
 from tune.errors import ResultsError
+from model.config import TrainConfig
 from tune.experiment import CKPT_FILE, Experiment, Trial, counts
+from tune.space import SearchSpace
+from tune.noise import summary_entry
+
+BEST_CONFIG = "best_config.yaml"  # the config to deploy: finalize's winner, or the best trial's until finalize ran
+BEST_TRIAL_CONFIG = "best_trial_config.yaml"  # the single best sweep trial's config
+FINAL_DIR = "final"  # <experiment>/final: the finalize run and its outputs (tune/finalize.py)
 
 
 def write_trials_csv(exp: Experiment, path: Path) -> None:
@@ -62,18 +70,46 @@ def prune_checkpoints(exp: Experiment) -> int:
     return freed
 
 
+def exported_config(space: SearchSpace, best: Trial) -> TrainConfig:
+    """The config best_config.yaml holds: the best trial's, or for a CV sweep its recipe (all data, chosen epochs)."""
+    if isinstance(space.cv, int) and space.cv >= 2:
+        return space.recipe(best.params, best.best_epoch or space.epochs)
+    return space.train_config(best.params)
+
+
+def recipe_note(space: SearchSpace, best: Trial) -> str:
+    """Header lines of a CV sweep's best_config.yaml: what was estimated, what training it gives."""
+    if not (isinstance(space.cv, int) and space.cv >= 2):
+        return ""
+    sd = next((r.get(f"{space.metric}_sd") for r in best.history if r.get("epoch") == best.best_epoch), None)
+    return (f"# Estimated: {space.metric} {best.best_value:.4f}" + (f" +- {sd:.4f}" if isinstance(sd, float) else "")
+            + f", the mean over {space.cv} CV folds of train.npz + val.npz at epoch {best.best_epoch} (the fold-mean "
+            "curve's best).\n# Trained by this recipe: one model on all of train.npz + val.npz for exactly that many "
+            "epochs (cv 0, val_fraction 0, patience 0); test.npz, if present, is evaluated once at the end.\n")
+
+
 def export(exp_dir: str | Path, out: str | Path | None = None) -> dict[str, Any]:
-    """Write trials.csv, best_config.yaml (or OUT), best/checkpoint.pt and summary.json; return the summary."""
+    """Write trials.csv, best_trial_config.yaml (or OUT), best/checkpoint.pt and summary.json; return the summary.
+
+    best_config.yaml is written too (the best trial's) only when no finalize result exists: an export never
+    overwrites the finalized winner.
+    """
     exp = Experiment.open(exp_dir)
     if not exp.trials:
         raise ResultsError(f"{exp.path}: no trial has started yet")
     write_trials_csv(exp, exp.path / "trials.csv")
     best = exp.best()
-    config_path = Path(out) if out else exp.path / "best_config.yaml"
+    config_path = Path(out) if out else exp.path / BEST_TRIAL_CONFIG
     header = (f"# Best trial {best.trial_id} of {exp.name}: {exp.space.metric} = {best.best_value:.4f} at epoch "
               f"{best.best_epoch}.\n# Reproduce: mmtune train --config {config_path} --data DATA\n")
     with atomic_file(config_path) as f:
-        f.write(header + yaml.safe_dump(exp.space.train_config(best.params).to_dict(), sort_keys=False))
+        f.write(header + recipe_note(exp.space, best)
+                + yaml.safe_dump(exported_config(exp.space, best).to_dict(), sort_keys=False))
+    finalized = _finalized(exp.path)
+    if out is None and finalized is None:
+        with atomic_file(exp.path / BEST_CONFIG) as f:
+            f.write("# No finalize run yet: the single best trial's config (`mmtune finalize` re-evaluates the "
+                    "top configs over seeds and replaces this file).\n" + config_path.read_text())
     notes = []
     try:
         src, epoch = best_checkpoint(best)
@@ -84,8 +120,22 @@ def export(exp_dir: str | Path, out: str | Path | None = None) -> dict[str, Any]
     except ResultsError as e:
         notes.append(str(e))
     summary = _summary(exp, best, config_path, notes)
+    deploy = exp.path / BEST_CONFIG
+    summary.update(best_trial_config=str(config_path), best_config=str(deploy if deploy.is_file() else config_path),
+                   best_config_from="best trial" if finalized is None else "finalize")
+    if finalized is not None:
+        summary.update(finalized_winner=finalized.get("winner", {}).get("trial_id"))
     write_json(summary, exp.path / "summary.json")
     return summary
+
+
+def _finalized(exp_dir: Path) -> dict[str, Any] | None:
+    """The summary of the experiment's finalize run (None: not run, or unreadable)."""
+    path = exp_dir / FINAL_DIR / "summary.json"
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
 def _summary(exp: Experiment, best: Trial, config_path: Path, notes: list[str]) -> dict[str, Any]:
@@ -102,7 +152,7 @@ def _summary(exp: Experiment, best: Trial, config_path: Path, notes: list[str]) 
         "search_space": meta.get("space"), "data": meta.get("data"), "plan": meta.get("plan"),
         "finished": exp.finished, "wall_time_s": exp.wall_time(),
         # Recorded when the sweep started: the code and packages that ran it, not those exporting it.
-        **meta.get("provenance", {}), "notes": notes,
+        **meta.get("provenance", {}), "notes": notes, **summary_entry(exp),
     }
 
 

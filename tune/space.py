@@ -20,7 +20,7 @@ class SpaceError(ConfigError):
 # Search-only parameters that are not config fields: d_model = nhead * head_dim, so any pair is valid.
 VIRTUAL = {"head_dim": int}
 TOP_KEYS = {"metric", "mode", "num_samples", "seed", "epochs", "asha", "fixed", "params", "start", "description",
-            "searcher"}
+            "searcher", "cv"}
 SEARCHERS = ("tpe", "gp", "qmc", "random")  # Optuna's TPESampler, GPSampler, QMCSampler, RandomSampler
 ASHA_KEYS = {"grace_period", "reduction_factor", "brackets"}
 PARAM_KEYS = {"type", "low", "high", "log", "step", "choices"}
@@ -81,6 +81,7 @@ class SearchSpace:
     reduction_factor: float = 3.0
     brackets: int = 1
     start: tuple[dict[str, Any], ...] = ()
+    cv: int | str = 0  # validation of every trial: 0 holdout, K >= 2 K-fold CV, "auto" (resolved from the data)
     raw: dict[str, Any] = field(default_factory=dict)  # the file as read, for the record
 
     @property
@@ -96,8 +97,13 @@ class SearchSpace:
         values = {**self.fixed, **{k: v for k, v in params.items() if k not in VIRTUAL}}
         if "head_dim" in params:
             values["d_model"] = int(values.get("nhead", TrainConfig.nhead)) * int(params["head_dim"])
-        values.update(epochs=self.epochs, monitor=self.metric)
+        # An unresolved "auto" checks like a holdout; the sweep resolves it from the data before any trial.
+        values.update(epochs=self.epochs, monitor=self.metric, cv=self.cv if isinstance(self.cv, int) else 0)
         return build_config(values, source=f"{self.source} (trial)")
+
+    def recipe(self, params: dict[str, Any], epochs: int) -> TrainConfig:
+        """A CV trial's config as a training recipe: all training data, no holdout, exactly EPOCHS epochs."""
+        return replace(self.train_config(params), cv=0, val_fraction=0.0, patience=0, epochs=epochs)
 
     def with_overrides(self, **kw: Any) -> "SearchSpace":
         """A copy with command-line overrides (None values ignored), checked again."""
@@ -136,10 +142,10 @@ def parse_space(raw: dict[str, Any], src: str) -> SearchSpace:
     if not isinstance(fixed, dict):
         raise SpaceError(f"{src}: key 'fixed' must map config fields to values")
     fixed = {k: _checked(src, f"fixed.{k}", k, v) for k, v in fixed.items()}
-    for k in ("epochs", "monitor"):
+    for k in ("epochs", "monitor", "cv"):
         if k in fixed:
             raise SpaceError(f"{src}: key 'fixed.{k}': set it with the top-level key "
-                             f"'{'epochs' if k == 'epochs' else 'metric'}' instead")
+                             f"'{'metric' if k == 'monitor' else k}' instead")
     space = SearchSpace(
         source=src, params=tuple(_param(src, n, spec) for n, spec in params.items()), fixed=fixed,
         metric=metric, mode=mode,
@@ -150,7 +156,7 @@ def parse_space(raw: dict[str, Any], src: str) -> SearchSpace:
         grace_period=_typed(src, "asha.grace_period", asha.get("grace_period", 2), int),
         reduction_factor=float(_typed(src, "asha.reduction_factor", asha.get("reduction_factor", 3), (int, float))),
         brackets=_typed(src, "asha.brackets", asha.get("brackets", 1), int),
-        start=tuple(_start_points(src, raw.get("start") or [], params)), raw=raw)
+        start=tuple(_start_points(src, raw.get("start") or [], params)), cv=raw.get("cv", 0), raw=raw)
     _check_settings(space)
     _check_combinations(space)
     return space
@@ -175,6 +181,8 @@ def _checked(src: str, key: str, name: str, value: Any) -> Any:
 
 def _param(src: str, name: str, spec: Any) -> Param:
     key = f"params.{name}"
+    if name == "cv":
+        raise SpaceError(f"{src}: key {key!r}: the validation scheme is not searched; set the top-level key 'cv'")
     if name not in FIELD_TYPES and name not in VIRTUAL:
         raise SpaceError(f"{src}: key {key!r}: {name!r} is not a config field; known: "
                          f"{', '.join([*FIELD_TYPES, *VIRTUAL])}")
@@ -231,7 +239,9 @@ def _check_settings(s: SearchSpace) -> None:
              (s.searcher in SEARCHERS, "searcher", f"must be one of {', '.join(SEARCHERS)}, not {s.searcher!r}"),
              (1 <= s.grace_period <= s.epochs, "asha.grace_period", f"must be in [1, epochs={s.epochs}]"),
              (s.reduction_factor > 1, "asha.reduction_factor", "must be > 1"),
-             (s.brackets >= 1, "asha.brackets", "must be >= 1")]
+             (s.brackets >= 1, "asha.brackets", "must be >= 1"),
+             (s.cv == "auto" or (isinstance(s.cv, int) and not isinstance(s.cv, bool) and (s.cv == 0 or s.cv >= 2)),
+              "cv", f"must be 0 (holdout), a fold count K >= 2 or 'auto', not {s.cv!r}")]
     for ok, key, what in rules:
         if not ok:
             raise SpaceError(f"{s.source}: key {key!r} {what}")

@@ -11,12 +11,15 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Sequence, TextIO
 
+from data.folds import CVData
+from data.npz import Dataset
 from model.loop import Callback
 from tune import storage
 from tune.errors import SweepError
 from tune.experiment import RAY_LOG, Experiment, provenance, update_meta, write_meta
 from tune.job import Job, SweepOptions, prepare
 from tune.resources import Plan, check_cluster, plan_resources
+from tune.space import SearchSpace
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +44,14 @@ def sweep(options: SweepOptions, *, searcher: Any = None, scheduler: Any = None,
         job, plan = prepare(options), None
     _say(out, f"sweep {job.name}: {job.space.num_samples} trials x <= {job.space.epochs} epochs, metric "
               f"{job.space.metric} ({job.space.mode}), {len(job.space.params)} parameters from {job.space_file}")
+    _say(out, budget(job.space, job.train_rows))
     ray_runtime.connect(options.address, options.num_cpus, options.num_gpus, **ray_init_kwargs(options.verbose))
     nodes = ray_runtime.cluster_nodes()
     check_cluster(nodes, job.opts.storage, job.opts.allow_local_storage, job.opts.data, job.data.nbytes)
     if plan is None:
         plan = plan_resources(job.space, job.data.modalities, nodes, job.opts.cpus_per_trial,
                               job.opts.gpus_per_trial, job.opts.max_concurrent, job.opts.max_failures)
+        plan.validation = job.validation
         start_experiment(job, plan)
     _say(out, plan.describe())
     with capture_ray_output(job.loc.local / RAY_LOG, options.verbose):
@@ -57,6 +62,24 @@ def sweep(options: SweepOptions, *, searcher: Any = None, scheduler: Any = None,
                                        stopper=stopper)
         errors = len(tuner.fit().errors)
     return finish_experiment(job.loc, errors)
+
+
+def budget(space: SearchSpace, n_train: int) -> str:
+    """The per-trial budget in optimizer steps, for the plan: an epoch count alone hides how little a small data
+    set trains (one pass over 200 samples is 7 batches)."""
+    from model.loop import steps_per_epoch
+
+    base = space.train_config(space.start[0] if space.start else {})
+    batch = next((p for p in space.params if p.name == "batch_size"), None)
+    sizes = sorted({int(b) for b in batch.values() or ()}) if batch is not None and batch.values() else [base.batch_size]
+    steps = sorted({steps_per_epoch(replace(base, batch_size=b), n_train) for b in sizes})
+    span = f"{steps[0]}" if len(steps) == 1 else f"{steps[0]}-{steps[-1]}"
+    why = (f"train_steps {base.train_steps}" if base.train_steps else
+           f"one pass over {n_train} samples in batches of {'/'.join(map(str, sizes))}"
+           + (f", at least min_steps_per_epoch {base.min_steps_per_epoch}" if base.min_steps_per_epoch else ""))
+    folds = f", for each of {space.cv} fold models" if isinstance(space.cv, int) and space.cv >= 2 else ""
+    return (f"budget per trial: {space.epochs} epochs x {span} optimizer steps ({why}) = up to "
+            f"{space.epochs * steps[0]}" + (f"-{space.epochs * steps[-1]}" if len(steps) > 1 else "") + f" steps{folds}")
 
 
 def _say(out: TextIO | None, text: str) -> None:
@@ -74,10 +97,20 @@ def start_experiment(job: Job, plan: Plan) -> None:
     write_meta(job.loc, {
         "name": job.name, "data": str(Path(job.opts.data).resolve()), "space_file": job.space_file,
         "space": {**space.raw, "num_samples": space.num_samples, "epochs": space.epochs, "seed": space.seed,
-                  "searcher": space.searcher},
+                  "searcher": space.searcher, "cv": space.cv},  # cv as resolved: resume and export read it
         "options": options, "plan": asdict(plan), "provenance": provenance(), "started": time.time(),
+        "validation": validation_info(job.data),
         "finished": False,
     })
+
+
+def validation_info(data: Dataset) -> dict[str, Any]:
+    """Size and positives of the split that scores the trials, for the noise checks after the sweep."""
+    if isinstance(data, CVData):  # K-fold CV: every pool row is scored once, in its own fold
+        y = data.pool.y
+        return {"samples": int(len(y)), "positives": int(y.sum()), "source": f"{data.k}-fold CV of {data.info['pool']}"}
+    y = data.splits["val"].y
+    return {"samples": int(len(y)), "positives": int(y.sum()), "source": data.info.get("val")}
 
 
 def finish_experiment(loc: storage.Location, errors: int) -> Experiment:

@@ -11,6 +11,7 @@ import ray
 import torch
 from ray import tune
 
+from data.folds import CVData
 from data.npz import Dataset
 from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from model.config import ConfigError
@@ -48,9 +49,10 @@ class Reporter:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
 
-def train_trial(config: dict[str, Any], data: Dataset, space: SearchSpace, exp_dir: str,
+def train_trial(config: dict[str, Any], data: dict[int, Dataset | CVData], space: SearchSpace, exp_dir: str,
                 callbacks: tuple = ()) -> None:
-    """Train one trial of SPACE on DATA (shared through the object store); CALLBACKS join the loop's."""
+    """Train one trial of SPACE on the data split its split_seed names (DATA: split_seed -> data, shared through
+    the object store); CALLBACKS join the loop's."""
     # One "Checkpoint successfully created" line per epoch would bury the trial's own log lines.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     ctx = tune.get_context()
@@ -68,7 +70,9 @@ def train_trial(config: dict[str, Any], data: Dataset, space: SearchSpace, exp_d
         tune.report({space.metric: worst_value(space.metric), STATUS_KEY: TrialStatus.INFEASIBLE.value, "error": str(e)[:500],
                      "epoch": 0, "nonfinite": False})
         return
-    fit(cfg, data, [Reporter(space.metric), *callbacks], resume=restore(tune.get_checkpoint()))
+    if cfg.split_seed not in data:  # prepare() splits for every seed a trial can set; reaching here is a bug
+        raise RuntimeError(f"split_seed {cfg.split_seed}: no split prepared (have {sorted(data)})")
+    fit(cfg, data[cfg.split_seed], [Reporter(space.metric), *callbacks], resume=restore(tune.get_checkpoint()))
 
 
 def restore(checkpoint: tune.Checkpoint | None) -> dict[str, Any] | None:

@@ -45,7 +45,7 @@ def trial_dirname(trial: Any) -> str:
 def make_trainable(job: Job, plan: Plan, callbacks: tuple) -> Any:
     """The trial function with the data set shared through the object store (put once, zero-copy reads)."""
     return tune.with_resources(
-        tune.with_parameters(train_trial, data=job.data, space=job.space, exp_dir=str(job.loc), callbacks=callbacks),
+        tune.with_parameters(train_trial, data=job.variants, space=job.space, exp_dir=str(job.loc), callbacks=callbacks),
         {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial})
 
 

@@ -1,0 +1,138 @@
+"""How finalize picks its winner among the retrained configs: a variance-aware rule on plain numbers.
+
+On a small set one config's seed-to-seed spread is as large as the gaps between configs, so the mean alone
+rewards luck. The rule, best first:
+  1. Configs whose every seed trained come before those with a failed or diverged seed (fewer failures first).
+  2. The lower confidence bound mean - sd/sqrt(n) of the metric over a config's seeds (for a loss, the upper
+     bound mean + sd/sqrt(n), lower is better) picks the leader; equal bounds: the second key's mean.
+  3. The one-standard-error rule: every config whose mean is within one SE of the leader's mean (SE = the
+     leader's sd/sqrt(n), as in Breiman's and glmnet's rule) ties with it; among the tied, the model with
+     fewer parameters wins (cheaper to deploy), then the better mean of the second key (`tie_breaker`).
+The sweep's rank never decides. Plain arithmetic: importing this module imports neither Ray nor torch.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from model.metrics import mode_of, rank_key, tie_breaker
+
+if TYPE_CHECKING:
+    from model.config import TrainConfig
+    from tune.experiment import Trial
+
+
+@dataclass
+class Candidate:
+    """One of the top-k sweep configs and its retraining runs (one per seed)."""
+
+    rank: int  # 0-based position among the top-k: the grid's "rank"
+    sweep_rank: int  # 1-based rank of its trial among the sweep's usable trials (shown, never used to choose)
+    trial: Trial
+    cfg: TrainConfig
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    mean: dict[str, float] = field(default_factory=dict)
+    std: dict[str, float] = field(default_factory=dict)
+    num_params: int | None = None  # of the model this config builds on the data's modalities
+
+    @property
+    def ok_runs(self) -> list[dict[str, Any]]:
+        return [r for r in self.runs if r["ok"]]
+
+    @property
+    def failed(self) -> int:
+        return len(self.runs) - len(self.ok_runs)
+
+    def se(self, metric: str) -> float:
+        """Standard error of the mean of METRIC over the successful seeds (0 for one seed, NaN for none)."""
+        n = len(self.ok_runs)
+        return self.std.get(metric, math.nan) / math.sqrt(n) if n else math.nan
+
+    def bound(self, metric: str) -> float:
+        """The confidence bound the rule ranks by: mean - SE for a maximized METRIC, mean + SE for a loss."""
+        sign = -1.0 if mode_of(metric) == "max" else 1.0
+        return self.mean.get(metric, math.nan) + sign * self.se(metric)
+
+
+@dataclass
+class Choice:
+    """The outcome of the rule: every candidate best first (the winner first), the leader by bound, its ties."""
+
+    ordered: list[Candidate]
+    leader: Candidate
+    tied: list[Candidate]  # within one SE of the leader's mean, the leader included
+    reason: str
+
+    @property
+    def winner(self) -> Candidate:
+        return self.ordered[0]
+
+
+def aggregate(runs: list[dict[str, Any]], keys: list[str]) -> tuple[dict[str, float], dict[str, float]]:
+    """Mean and sample std over RUNS of each of KEYS (non-finite values left out)."""
+    mean, std = {}, {}
+    for k in keys:
+        vals = [float(r[k]) for r in runs if _finite(r.get(k))]
+        mean[k] = statistics.fmean(vals) if vals else math.nan
+        std[k] = statistics.stdev(vals) if len(vals) > 1 else 0.0 if vals else math.nan
+    return mean, std
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def tier(c: Candidate, metric: str) -> tuple[int, int]:
+    """(0 complete, 1 some seed failed, 2 nothing usable; failed seeds): a failed seed makes a config unreliable,
+    whatever its mean on the others."""
+    if not c.ok_runs or not _finite(c.mean.get(metric)):
+        return 2, c.failed
+    return (1 if c.failed else 0), c.failed
+
+
+def by_bound(cands: list[Candidate], metric: str) -> list[Candidate]:
+    """CANDS best first by tier, then the confidence bound, then the second key's mean (never the sweep rank)."""
+    second = tie_breaker(metric)
+    return sorted(cands, key=lambda c: (tier(c, metric), rank_key({metric: c.bound(metric),
+                                                                   second: c.mean.get(second)}, metric)))
+
+
+def choose(cands: list[Candidate], metric: str) -> Choice:
+    """Apply the rule (module docstring) to CANDS, whose runs are aggregated and num_params set."""
+    ordered = by_bound(cands, metric)
+    leader = ordered[0]
+    se = leader.se(metric)
+    tied = [c for c in ordered if tier(c, metric) == tier(leader, metric) and tier(c, metric)[0] < 2
+            and abs(c.mean[metric] - leader.mean[metric]) <= se + 1e-12]
+    second = tie_breaker(metric)
+    # Unknown sizes sort last; then the second key; then the bound, so the pick is always a continuous key's.
+    winner = min(tied or [leader], key=lambda c: (c.num_params if c.num_params is not None else math.inf,
+                                                  rank_key({second: c.mean.get(second)}, second)[0],
+                                                  rank_key({metric: c.bound(metric)}, metric)[0]))
+    return Choice([winner, *[c for c in ordered if c is not winner]], leader, tied, _reason(winner, leader, tied,
+                                                                                          metric))
+
+
+def _reason(winner: Candidate, leader: Candidate, tied: list[Candidate], metric: str) -> str:
+    """One line saying why WINNER won."""
+    what = "lower bound mean - sd/sqrt(n)" if mode_of(metric) == "max" else "upper bound mean + sd/sqrt(n)"
+    others = [c for c in tied if c is not winner]
+    if not others:
+        return f"best {what} of {metric}"
+    sizes = [c.num_params for c in others if c.num_params is not None]
+    if winner.num_params is not None and sizes and winner.num_params < min(sizes):
+        vs = leader.num_params if winner is not leader else min(sizes)
+        return (f"tied within one SE ({len(tied)} configs): chose the smaller model ({winner.num_params:,} params "
+                f"vs {vs:,})")
+    return f"tied within one SE ({len(tied)} configs), same size: chose by the mean {tie_breaker(metric)}"
+
+
+def rule_text(metric: str) -> str:
+    """The selection rule in words, for the summary, the config header and the report."""
+    bound = "mean - sd/sqrt(n)" if mode_of(metric) == "max" else "mean + sd/sqrt(n) (lower is better)"
+    return (f"{bound} of {metric} over seeds (each run's best epoch); configs with a failed seed rank last; "
+            f"configs whose mean is within one SE (the leader's sd/sqrt(n)) of the leader's tie with it, and the "
+            f"smallest model (fewest parameters) of the tied wins, then the mean {tie_breaker(metric)}; "
+            "the sweep rank never decides")
