@@ -96,7 +96,7 @@ def fault_plan(tmp: Path, n: int) -> Path:
 
 def injectors(plan_file: str | None) -> tuple:
     """The FaultInjectors of a fault plan (none without one)."""
-    from tune.faults import FaultInjector
+    from mmtune.tune.faults import FaultInjector
 
     if not plan_file:
         return ()
@@ -110,7 +110,7 @@ def injectors(plan_file: str | None) -> tuple:
 
 def role_driver(args: argparse.Namespace) -> None:
     """Start the sweep in this process (the subprocess that may be SIGKILLed)."""
-    from tune.sweep import SweepOptions, sweep
+    from mmtune.tune.sweep import SweepOptions, sweep
 
     exp = Path(args.exp)
     if args.address:  # a cluster: storage every node sees (file://), its CPUs
@@ -123,7 +123,7 @@ def role_driver(args: argparse.Namespace) -> None:
 
 def role_resume(args: argparse.Namespace) -> None:
     """Resume the sweep in this process, with the same fault injectors."""
-    from tune.sweep import SweepOptions, sweep
+    from mmtune.tune.sweep import SweepOptions, sweep
 
     sweep(SweepOptions.for_experiment(args.exp, num_cpus=CPUS), callbacks=injectors(args.faults))
 
@@ -174,7 +174,7 @@ class Phase:
                 pass
         self.proc.wait(timeout=30)
         if self.owns_tmp:
-            from tune.faults import kill_processes_of
+            from mmtune.tune.faults import kill_processes_of
 
             kill_processes_of(self.ray_tmp)
 
@@ -213,7 +213,7 @@ class Cluster:
     def __exit__(self, *exc: object) -> None:
         for name in [*self.workers, "head"]:
             self.kill(name)
-        from tune.faults import kill_processes_of
+        from mmtune.tune.faults import kill_processes_of
 
         kill_processes_of(self.ray_tmp)
         ray_logs = Path(self.ray_tmp) / "ray/session_latest/logs"
@@ -294,7 +294,7 @@ class Cluster:
 
 def tagged_pids(tag: str) -> list[int]:
     """Every process of the node tagged TAG (NODE_VAR=TAG in its environment)."""
-    from tune.faults import pids_with_env
+    from mmtune.tune.faults import pids_with_env
 
     return pids_with_env(NODE_VAR, tag)
 
@@ -304,7 +304,7 @@ def tagged_pids(tag: str) -> list[int]:
 
 def records_of(exp: Path) -> dict[str, dict[str, Any]]:
     """The durable final records (read_all, tolerant of a record being renamed into place)."""
-    from tune import records
+    from mmtune.tune import records
 
     try:
         return records.read_all(exp)
@@ -598,7 +598,7 @@ def report(args: argparse.Namespace, clean_s: float, f: dict[str, Any]) -> dict[
 
 def run_bench(args: argparse.Namespace) -> int:
     """Both runs in a work folder; print and write the JSON; 1 if a trial was lost or run twice."""
-    from data.demo import make_demo
+    from mmtune.data.demo import make_demo
 
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="mmtune-faults-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -33,12 +33,12 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data.demo import make_demo  # noqa: E402
-from data.npz import Dataset, load_dataset  # noqa: E402
-from model.config import TrainConfig  # noqa: E402
-from model.loop import Trainer, build_scheduler, fit, make_objective  # noqa: E402
-from model.losses import build_loss  # noqa: E402
-from model.transformer import MultimodalClassifier, configure_optimizer  # noqa: E402
+from mmtune.data.demo import make_demo  # noqa: E402
+from mmtune.data.npz import Dataset, load_dataset  # noqa: E402
+from mmtune.model.config import TrainConfig  # noqa: E402
+from mmtune.model.loop import Trainer, build_scheduler, fit, make_objective  # noqa: E402
+from mmtune.model.losses import build_loss  # noqa: E402
+from mmtune.model.transformer import MultimodalClassifier, configure_optimizer  # noqa: E402
 
 TARGET = 0.95  # mmtune / minimal
 

@@ -117,7 +117,7 @@ class BudgetStopper(Stopper):
 
 def make_space(epochs: int, grace: int, budget: int) -> Any:
     """The benchmark's search space (a SearchSpace built here, no file): tiny models, quality parameters."""
-    from tune.space import parse_space
+    from mmtune.tune.space import parse_space
 
     raw = {
         "description": "bench/search_efficiency.py: tiny models on a small demo set",
@@ -148,8 +148,8 @@ def run_method(method: str, seed: int, data_dir: Path, space: Any, storage: Path
     """One budgeted sweep of METHOD with sampler SEED; returns its results in arrival order."""
     from ray.tune.schedulers import FIFOScheduler
 
-    from tune.sweep import SweepOptions, sweep
-    from tune.tuner import make_scheduler
+    from mmtune.tune.sweep import SweepOptions, sweep
+    from mmtune.tune.tuner import make_scheduler
 
     name = f"{method}-s{seed}"
     run_space = space.with_overrides(searcher=SAMPLER[method], seed=seed)
@@ -447,8 +447,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def bench(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     """The sweeps, methods interleaved per seed (so machine-load drift hits all alike); WORK holds everything."""
-    from data.demo import make_demo
-    from tune.ray_runtime import connect
+    from mmtune.data.demo import make_demo
+    from mmtune.tune.ray_runtime import connect
 
     data_dir = make_demo(work / "demo", **DATA)
     space = make_space(args.epochs, args.grace, args.budget)

@@ -1,6 +1,6 @@
 """Search quality: does `mmtune sweep` give a better model than no sweep? Test F1 of what each flow hands the user.
 
-Every method runs as a user runs it: `python -m tune ...` in a subprocess (2 CPUs), timed by wall clock. On the
+Every method runs as a user runs it: `python -m mmtune.tune ...` in a subprocess (2 CPUs), timed by wall clock. On the
 demo data generated small and hard (400 train / 100 val / 2000 test, difficulty 0.7; the large test split makes
 test F1 precise), for each data seed:
 
@@ -68,9 +68,9 @@ SMALL_MODELS = {"d_model": {"type": "categorical", "choices": [16, 32, 64]},
 
 
 def mmtune(args: list[str], log: Path) -> tuple[str, float]:
-    """Run `python -m tune ARGS` (output to LOG); return its stdout and wall seconds; raise on failure."""
+    """Run `python -m mmtune.tune ARGS` (output to LOG); return its stdout and wall seconds; raise on failure."""
     t0 = time.time()
-    proc = subprocess.run([sys.executable, "-m", "tune", *args], cwd=ROOT, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "mmtune.tune", *args], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
     wall = time.time() - t0
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -140,8 +140,8 @@ def checkpoint_test_f1(state: dict[str, Any], data: Path) -> float:
     """Test F1 of a sweep checkpoint: its model, or the mean over a CV checkpoint's fold models."""
     import torch
 
-    from data.npz import load_dataset
-    from model.run import evaluate_splits, model_from_checkpoint
+    from mmtune.data.npz import load_dataset
+    from mmtune.model.run import evaluate_splits, model_from_checkpoint
 
     f1s = []
     for s in state.get("folds") or [state]:
@@ -154,9 +154,9 @@ def checkpoint_test_f1(state: dict[str, Any], data: Path) -> float:
 
 def oracle(exp: Path, data: Path) -> dict[str, Any]:
     """Every ranked trial's best-epoch checkpoint on test: per-trial F1, the oracle (best) and the fold count."""
-    from model.checkpoint import load_checkpoint
-    from tune.experiment import Experiment
-    from tune.results import best_checkpoint
+    from mmtune.model.checkpoint import load_checkpoint
+    from mmtune.tune.experiment import Experiment
+    from mmtune.tune.results import best_checkpoint
 
     per_trial, folds, e = {}, 1, Experiment.open(exp)
     for t in e.ranked:
@@ -176,7 +176,7 @@ def oracle(exp: Path, data: Path) -> dict[str, Any]:
 
 def final_epoch_folds(exp: Path, folds: int) -> int | None:
     """Epochs x folds trained by the finalize runs of EXP (same cv as its sweep; None: not finalized)."""
-    from tune.experiment import Experiment
+    from mmtune.tune.experiment import Experiment
 
     if not (exp / "final").is_dir():
         return None

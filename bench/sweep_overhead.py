@@ -97,15 +97,15 @@ def _worker_init(data_dir: str) -> None:
     global _DATA
     import torch
 
-    from data.npz import load_dataset
+    from mmtune.data.npz import load_dataset
 
     torch.set_num_threads(1)  # as Ray does for a 1-CPU trial
     _DATA = load_dataset(data_dir)
 
 
 def _worker_trial(args: tuple) -> float:
-    from tune.space import load_space
-    from model.loop import fit
+    from mmtune.tune.space import load_space
+    from mmtune.model.loop import fit
 
     space_path, params = args
     t0 = time.perf_counter()
@@ -127,10 +127,10 @@ def run_sweep(data_dir: Path, space: Path, storage: Path, concurrency: int) -> d
     """(b): mmtune's sweep on an embedded local Ray (its start-up included)."""
     import ray
 
-    from tune.ray_runtime import connect
-    from tune.job import load_data
-    from tune.sweep import SweepOptions, sweep
-    from tune.space import load_space
+    from mmtune.tune.ray_runtime import connect
+    from mmtune.tune.job import load_data
+    from mmtune.tune.sweep import SweepOptions, sweep
+    from mmtune.tune.space import load_space
 
     t0 = time.perf_counter()
     with PeakMemory() as mem:
@@ -156,7 +156,7 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=2, help="trials at once, in both (a) and (b)")
     p.add_argument("--out", help="also write the JSON here")
     args = p.parse_args()
-    from data.demo import make_demo
+    from mmtune.data.demo import make_demo
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

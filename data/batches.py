@@ -8,7 +8,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from data.npz import Split
+from mmtune.data.npz import Split
 
 
 def as_tensor(a: np.ndarray) -> torch.Tensor:
@@ -31,10 +31,6 @@ class Batches:
 
     def __len__(self) -> int:
         return len(self.y)
-
-    def steps(self, batch_size: int) -> int:
-        """Batches in one pass over the split."""
-        return math.ceil(len(self) / batch_size)
 
     def gather(self, idx: torch.Tensor) -> tuple[dict, dict, torch.Tensor]:
         """Features, masks and labels of rows IDX on the device."""

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from data.batches import Batches, as_tensor
-from data.npz import DataError, Split, feature_stats, pool_of, read_splits
+from mmtune.data.batches import Batches, as_tensor
+from mmtune.data.npz import DataError, Split, feature_stats, pool_of, read_splits
 
 POOL_FILES = "train.npz + val.npz"
 

@@ -57,7 +57,7 @@ class Dataset:
 
     def batches(self, name: str, device: Any) -> Any:
         """Split NAME as `Batches` on DEVICE (a CV fold view answers the same call without copying)."""
-        from data.batches import Batches  # late: batches imports this module
+        from mmtune.data.batches import Batches  # late: batches imports this module
 
         return Batches(self.splits[name], device)
 

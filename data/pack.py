@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data.io import atomic_file
-from data.npz import SPLITS, DataError
+from mmtune.data.io import atomic_file
+from mmtune.data.npz import SPLITS, DataError
 
 log = logging.getLogger(__name__)
 

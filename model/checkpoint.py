@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from data.io import atomic_file
+from mmtune.data.io import atomic_file
 
 FORMAT = 1  # bump when the layout of a checkpoint changes
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from data.io import atomic_file
+from mmtune.data.io import atomic_file
 
 
 class ConfigError(ValueError):

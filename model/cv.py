@@ -12,12 +12,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from data.folds import CVData
-from model.checkpoint import FORMAT, CheckpointError
-from model.config import TrainConfig
-from model.loop import Trainer, make_objective
-from model.metrics import is_better
-from model.status import TrialStatus
+from mmtune.data.folds import CVData
+from mmtune.model.checkpoint import FORMAT, CheckpointError
+from mmtune.model.config import TrainConfig
+from mmtune.model.loop import Trainer, make_objective
+from mmtune.model.metrics import is_better
+from mmtune.model.status import TrialStatus
 
 AVERAGED = ("train/", "val/")  # record keys averaged over folds; val keys also get a fold sd
 

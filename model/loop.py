@@ -10,14 +10,14 @@ from typing import Any, Callable, Protocol
 import torch
 from torch import nn
 
-from data.batches import Batches
-from data.npz import Dataset
-from model.checkpoint import FORMAT, CheckpointError, load_checkpoint
-from model.config import TrainConfig
-from model.metrics import classification_metrics, is_better, metric_name
-from model.objectives import Classification, MaskedPretraining, pretrained_encoder
-from model.status import TrialStatus
-from model.transformer import configure_optimizer
+from mmtune.data.batches import Batches
+from mmtune.data.npz import Dataset
+from mmtune.model.checkpoint import FORMAT, CheckpointError, load_checkpoint
+from mmtune.model.config import TrainConfig
+from mmtune.model.metrics import classification_metrics, is_better, metric_name
+from mmtune.model.objectives import Classification, MaskedPretraining, pretrained_encoder
+from mmtune.model.status import TrialStatus
+from mmtune.model.transformer import configure_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ def make_objective(cfg: TrainConfig, data: Dataset, kind: str = "classify") -> O
 def make_trainer(cfg: TrainConfig, data: Any, kind: str = "classify") -> Any:
     """The trainer `fit` drives: one `Trainer`, or K of them composed when cfg.cv >= 2 (DATA from load_cv)."""
     if cfg.cv >= 2:
-        from model.cv import CVTrainer  # late: model.cv builds on this module
+        from mmtune.model.cv import CVTrainer  # late: model.cv builds on this module
 
         return CVTrainer(cfg, data, kind)
     return Trainer(cfg, data, make_objective(cfg, data, kind))

@@ -5,12 +5,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from data.batches import Batches
-from model.checkpoint import CheckpointError
-from model.config import TrainConfig
-from model.losses import FocalLoss, build_loss, class_weights
-from model.metrics import classification_metrics
-from model.transformer import MaskedReconstructor, MultimodalClassifier
+from mmtune.data.batches import Batches
+from mmtune.model.checkpoint import CheckpointError
+from mmtune.model.config import TrainConfig
+from mmtune.model.losses import FocalLoss, build_loss, class_weights
+from mmtune.model.metrics import classification_metrics
+from mmtune.model.transformer import MaskedReconstructor, MultimodalClassifier
 
 EVAL_BATCH = 512  # evaluation holds no activations for backward, so large batches are cheap
 

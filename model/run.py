@@ -8,14 +8,14 @@ from typing import Any
 
 import torch
 
-from data.batches import Batches
-from data.io import finite, write_json
-from data.npz import Dataset
-from model.checkpoint import save_checkpoint
-from model.config import TrainConfig, build_config, save_config
-from model.cv import cv_estimate
-from model.loop import Callback, FitResult, Objective, Trainer, evaluate, fit, make_objective
-from model.status import TrialStatus
+from mmtune.data.batches import Batches
+from mmtune.data.io import finite, write_json
+from mmtune.data.npz import Dataset
+from mmtune.model.checkpoint import save_checkpoint
+from mmtune.model.config import TrainConfig, build_config, save_config
+from mmtune.model.cv import cv_estimate
+from mmtune.model.loop import Callback, FitResult, Objective, Trainer, evaluate, fit, make_objective
+from mmtune.model.status import TrialStatus
 
 log = logging.getLogger(__name__)
 

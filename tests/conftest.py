@@ -14,9 +14,9 @@ from typing import Iterator
 
 import pytest
 
-from data.demo import make_demo
-from data.npz import load_dataset
-from model.config import TrainConfig
+from mmtune.data.demo import make_demo
+from mmtune.data.npz import load_dataset
+from mmtune.model.config import TrainConfig
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -106,8 +106,8 @@ def run_sweep(data: Path, storage: Path, name: str, space: str = SMOKE, callback
     """A real sweep in this process on the session's Ray runtime, exported; returns its folder."""
     from ray.tune.schedulers import FIFOScheduler
 
-    from tune.results import export
-    from tune.sweep import SweepOptions, sweep
+    from mmtune.tune.results import export
+    from mmtune.tune.sweep import SweepOptions, sweep
 
     opts = SweepOptions(data=str(data), space=space, name=name, storage=str(storage), **options)
     exp = sweep(opts, scheduler=FIFOScheduler() if no_asha else None, callbacks=callbacks)

@@ -1,19 +1,22 @@
 """Small experiment folders written as a sweep leaves them, without running one: for the fast test tier.
 
 The files are the real formats (mmtune.json, Tune's params.json and result.json lines, mmtune's trial
-records), so everything that reads an experiment reads these the same way.
+records and, when asked, the searcher's Optuna study in study.db), so everything that reads an experiment
+reads these the same way.
 """
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from model.status import STATUS_KEY, TrialStatus
-from tune import records, storage
-from tune.experiment import META
+from mmtune.model.status import STATUS_KEY, TrialStatus
+from mmtune.tune import records, storage
+from mmtune.tune.experiment import META, STUDY_DB
+from mmtune.tune.space import parse_space
 
 SPACE = {  # a small space: two searched parameters, val/f1 maximized
     "metric": "val/f1", "mode": "max", "num_samples": 4, "seed": 0, "epochs": 4,
@@ -37,8 +40,10 @@ class FakeTrial:
 
 
 def write_experiment(root: Path, trials: list[FakeTrial], name: str = "exp", space: dict[str, Any] | None = None,
-                     finished: bool = True, data: str = "/data/demo", validation: dict | None = None) -> Path:
-    """Write experiment NAME under ROOT with TRIALS (started 10 s apart, in order); returns its folder."""
+                     finished: bool = True, data: str = "/data/demo", validation: dict | None = None,
+                     study: bool = False) -> Path:
+    """Write experiment NAME under ROOT with TRIALS (started 10 s apart, in order), and its study.db when STUDY;
+    returns its folder."""
     space = dict(space or SPACE)
     exp = Path(root) / name
     exp.mkdir(parents=True)
@@ -51,7 +56,29 @@ def write_experiment(root: Path, trials: list[FakeTrial], name: str = "exp", spa
     (exp / META).write_text(json.dumps(meta))
     for i, t in enumerate(trials):
         _write_trial(exp, f"fake0_{i:05d}", t, start + 10 * i, space)
+    if study:
+        _write_study(exp, trials, space)
     return exp
+
+
+def _write_study(exp: Path, trials: list[FakeTrial], space: dict[str, Any]) -> None:
+    """The study the searcher keeps: COMPLETE with the best value, PRUNED, FAIL, or RUNNING while unrecorded."""
+    import optuna
+    from optuna.trial import TrialState, create_trial
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    best = max if space["mode"] == "max" else min
+    dists = parse_space(space, "fake.yaml").distributions()
+    study = optuna.create_study(study_name="mmtune", storage=f"sqlite:///{exp / STUDY_DB}",
+                                direction="maximize" if space["mode"] == "max" else "minimize")
+    for i, t in enumerate(trials):
+        values = {e: v for e, v in enumerate(t.values, start=1) if math.isfinite(v)}
+        state = (TrialState.RUNNING if t.status is None else TrialState.PRUNED if t.status is TrialStatus.PRUNED
+                 else TrialState.FAIL if t.status.failed or not values else TrialState.COMPLETE)
+        study.add_trial(create_trial(
+            state=state, value=best(values.values()) if state is TrialState.COMPLETE else None, params=t.params,
+            distributions={k: dists[k] for k in t.params}, intermediate_values=values,
+            user_attrs={"ray_trial_id": f"fake0_{i:05d}", "status": (t.status or TrialStatus.UNFINISHED).value}))
 
 
 def _write_trial(exp: Path, trial_id: str, t: FakeTrial, started: float, space: dict[str, Any]) -> None:

@@ -2,19 +2,21 @@
 from __future__ import annotations
 
 import re
+import warnings
 
 import pytest
+from optuna.trial import TrialState
 
-from model.status import TrialStatus
+from mmtune.model.status import TrialStatus
 from tests.fake_experiment import SPACE, FakeTrial, write_experiment
-from tune import analysis, figures
-from tune.analysis import Importance, analyze, asha_rungs, edge_warning, trial_table
-from tune.experiment import Experiment
-from tune.report import write_report
-from tune.space import Param, parse_space
+from mmtune.tune import analysis, figures
+from mmtune.tune.analysis import Importance, analyze, asha_rungs, edge_warning, trial_table
+from mmtune.tune.experiment import Experiment
+from mmtune.tune.report import write_report
+from mmtune.tune.space import Param, parse_space
 
 S = TrialStatus
-FIGURES = ("history", "learning_curves", "importance", "parallel_coordinates", "slices", "status")
+FIGURES = ("history", "learning_curves", "importance", "parallel_coordinates", "slices", "contour", "timeline")
 
 
 def trial(lr: float, dropout: float, *values: float, status: TrialStatus | None = S.COMPLETED) -> FakeTrial:
@@ -29,9 +31,10 @@ def sweep(n: int) -> list[FakeTrial]:
 
 @pytest.fixture(scope="module")
 def doc(tmp_path_factory: pytest.TempPathFactory) -> analysis.Document:
-    """A finished sweep of 15 usable trials (5 pruned), one failed and one that diverged, analyzed."""
+    """A finished sweep of 15 usable trials (5 pruned), one failed and one that diverged, with its study.db."""
     exp = write_experiment(tmp_path_factory.mktemp("doc"), [
-        *sweep(15), trial(1e-3, 0.1, 0.9, status=S.FAILED), trial(1e-3, 0.1, float("nan"), status=S.NAN)])
+        *sweep(15), trial(1e-3, 0.1, 0.9, status=S.FAILED), trial(1e-3, 0.1, float("nan"), status=S.NAN)],
+        study=True)
     return analyze(Experiment.open(exp), top_k=3)
 
 
@@ -115,7 +118,7 @@ def test_importance_from_ten_usable_trials(doc):
 def test_importance_needs_two_usable_trials(tmp_path):
     exp = Experiment.open(write_experiment(tmp_path, [trial(1e-3, 0.1, 0.5), trial(2e-3, 0.2, 0.6, status=S.NAN),
                                                       FakeTrial({"lr": 1e-3, "dropout": 0.2}, [0.7], None)]))
-    imp = analysis.importance(exp)
+    imp = analysis.importance(analysis.study_of(exp))
     assert (imp.values, imp.trials) == (None, 1)
     assert imp.note == "not computed: 1 full-budget trial(s) with a finite value; at least 2 needed"
 
@@ -133,25 +136,72 @@ def test_header_names_the_best_trial_and_counts_by_status(doc):
     assert head["state"].startswith("finished; 17 of 4 trials started; ") and "wall time" in head["state"]
 
 
+def outcomes(study) -> dict[str, tuple]:
+    """Ray trial id -> (Optuna state, value, intermediate values) of each trial of STUDY."""
+    return {t.user_attrs["ray_trial_id"]: (t.state, t.value, t.intermediate_values) for t in study.trials}
+
+
+def test_study_of_reads_study_db_and_the_trials_on_disk_alike(doc, tmp_path):
+    study = doc.study
+    assert study.user_attrs["source"] == "study.db" and len(study.trials) == 17
+    assert analysis.state_counts(study) == {"COMPLETE": 10, "PRUNED": 5, "FAIL": 2}
+    older = Experiment.open(write_experiment(tmp_path, [*sweep(15), trial(1e-3, 0.1, 0.9, status=S.FAILED),
+                                                        trial(1e-3, 0.1, float("nan"), status=S.NAN)]))
+    rebuilt = analysis.study_of(older)  # no study.db: built from the trials on disk as the searcher tells them
+    assert rebuilt.user_attrs["source"] == "trials on disk" and outcomes(rebuilt) == outcomes(study)
+    assert all(t.datetime_start < t.datetime_complete for t in rebuilt.trials)  # the timeline's bars
+
+
+def test_unreadable_study_db_falls_back_to_the_trials_on_disk(tmp_path, caplog):
+    exp = write_experiment(tmp_path, [trial(1e-3, 0.1, 0.5), trial(2e-3, 0.2, 0.6, status=None)])
+    (exp / "study.db").write_bytes(b"not a database")
+    study = analysis.study_of(Experiment.open(exp))
+    assert study.user_attrs["source"] == "trials on disk" and "study.db unreadable" in caplog.text
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.RUNNING]
+
+
+def test_full_budget_study_keeps_the_complete_trials(doc):
+    full = analysis.full_budget(doc.study)
+    assert [t.user_attrs["ray_trial_id"] for t in full.trials] == [
+        t.trial_id for t in doc.experiment.trials if t in doc.experiment.full_budget]
+    assert full.direction == doc.study.direction
+
+
 @pytest.mark.parametrize("name", FIGURES)
 def test_every_figure_draws(doc, name):
     from matplotlib.figure import Figure
 
-    fig = figures.importance(doc.importance) if name == "importance" else (
-        figures.learning_curves(doc.experiment, doc.top_k) if name == "learning_curves"
-        else getattr(figures, name)(doc.experiment))
-    assert isinstance(fig, Figure) and fig.axes
+    fig = {p.name: draw for p, draw in figures.specs(doc)}[name]()
+    assert isinstance(fig, Figure) and fig.axes and fig.axes[0].has_data()
+
+
+def test_captions_say_how_many_trials_each_figure_uses(doc):
+    captions = {p.name: p.caption for p, _ in figures.specs(doc)}
+    for name in ("history", "importance", "parallel_coordinates", "slices", "contour"):
+        assert "10 full-budget trials of the 17 in the study from study.db" in captions[name], name
+    assert "each of the 17 trials" in captions["timeline"] and "FanovaImportanceEvaluator, seed=0" in captions[
+        "importance"]
+
+
+def test_optuna_plots_leave_matplotlib_and_warnings_as_they_were(doc, tmp_path):
+    import matplotlib
+    from matplotlib import pyplot as plt
+
+    before = dict(matplotlib.rcParams)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Optuna's ExperimentalWarning included
+        plots = figures.draw_all(doc, tmp_path)
+    assert all(p.path is not None for p in plots)
+    assert dict(matplotlib.rcParams) == before and plt.get_fignums() == []  # no ggplot style, no figure kept
 
 
 def test_figures_of_an_experiment_without_values(no_values, tmp_path):
     from matplotlib.figure import Figure
 
-    exp = no_values.experiment
-    for draw in (figures.history, figures.learning_curves, figures.slices, figures.status):
-        assert isinstance(draw(exp), Figure), draw.__name__
-    texts = [t.get_text() for t in figures.parallel_coordinates(exp).axes[0].texts]
-    assert texts == ["no trial has run its full budget with a finite value yet"]
-    assert figures.importance(no_values.importance) is None
+    drawn = {p.name: draw() for p, draw in figures.specs(no_values)}
+    assert drawn.pop("importance") is None and all(isinstance(f, Figure) for f in drawn.values())
+    texts = [t.get_text() for t in drawn["slices"].axes[0].texts]
+    assert texts == ["fewer than 1 trial(s) have run their full budget with a finite value"]
     (tmp_path / "importance.png").write_bytes(b"stale")  # an earlier report's figure is no longer true
     plots = figures.draw_all(no_values, tmp_path)
     assert [p.name for p in plots] == list(FIGURES)
@@ -176,6 +226,6 @@ def test_write_report_writes_files_and_returns_the_warnings_it_lists(tmp_path):
     top = re.search(r"^## Top 2 trials\n\n(.*?)\n\n## ", md, re.M | re.S).group(1).splitlines()
     assert [r.split(" | ")[1] for r in top[2:]] == ["fake0_00000", "fake0_00002"]
     html = result.html.read_text()
-    assert html.count("data:image/png;base64,") == 6 and "widen lr" in html and "Top 2 trials" in html
+    assert html.count("data:image/png;base64,") == 7 and "widen lr" in html and "Top 2 trials" in html
     for link in re.findall(r"!\[[^]]*\]\(([^)]+)\)", md):
         assert (exp / link).is_file(), link

@@ -10,9 +10,9 @@ import typing
 import pytest
 import yaml
 
-from model.config import TrainConfig
+from mmtune.model.config import TrainConfig
 from tests.conftest import REPO, TINY
-from tune.cli import build_parser, config_overrides, run
+from mmtune.tune.cli import build_parser, config_overrides, run
 
 TINY_FLAGS = ["--d-model", "16", "--nhead", "2", "--num-layers", "1", "--ff-mult", "2", "--train-steps", "4",
               "--epochs", "2", "--patience", "0", "--device", "cpu"]
@@ -66,7 +66,7 @@ def test_missing_data_folder_exits_2(tmp_path, capsys):
 
 
 def test_debug_shows_the_traceback(demo_dir):
-    proc = subprocess.run([sys.executable, "-m", "tune", "--debug", "train", "--data", str(demo_dir),
+    proc = subprocess.run([sys.executable, "-m", "mmtune.tune", "--debug", "train", "--data", str(demo_dir),
                            "--d-model", "16", "--nhead", "3"], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "ConfigError" in proc.stderr
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, SMOKE, remote_files
-from tune.faults import kill_processes_of
+from mmtune.tune.faults import kill_processes_of
 
 RAY = str(Path(sys.executable).parent / "ray")
 
@@ -52,7 +52,7 @@ def nodes_of(address: str, env: dict) -> dict[str, float]:
 
 
 def sweep(address: str, env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tune", "sweep", "--address", address, "--space", SMOKE,
+    return subprocess.run([sys.executable, "-m", "mmtune.tune", "sweep", "--address", address, "--space", SMOKE,
                            "--finalize-top-k", "0", *args],
                           env=env, capture_output=True, text=True, timeout=400, cwd=REPO)
 

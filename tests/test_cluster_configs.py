@@ -9,19 +9,22 @@ import re
 import shlex
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.conftest import REPO
-from tune.cli import build_parser
+from mmtune.tune.cli import build_parser
 
 CLUSTER = REPO / "cluster"
 AWS = CLUSTER / "aws-gpu.yaml"
 RAYJOB = CLUSTER / "kuberay-rayjob.yaml"
 SBATCH = CLUSTER / "slurm.sbatch"
 WAIT = CLUSTER / "wait_for_cluster.py"
+DOCKERFILE = CLUSTER / "Dockerfile"
+IN_ENV = '"${in_env[@]}" '  # slurm.sbatch's prefix: run in the image (Apptainer) or the venv
 
 # Dummy values for the shell variables the command lines use; an unknown variable is an error.
 PLACEHOLDERS = {"head_ip": "10.0.0.1", "port": "6379", "SHARED": "/shared/mmtune", "SWEEP_NAME": "slurm-1",
@@ -268,10 +271,12 @@ def test_rayjob_entrypoint_parses(rayjob):
 
 # ---------------------------------------------------------------- SLURM
 
-def sbatch_commands(text: str) -> list[str]:
-    """The script's lines with `\\` continuations joined and comments dropped."""
+def sbatch_commands(text: str, keep_env: bool = False) -> list[str]:
+    """The script's lines with `\\` continuations joined and comments dropped (and the IN_ENV prefix, unless
+    KEEP_ENV)."""
     joined = re.sub(r"\\\n\s*", " ", text)
-    return [ln.strip() for ln in joined.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    lines = [ln.strip() for ln in joined.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    return lines if keep_env else [ln.replace(IN_ENV, "") for ln in lines]
 
 
 def test_sbatch_is_valid_bash():
@@ -338,3 +343,70 @@ def test_readme_names_the_three_paths():
     text = (CLUSTER / "README.md").read_text()
     for name in (AWS.name, RAYJOB.name, SBATCH.name, "mmtune resume", "6379", "8265"):
         assert name in text, name
+
+
+def test_sbatch_runs_ray_python_and_mmtune_in_the_chosen_environment():
+    """Every ray, python and mmtune command goes through in_env: the image (IMAGE) or the venv, never a mix."""
+    programs = ("ray start", "ray stop", "ray get-auth-token", "python cluster/", "mmtune sweep", "mmtune resume")
+    lines = sbatch_commands(SBATCH.read_text(), keep_env=True)
+    used = [p for ln in lines for p in programs if p in ln]
+    assert set(used) == set(programs)
+    for ln in lines:
+        assert all(IN_ENV + p in ln for p in programs if p in ln), ln
+    assert any(ln.startswith("in_env=(apptainer exec --nv") and '"$IMAGE"' in ln for ln in lines)
+
+
+# ---------------------------------------------------------------- the image (cluster/Dockerfile)
+
+def dockerfile_args() -> dict[str, str]:
+    """The Dockerfile's ARG defaults (the first default given for each name)."""
+    found: dict[str, str] = {}
+    for name, value in re.findall(r"^ARG (\w+)=(\S+)$", DOCKERFILE.read_text(), re.M):
+        found.setdefault(name, value)
+    return found
+
+
+def pins() -> dict[str, str]:
+    """constraints.txt as {package: version}."""
+    lines = [ln.split("#")[0].strip() for ln in (REPO / "constraints.txt").read_text().splitlines()]
+    return dict(ln.split("==") for ln in lines if ln)
+
+
+def image_tag() -> str:
+    """The tag the Dockerfile's build instructions give: REGISTRY/mmtune:<version>-ray<ray>-<cuda>."""
+    [tag] = set(re.findall(r"docker build -f cluster/Dockerfile -t (\S+) \.", DOCKERFILE.read_text()))
+    return tag
+
+
+def test_dockerfile_matches_the_pinned_versions():
+    args, pinned = dockerfile_args(), pins()
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert args["RAY_VERSION"] == pinned["ray"] and args["TORCH_VERSION"] == pinned["torch"]
+    major, minor = re.fullmatch(r">=(\d+)\.(\d+)", project["requires-python"]).groups()
+    assert args["PYTHON"] == f"py{major}{minor}" and re.fullmatch(r"cu\d{3}", args["CUDA"])
+    text = DOCKERFILE.read_text()
+    assert re.search(r"^FROM rayproject/ray:\$\{RAY_VERSION\}-\$\{PYTHON\}-\$\{CUDA\}$", text, re.M)
+    assert '--index-url "https://download.pytorch.org/whl/${CUDA}" "torch==${TORCH_VERSION}"' in text
+    # The package from the copied repository, pinned, without the dev extras (and not editable).
+    [install] = re.findall(r"pip install --no-cache-dir -c constraints.txt (\S+)", text)
+    assert install in ('"."', '".[report]"') and "COPY --chown=ray . /opt/mmtune" in text
+    # The image installs from constraints.txt as it is: no local wheel or path there.
+    assert all(re.fullmatch(r"[A-Za-z0-9_.-]+==[\w.+]+", f"{k}=={v}") for k, v in pinned.items())
+    assert image_tag() == f"REGISTRY/mmtune:{project['version']}-ray{args['RAY_VERSION']}-{args['CUDA']}"
+
+
+def test_kuberay_and_slurm_run_the_dockerfile_image(rayjob):
+    tag = image_tag()
+    cluster = rayjob["spec"]["rayClusterSpec"]
+    pods = [cluster["headGroupSpec"]["template"]["spec"], *(g["template"]["spec"] for g in cluster["workerGroupSpecs"])]
+    assert {c["image"] for pod in pods for c in pod["containers"]} == {tag}
+    assert cluster["rayVersion"] == dockerfile_args()["RAY_VERSION"]
+    assert "cluster/Dockerfile" in RAYJOB.read_text() and f"docker build -f cluster/Dockerfile -t {tag} ." in \
+        RAYJOB.read_text()
+    # The entrypoint's files are the repository's, copied to /opt/mmtune in the image.
+    for path in re.findall(r"/opt/mmtune/(\S+)", rayjob["spec"]["entrypoint"]):
+        assert (REPO / path).is_file(), path
+    sbatch = SBATCH.read_text()
+    assert "cluster/Dockerfile" in sbatch and f"docker://{tag}" in sbatch and "--pwd /opt/mmtune" in sbatch
+    readme = (CLUSTER / "README.md").read_text()
+    assert f"docker build -f cluster/Dockerfile -t {tag} ." in readme and ".[dev]" not in readme

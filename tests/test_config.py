@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from model.config import ConfigError, TrainConfig, build_config, load_config, save_config
+from mmtune.model.config import ConfigError, TrainConfig, build_config, load_config, save_config
 
 
 def test_defaults_fix_what_the_old_script_got_wrong():

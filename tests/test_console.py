@@ -12,8 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from model.status import STATUS_KEY
-from tune.console import Progress, capture_ray_output, clock_str, eta_str, ray_init_kwargs
+from mmtune.model.status import STATUS_KEY
+from mmtune.tune.console import Progress, capture_ray_output, clock_str, eta_str, ray_init_kwargs
 
 
 class Clock:

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from data.folds import assign_folds, load_cv
-from data.npz import DataError, apply_stats, feature_stats, load_dataset
-from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from model.config import ConfigError, TrainConfig
-from model.loop import fit
+from mmtune.data.folds import assign_folds, load_cv
+from mmtune.data.npz import DataError, apply_stats, feature_stats, load_dataset
+from mmtune.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from mmtune.model.config import ConfigError, TrainConfig
+from mmtune.model.loop import fit
 
 
 def numbers(history):
@@ -141,7 +141,7 @@ TINY_FLAGS = ["--d-model", "16", "--nhead", "2", "--num-layers", "1", "--ff-mult
 def test_train_cv_writes_the_estimate_and_no_test_metrics(demo_dir, tmp_path, capsys):
     import json
 
-    from tune.cli import run
+    from mmtune.tune.cli import run
 
     run_dir = tmp_path / "cv"
     assert run(["train", "--data", str(demo_dir), *TINY_FLAGS, "--cv", "3", "--checkpoint-dir", str(run_dir)]) == 0
@@ -158,7 +158,7 @@ def test_train_cv_writes_the_estimate_and_no_test_metrics(demo_dir, tmp_path, ca
 
 
 def tiny_space(**top):
-    from tune.space import parse_space
+    from mmtune.tune.space import parse_space
 
     raw = {"num_samples": 2, "epochs": 3, "params": {"lr": {"type": "float", "low": 1e-3, "high": 3e-3, "log": True}},
            "fixed": {"d_model": 16, "nhead": 2, "num_layers": 1, "ff_mult": 2, "train_steps": 4, "patience": 0,
@@ -167,7 +167,7 @@ def tiny_space(**top):
 
 
 def test_space_cv_key_sets_every_trial_config_and_bad_values_name_the_key():
-    from tune.space import SpaceError
+    from mmtune.tune.space import SpaceError
 
     assert tiny_space().train_config({"lr": 1e-3}).cv == 0
     assert tiny_space(cv=4).train_config({"lr": 1e-3}).cv == 4
@@ -180,8 +180,8 @@ def test_space_cv_key_sets_every_trial_config_and_bad_values_name_the_key():
 
 
 def test_sweep_cv_flag_is_checked_before_ray():
-    from tune.errors import SweepError
-    from tune.job import cv_option
+    from mmtune.tune.errors import SweepError
+    from mmtune.tune.job import cv_option
 
     assert cv_option("auto") == "auto" and cv_option("5") == 5 and cv_option("0") == 0 and cv_option(None) is None
     for bad in ("1", "x", "-3"):
@@ -190,8 +190,8 @@ def test_sweep_cv_flag_is_checked_before_ray():
 
 
 def test_cv_auto_picks_folds_for_a_small_holdout_and_holdout_for_a_large_one(demo_dir, tmp_path):
-    from data.demo import make_demo
-    from tune.job import load_data, resolve_cv
+    from mmtune.data.demo import make_demo
+    from mmtune.tune.job import load_data, resolve_cv
 
     space, why = resolve_cv(demo_dir, tiny_space(cv="auto"))  # val.npz: 80 samples, ~20 positives
     assert space.cv == 5 and why.startswith("5-fold CV (cv: auto; val.npz would hold") and "positives < 50" in why
@@ -203,7 +203,7 @@ def test_cv_auto_picks_folds_for_a_small_holdout_and_holdout_for_a_large_one(dem
 
 
 def test_plan_names_the_validation_and_counts_k_models():
-    from tune.resources import Plan, estimate_trial_gb
+    from mmtune.tune.resources import Plan, estimate_trial_gb
 
     one, five = TrainConfig(), TrainConfig(cv=5)
     mods = {"a": (20, 4)}
@@ -217,8 +217,8 @@ def test_plan_names_the_validation_and_counts_k_models():
 def test_recipe_round_trips_and_trains_on_all_data(demo_dir, tmp_path, capsys):
     import json
 
-    from model.config import load_config, save_config
-    from tune.cli import run
+    from mmtune.model.config import load_config, save_config
+    from mmtune.tune.cli import run
 
     recipe = tiny_space(cv=3).recipe({"lr": 2e-3}, epochs=2)
     assert (recipe.cv, recipe.val_fraction, recipe.patience, recipe.epochs) == (0, 0.0, 0, 2)
@@ -238,7 +238,7 @@ def test_cv_sweep_reports_fold_means_and_exports_a_recipe(ray_session, demo_dir,
 
     import yaml
 
-    from model.config import load_config
+    from mmtune.model.config import load_config
     from tests.conftest import SMOKE, rows, run_sweep
 
     exp = run_sweep(demo_dir, tmp_path, "cvsweep", space=SMOKE, num_samples=2, epochs=2, cv="2", no_asha=True)

@@ -10,8 +10,8 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from data.npz import DataError, load_dataset, summarize
-from tune.cli import run
+from mmtune.data.npz import DataError, load_dataset, summarize
+from mmtune.tune.cli import run
 
 T_TRAJ, F_TRAJ = 12, 4
 T_POSE, F_POSE = 6, 3

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data.demo import SPLITS, T_POSE, T_TRAJ, make_demo, modality_baselines
-from data.npz import load_dataset
+from mmtune.data.demo import SPLITS, T_POSE, T_TRAJ, make_demo, modality_baselines
+from mmtune.data.npz import load_dataset
 
 SHAPES = {"traj": (T_TRAJ, 4), "pose": (T_POSE, 14)}
 SIZES = {"train": 1200, "val": 300, "test": 300}

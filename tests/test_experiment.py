@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from model.status import TrialStatus
+from mmtune.model.status import TrialStatus
 from tests.conftest import REPO
 from tests.fake_experiment import FakeTrial, write_experiment
-from tune.errors import ResultsError
-from tune.experiment import Experiment, rank_trials
-from tune.results import export, status_table
+from mmtune.tune.errors import ResultsError
+from mmtune.tune.experiment import Experiment, rank_trials
+from mmtune.tune.results import export, status_table
 
 S = TrialStatus
 
@@ -92,9 +92,9 @@ def test_status_table(exp):
 
 
 def test_status_export_and_report_do_not_import_ray(exp):
-    code = (f"import sys; from tune.cli import run; assert run(['status', {str(exp)!r}]) == 0; "
+    code = (f"import sys; from mmtune.tune.cli import run; assert run(['status', {str(exp)!r}]) == 0; "
             f"assert run(['export', {str(exp)!r}]) == 0; "
-            "import tune.experiment, tune.results, tune.report; "
+            "import mmtune.tune.experiment, mmtune.tune.results, mmtune.tune.report; "
             "print(sorted(m for m in ('ray', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -108,10 +108,10 @@ def _tune_imports() -> dict[str, set[str]]:
         tree = ast.parse(path.read_text())
         deps = set()
         for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.module == "tune":
+            if isinstance(node, ast.ImportFrom) and node.module == "mmtune.tune":
                 deps |= {a.name for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tune."):
-                deps.add(node.module.split(".")[1])
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mmtune.tune."):
+                deps.add(node.module.split(".")[2])
         graph[path.stem] = deps - {path.stem}
     return graph
 

@@ -14,17 +14,17 @@ import pytest
 import torch
 from ray import tune
 
-from model.checkpoint import save_checkpoint
+from mmtune.model.checkpoint import save_checkpoint
 from tests.conftest import run_sweep, study_matches_trials_csv
-from tune import records
-from tune.cli import run
-from tune.errors import SweepError
-from tune.experiment import CKPT_FILE, Experiment
-from tune.faults import FaultInjector
-from tune.results import export
-from tune.resume import tune_state_saved
-from tune.sweep import SweepOptions, sweep
-from tune.trainable import restore
+from mmtune.tune import records
+from mmtune.tune.cli import run
+from mmtune.tune.errors import SweepError
+from mmtune.tune.experiment import CKPT_FILE, Experiment
+from mmtune.tune.faults import FaultInjector
+from mmtune.tune.results import export
+from mmtune.tune.resume import tune_state_saved
+from mmtune.tune.sweep import SweepOptions, sweep
+from mmtune.tune.trainable import restore
 
 
 def histories(exp):

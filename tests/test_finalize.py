@@ -14,15 +14,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from data.batches import Batches
-from data.npz import load_dataset
-from model.checkpoint import load_checkpoint
-from model.config import build_config, load_config
-from model.loop import evaluate, make_objective
+from mmtune.data.batches import Batches
+from mmtune.data.npz import load_dataset
+from mmtune.model.checkpoint import load_checkpoint
+from mmtune.model.config import build_config, load_config
+from mmtune.model.loop import evaluate, make_objective
 from tests.conftest import SMOKE
-from tune import finalize as fin
-from tune.errors import ResultsError
-from tune.experiment import Experiment, load_trials, space_of
+from mmtune.tune import finalize as fin
+from mmtune.tune.errors import ResultsError
+from mmtune.tune.experiment import Experiment, load_trials, space_of
 
 TOP_K, SEEDS = 2, 2
 
@@ -30,7 +30,7 @@ TOP_K, SEEDS = 2, 2
 @pytest.fixture(scope="module")
 def exp(ray_session, demo_dir, tmp_path_factory) -> Path:
     """`mmtune sweep` of the smoke space (4 trials), finalized at its end with 2 configs x 2 seeds."""
-    from tune.cli import run
+    from mmtune.tune.cli import run
 
     storage = tmp_path_factory.mktemp("res")
     assert run(["sweep", "--data", str(demo_dir), "--space", SMOKE, "--storage", str(storage), "--name", "fin-smoke",
@@ -111,7 +111,7 @@ def test_sweep_writes_the_finalized_winner_as_best_config(exp, capsys):
 
 
 def test_export_after_finalize_leaves_best_config_alone(exp, tmp_path):
-    from tune.cli import run
+    from mmtune.tune.cli import run
 
     copy = tmp_path / exp.name
     shutil.copytree(exp, copy)
@@ -127,7 +127,7 @@ def test_export_after_finalize_leaves_best_config_alone(exp, tmp_path):
 
 
 def test_finalize_top_k_0_skips_it_and_best_config_is_the_best_trial(ray_session, demo_dir, tmp_path, capsys):
-    from tune.cli import run
+    from mmtune.tune.cli import run
 
     assert run(["sweep", "--data", str(demo_dir), "--space", SMOKE, "--storage", str(tmp_path), "--name", "skip",
                 "--num-samples", "2", "--epochs", "1", "--finalize-top-k", "0"]) == 0
@@ -138,7 +138,7 @@ def test_finalize_top_k_0_skips_it_and_best_config_is_the_best_trial(ray_session
 
 
 def test_seeds_vary_the_split_seed_from_the_sweeps_own():
-    from tune.space import load_space
+    from mmtune.tune.space import load_space
 
     space = load_space(SMOKE)
     assert fin.seeds_for(space, 3) == [(0, 0), (1, 1), (2, 2)]
@@ -187,7 +187,7 @@ def test_leaderboard_table_lists_the_winner_first(exp):
 
 
 def test_report_shows_the_re_evaluation(exp, tmp_path):
-    from tune.report import write_report
+    from mmtune.tune.report import write_report
 
     copy = tmp_path / exp.name
     shutil.copytree(exp, copy)
@@ -236,7 +236,7 @@ def test_select_top_uses_what_exists_and_skips_duplicates(exp, caplog):
     usable = [t for t in trials if t.best_value is not None]
     top = max(t.best_value for t in usable) + 1
     clone = replace(usable[0], trial_id="clone", best_value=top, best_result={**usable[0].best_result, "val/f1": top})
-    with caplog.at_level(logging.WARNING, logger="tune.finalize"):
+    with caplog.at_level(logging.WARNING, logger="mmtune.tune.finalize"):
         picked = fin.select_top([*trials, clone], space, 10)
     assert picked[0].trial.trial_id == "clone" and len(picked) == len(usable)  # the original is a duplicate
     assert [c.rank for c in picked] == list(range(len(picked)))
@@ -244,7 +244,7 @@ def test_select_top_uses_what_exists_and_skips_duplicates(exp, caplog):
 
 
 def test_finalize_command_end_to_end(exp, tmp_path, capsys):
-    from tune.cli import run
+    from mmtune.tune.cli import run
 
     copy = tmp_path / "exp"
     shutil.copytree(exp, copy)
@@ -260,8 +260,8 @@ def test_each_split_seed_gets_its_own_split_unless_val_npz_fixes_it(demo_dir, tm
     """What the trial workers receive: one data object per split_seed a run can set (finalize's seeds)."""
     import shutil
 
-    from tune.job import load_variants
-    from tune.space import load_space
+    from mmtune.tune.job import load_variants
+    from mmtune.tune.space import load_space
 
     space = load_space(SMOKE)
     fixed = load_variants(demo_dir, space, (1, 2))

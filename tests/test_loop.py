@@ -8,9 +8,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from model.loop import fit, pick_device
-from model.run import BEST, LAST, evaluate_splits, model_from_checkpoint, train_run
+from mmtune.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from mmtune.model.loop import fit, pick_device
+from mmtune.model.run import BEST, LAST, evaluate_splits, model_from_checkpoint, train_run
 
 
 def numbers(history):
@@ -51,7 +51,7 @@ def test_early_stopping_after_patience(tiny_cfg, demo):
 
 def test_best_epoch_breaks_metric_ties_by_the_loss(tiny_cfg, demo):
     """The loop's best epoch is the best by (metric, then val loss): never the earliest of tied epochs."""
-    from model.metrics import rank_key
+    from mmtune.model.metrics import rank_key
 
     result, _ = fit(replace(tiny_cfg, epochs=6, patience=0), demo)
     keys = [rank_key(r, "val/f1") for r in result.history]
@@ -158,7 +158,7 @@ def test_pretrain_then_load_encoder(tiny_cfg, demo, tmp_path):
 
 
 def test_small_data_sets_get_at_least_min_steps_per_epoch(tiny_cfg, demo):
-    from model.loop import Trainer, make_objective, steps_per_epoch
+    from mmtune.model.loop import Trainer, make_objective, steps_per_epoch
 
     one_pass = replace(tiny_cfg, train_steps=0, batch_size=64, min_steps_per_epoch=0)
     assert steps_per_epoch(one_pass, 216) == 4  # a handful of optimizer steps per epoch

@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from model.losses import FocalLoss, build_loss, class_weights
-from model.transformer import MaskedReconstructor, MultimodalClassifier, drop_modalities
+from mmtune.model.losses import FocalLoss, build_loss, class_weights
+from mmtune.model.transformer import MaskedReconstructor, MultimodalClassifier, drop_modalities
 
 MODS = {"traj": (12, 4), "pose": (6, 7)}
 

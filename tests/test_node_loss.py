@@ -4,7 +4,7 @@ The cluster is started as `tests/test_cluster.py` starts one (`ray start --head`
 RAY_TMPDIR, token auth), with Ray's node health checks made fast (FAST_DETECTION). Each worker node is a
 `ray start --block` in its own session, and every process of it carries MMTUNE_NODE=<its tag> in its
 environment: the node is killed with SIGKILL to its process group, then to every process with its tag that left the
-group (never by name). The sweep is a separate `python -m tune sweep --address ...` on the head, on shared storage
+group (never by name). The sweep is a separate `python -m mmtune.tune sweep --address ...` on the head, on shared storage
 (the local S3 server, or a file:// folder that both nodes see).
 
 What Ray guarantees, and so what is asserted, for a trial that was running on the dead node: Tune learns of a
@@ -35,7 +35,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, SMOKE, rows, study_matches_trials_csv
-from tune.faults import kill_processes_of
+from mmtune.tune.faults import kill_processes_of
 
 RAY = str(Path(sys.executable).parent / "ray")
 NODE_VAR = "MMTUNE_NODE"  # set only in one node's environment: how its processes are found, never by name
@@ -56,7 +56,7 @@ def free_port() -> int:
 
 def tagged_pids(tag: str) -> list[int]:
     """Every process of the node tagged TAG (NODE_VAR=TAG in its environment)."""
-    from tune.faults import pids_with_env
+    from mmtune.tune.faults import pids_with_env
 
     return pids_with_env(NODE_VAR, tag)
 
@@ -170,7 +170,7 @@ class LoopbackCluster:
         """`mmtune sweep` joining this cluster, as a separate process on the head (no node tag in its environment)."""
         with open(self.logs / "sweep.out", "wb") as out, open(self.logs / "sweep.err", "wb") as err:
             self.sweep_proc = subprocess.Popen(
-                [sys.executable, "-m", "tune", "sweep", "--address", self.address, "--name", NAME,
+                [sys.executable, "-m", "mmtune.tune", "sweep", "--address", self.address, "--name", NAME,
                  "--gpus-per-trial", "0", "--cpus-per-trial", "1", "--max-failures", "2", "--finalize-top-k", "0",
                  *args],
                 env=self.env, cwd=REPO, stdout=out, stderr=err)
@@ -252,7 +252,7 @@ def live_results(c: LoopbackCluster) -> dict[str, list[dict[str, Any]]]:
 
 
 def live_records(exp: Path) -> dict[str, dict]:
-    from tune import records
+    from mmtune.tune import records
 
     try:
         return records.read_all(exp)
@@ -356,11 +356,11 @@ def check_nothing_lost(c: LoopbackCluster, shared: Storage, dead: Node, new: Nod
     assert "cluster: 2 node(s), 2 CPUs" in out and "concurrent trials: 2" in out, out[:2000]
     assert "retried up to 2 time(s)" in out, out[:2000]  # the plan says how many node losses a trial survives
 
-    export = subprocess.run([sys.executable, "-m", "tune", "export", f"{shared.uri.removeprefix('file://')}/{NAME}"],
+    export = subprocess.run([sys.executable, "-m", "mmtune.tune", "export", f"{shared.uri.removeprefix('file://')}/{NAME}"],
                             env=c.env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert export.returncode == 0, export.stderr[-3000:]
     exp = shared.exp
-    from tune import records
+    from mmtune.tune import records
 
     # Exactly num_samples trials, each ended once with all its epochs; every config once.
     table = rows(exp)
@@ -428,6 +428,7 @@ def start(cluster: LoopbackCluster, shared: Storage, demo_dir: Path, tmp_path: P
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("shared", ["file"], indirect=True)  # the S3 variant: the upload test below
 def test_worker_node_killed_mid_training(cluster, shared, demo_dir, tmp_path):
     """A worker node dies while one of its trials trains; a new node joins; the sweep ends with nothing lost."""
     worker = start(cluster, shared, demo_dir, tmp_path)
@@ -442,6 +443,7 @@ def test_worker_node_killed_mid_training(cluster, shared, demo_dir, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("shared", ["s3"], indirect=True)  # object storage: where a cut upload is a real object
 def test_worker_node_killed_during_checkpoint_upload(cluster, shared, demo_dir, tmp_path):
     """A worker node dies while a trial uploads a checkpoint it has not reported yet: the retry continues from the
     last reported checkpoint, never from the half-uploaded one (that would skip an epoch in result.json)."""
@@ -469,8 +471,8 @@ def test_restore_never_picks_a_checkpoint_newer_than_the_latest(tmp_path):
     """
     from ray import tune
 
-    from model.checkpoint import save_checkpoint
-    from tune.trainable import restore
+    from mmtune.model.checkpoint import save_checkpoint
+    from mmtune.tune.trainable import restore
 
     for index in range(3):
         save_checkpoint({"format": 1, "epoch": index + 1}, tmp_path / f"checkpoint_{index:06d}" / "checkpoint.pt")

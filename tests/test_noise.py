@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import json
 
-from model.status import TrialStatus as S
+from mmtune.model.status import TrialStatus as S
 from tests.fake_experiment import FakeTrial, write_experiment
-from tune.analysis import analyze, header_rows
-from tune.experiment import Experiment
-from tune.noise import noise, saturation_warnings
-from tune.results import export
+from mmtune.tune.analysis import analyze, header_rows
+from mmtune.tune.experiment import Experiment
+from mmtune.tune.noise import noise, saturation_warnings
+from mmtune.tune.results import export
 
 SMALL_VAL = {"samples": 54, "positives": 6, "source": {"made_from": "train.npz"}}
 

@@ -7,9 +7,9 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from data.npz import DataError, load_dataset
-from data.pack import pack
-from tune.cli import run
+from mmtune.data.npz import DataError, load_dataset
+from mmtune.data.pack import pack
+from mmtune.tune.cli import run
 
 F_TRAJ, T_POSE, F_POSE = 4, 5, 3
 

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import math
 
-from model.metrics import is_better, rank_key, tie_breaker
-from model.status import TrialStatus as S
+from mmtune.model.metrics import is_better, rank_key, tie_breaker
+from mmtune.model.status import TrialStatus as S
 from tests.fake_experiment import SPACE, FakeTrial, write_experiment
-from tune.experiment import Experiment
+from mmtune.tune.experiment import Experiment
 
 
 def test_tie_breaker_is_the_loss_or_ap_for_a_loss():

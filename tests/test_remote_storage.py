@@ -8,13 +8,13 @@ import pytest
 import yaml
 
 from tests.conftest import SMOKE, remote_files, run_sweep, study_matches_trials_csv
-from tune import records, storage
-from tune.cli import run
-from tune.errors import SweepError
-from tune.experiment import META, Experiment
-from tune.faults import FaultInjector
-from tune.results import export
-from tune.sweep import SweepOptions, sweep
+from mmtune.tune import records, storage
+from mmtune.tune.cli import run
+from mmtune.tune.errors import SweepError
+from mmtune.tune.experiment import META, Experiment
+from mmtune.tune.faults import FaultInjector
+from mmtune.tune.results import export
+from mmtune.tune.sweep import SweepOptions, sweep
 
 
 @pytest.mark.slow

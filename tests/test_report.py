@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -10,16 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from model.status import TrialStatus
+from mmtune.model.status import TrialStatus
+from tests import browser
 from tests.conftest import REPO, run_sweep
 from tests.fake_experiment import FakeTrial, write_experiment
-from tune import report
-from tune.cli import build_parser, run
-from tune.errors import ResultsError
-from tune.experiment import Experiment
+from mmtune.tune import report
+from mmtune.tune.cli import build_parser, run
+from mmtune.tune.errors import ResultsError
+from mmtune.tune.experiment import Experiment
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-FIGURES = {"history", "learning_curves", "importance", "parallel_coordinates", "slices", "status"}
+FIGURES = {"history", "learning_curves", "importance", "parallel_coordinates", "slices", "contour", "timeline"}
 N_TRIALS = 6
 S = TrialStatus
 
@@ -101,9 +103,48 @@ def test_missing_matplotlib_names_the_extra(fake, monkeypatch):
 
 
 def test_importing_the_module_is_cheap():
-    code = ("import sys, tune.report; heavy = {'matplotlib', 'ray', 'optuna', 'torch'} & set(sys.modules); "
+    code = ("import sys, mmtune.tune.report; heavy = {'matplotlib', 'ray', 'optuna', 'torch'} & set(sys.modules); "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+# ---------------------------------------------------------------- the report in a real browser (headless Chromium)
+
+
+@pytest.fixture
+def chromium() -> None:
+    """Skip where Debian's chromium is missing, unless MMTUNE_REQUIRE_CHROMIUM is set (`.ci/run` sets it)."""
+    if not browser.available():
+        if os.environ.get("MMTUNE_REQUIRE_CHROMIUM"):
+            pytest.fail("chromium is not installed (apt-get install -y chromium)")
+        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+
+
+@pytest.fixture
+def written(tmp_path: Path) -> Path:
+    """report.html of a finished fake experiment of 12 trials (3 pruned) with its study.db."""
+    trials = [FakeTrial({"lr": 10 ** (-3.5 + i / 12), "dropout": 0.02 * i}, [0.3 + 0.02 * i, 0.4 + 0.03 * i],
+                        S.PRUNED if i % 4 == 3 else S.COMPLETED) for i in range(12)]
+    return report.write_report(write_experiment(tmp_path, trials, study=True)).html
+
+
+@pytest.mark.slow
+def test_report_renders_in_chromium(chromium, written, tmp_path):
+    page = browser.open_page(written, tmp_path / "report.png")
+    assert page.errors == [] and page.broken == []
+    assert [alt for alt, _ in page.images] == ["Optimization history", "Learning curves", "Hyperparameter importance",
+                                               "Parallel coordinates", "Parameter slices", "Contour", "Timeline"]
+    assert page.screenshot.read_bytes().startswith(PNG_MAGIC)  # kept under the test's tmp_path to look at
+
+
+@pytest.mark.slow
+def test_the_browser_check_fails_on_a_broken_image_and_a_console_error(chromium, written, tmp_path):
+    html = written.read_text().replace("data:image/png;base64,", "data:image/png;base64,AAAA", 1)
+    broken = tmp_path / "broken.html"
+    broken.write_text(html.replace("</body>", "<script>console.error('boom'); missing();</script></body>"))
+    page = browser.open_page(broken, tmp_path / "broken.png")
+    assert page.broken == ["Optimization history"]
+    assert page.errors[0] == "boom" and page.errors[1].startswith("ReferenceError: missing is not defined")
 
 
 # ---------------------------------------------------------------- slow: a real sweep's files
@@ -124,7 +165,7 @@ def summary(exp_dir: Path) -> dict:
 @pytest.mark.slow
 def test_html_is_self_contained_with_every_figure(exp):
     html = (exp / "report.html").read_text()
-    assert html.count("data:image/png;base64,") >= 6
+    assert html.count("data:image/png;base64,") == len(FIGURES)
     assert "<img" in html and 'src="report/' not in html and "src='report/" not in html  # nothing to fetch
     pngs = sorted((exp / "report").glob("*.png"))
     assert {p.stem for p in pngs} == FIGURES
@@ -155,12 +196,10 @@ def test_markdown_top_table_starts_with_the_best_trial(exp):
 def test_importance_names_its_evaluator(exp):
     md = (exp / "report.md").read_text()
     imp = section(md, "Hyperparameter importance")
-    assert "FanovaImportanceEvaluator" in imp and "seed=0" in imp
+    assert "FanovaImportanceEvaluator" in imp and "seed=0" in imp and "](report/importance.png)" in imp
     assert "FanovaImportanceEvaluator" in (exp / "report.html").read_text()
-    rows = [line for line in imp.splitlines() if line.startswith("| ") and not line.startswith("| parameter")]
-    names = {r.split("|")[1].strip() for r in rows}
-    assert names <= set(Experiment.open(exp).space.names) and names  # computed from the full-budget trials
-    assert abs(sum(float(r.split("|")[2]) for r in rows) - 1.0) < 0.01
+    full = len(Experiment.open(exp).full_budget)  # the study's COMPLETE trials: the sweep kept study.db
+    assert f"({full} full-budget trials of the {N_TRIALS} in the study from study.db;" in imp
 
 
 @pytest.mark.slow

@@ -7,11 +7,11 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from model.status import TrialStatus
+from mmtune.model.status import TrialStatus
 from tests.fake_experiment import FakeTrial, write_experiment
-from tune.experiment import Experiment
-from tune.searcher import STUDY_NAME, make_sampler, reconcile, study_storage, tell
-from tune.space import SEARCHERS, parse_space
+from mmtune.tune.experiment import Experiment
+from mmtune.tune.searcher import STUDY_NAME, make_sampler, reconcile, study_storage, tell
+from mmtune.tune.space import SEARCHERS, parse_space
 
 S = TrialStatus
 DISTS = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True),
@@ -96,8 +96,8 @@ def test_every_sampler_is_seeded_and_takes_starting_points(name, tmp_path):
 
 
 def test_a_searcher_state_cut_by_a_kill_is_rebuilt_from_the_study(tmp_path):
-    from tune import storage
-    from tune.searcher import StudySearch
+    from mmtune.tune import storage
+    from mmtune.tune.searcher import StudySearch
 
     space = parse_space({"params": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
                          "num_samples": 4}, "space.yaml")

@@ -7,9 +7,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from tune.commands import check_finalize_flags, finalize_settings
-from tune.errors import SweepError
-from tune.selection import Candidate, aggregate, by_bound, choose
+from mmtune.tune.pipeline import check_finalize_flags, finalize_settings
+from mmtune.tune.errors import SweepError
+from mmtune.tune.selection import Candidate, aggregate, by_bound, choose
 
 F1, LOSS, AP = "val/f1", "val/loss", "val/ap"
 

@@ -7,9 +7,9 @@ import optuna
 import pytest
 import yaml
 
-from model.config import TrainConfig
+from mmtune.model.config import TrainConfig
 from tests.conftest import REPO
-from tune.space import SpaceError, load_space
+from mmtune.tune.space import SpaceError, load_space
 
 SPACES = sorted((REPO / "search_spaces").glob("*.yaml"))
 
@@ -111,7 +111,7 @@ def test_overrides_are_checked_again():
 
 
 def test_the_plan_states_the_budget_in_optimizer_steps():
-    from tune.sweep import budget
+    from mmtune.tune.sweep import budget
 
     space = load_space(REPO / "search_spaces/default.yaml")
     line = budget(space, 216)

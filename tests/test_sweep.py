@@ -14,19 +14,19 @@ import pytest
 import torch
 import yaml
 
-from model.config import load_config
-from model.loop import fit
+from mmtune.model.config import load_config
+from mmtune.model.loop import fit
 from tests.conftest import REPO, SMOKE, rows, run_sweep, study_matches_trials_csv
-from model.status import TrialStatus
-from tune import records
-from tune.cli import run
-from tune.errors import SweepError
-from tune.faults import kill_processes_of
-from tune.ray_runtime import cluster_nodes
-from tune.resources import plan_resources
-from tune.space import load_space
-from tune.job import prepare
-from tune.sweep import SweepOptions, sweep
+from mmtune.model.status import TrialStatus
+from mmtune.tune import records
+from mmtune.tune.cli import run
+from mmtune.tune.errors import SweepError
+from mmtune.tune.faults import kill_processes_of
+from mmtune.tune.ray_runtime import cluster_nodes
+from mmtune.tune.resources import plan_resources
+from mmtune.tune.space import load_space
+from mmtune.tune.job import prepare
+from mmtune.tune.sweep import SweepOptions, sweep
 
 
 
@@ -141,7 +141,7 @@ def test_failed_and_nan_trials_do_not_stop_the_sweep(ray_session, demo_dir, tmp_
 
 def test_infeasible_config_is_reported_not_crashed(ray_session, demo_dir, tmp_path):
     """A config that passes each parameter's check but not the combination (eta_min >= lr)."""
-    from tune.tuner import FixedConfigs
+    from mmtune.tune.tuner import FixedConfigs
 
     point = {"lr": 1e-3, "eta_min": 5e-3}
     exp = sweep(SweepOptions(data=str(demo_dir), space=SMOKE, name="infeasible", storage=str(tmp_path),
@@ -195,7 +195,7 @@ def test_bad_sweep_flags_exit_2_before_ray(demo_dir, tmp_path, capsys, flag, val
 def test_bad_space_exits_2_before_ray_starts(demo_dir, tmp_path, subprocess_env):
     bad = tmp_path / "bad.yaml"
     bad.write_text("params:\n  d_modl: {type: int, low: 8, high: 16}\n")
-    proc = subprocess.run([sys.executable, "-m", "tune", "sweep", "--data", str(demo_dir), "--space", str(bad),
+    proc = subprocess.run([sys.executable, "-m", "mmtune.tune", "sweep", "--data", str(demo_dir), "--space", str(bad),
                            "--storage", str(tmp_path / "res")], capture_output=True, text=True, env=subprocess_env)
     assert proc.returncode == 2
     assert f"{bad}: key 'params.d_modl'" in proc.stderr and "Traceback" not in proc.stderr
@@ -235,7 +235,7 @@ KILL_POINTS = {
 @pytest.mark.parametrize("when", list(KILL_POINTS))
 def test_sigkill_driver_then_resume_loses_nothing(demo_dir, tmp_path, subprocess_env, when):
     storage, name, n = tmp_path / "res", "killed", 6
-    cmd = [sys.executable, "-m", "tune", "sweep", "--data", str(demo_dir), "--space", SMOKE, "--name", name,
+    cmd = [sys.executable, "-m", "mmtune.tune", "sweep", "--data", str(demo_dir), "--space", SMOKE, "--name", name,
            "--storage", str(storage), "--num-samples", str(n), "--num-cpus", "2", "--finalize-top-k", "0"]
     exp = storage / name
     proc = subprocess.Popen(cmd, env=subprocess_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -249,7 +249,7 @@ def test_sigkill_driver_then_resume_loses_nothing(demo_dir, tmp_path, subprocess
         _kill_tree(proc, subprocess_env["RAY_TMPDIR"])
     before = records.read_all(exp)
     assert len(before) < n, "the sweep should be killed before it ends"
-    proc = subprocess.run([sys.executable, "-m", "tune", "resume", str(exp), "--num-cpus", "2"],
+    proc = subprocess.run([sys.executable, "-m", "mmtune.tune", "resume", str(exp), "--num-cpus", "2"],
                           env=subprocess_env, capture_output=True, text=True, timeout=400)
     kill_processes_of(subprocess_env["RAY_TMPDIR"])
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -268,7 +268,7 @@ def test_sigkill_driver_then_resume_loses_nothing(demo_dir, tmp_path, subprocess
 LISTENERS = r'''
 import json, os, socket, struct, sys
 from pathlib import Path
-from tune.ray_runtime import connect
+from mmtune.tune.ray_runtime import connect
 connect(None, num_cpus=1)
 import ray
 ray.get(ray.remote(lambda: 1).remote())  # a worker too

@@ -1,4 +1,4 @@
-"""`python -m tune` is `mmtune`."""
-from tune.cli import main
+"""`python -m mmtune.tune` is `mmtune`."""
+from mmtune.tune.cli import main
 
 main()

@@ -1,23 +1,29 @@
 """What a report says about an experiment, as data: importance, warnings, header facts and trial tables.
 
 Pure functions over a `tune.experiment.Experiment`: no matplotlib, no Ray. Optuna is imported only when the
-importance is computed. `analyze` gathers everything into one `Document`, which `tune.report` renders to
+study is read (`study_of`: the searcher's `study.db`, or the trials on disk) or the importance computed. `analyze` gathers everything into one `Document`, which `tune.report` renders to
 HTML and Markdown and `tune.figures` draws.
 """
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterator
 
-from model.status import TrialStatus
-from tune.errors import ResultsError
-from tune.experiment import Experiment, Trial, counts
-from tune.space import Param, SearchSpace
+from mmtune.model.status import TrialStatus
+from mmtune.tune.errors import ResultsError
+from mmtune.tune.experiment import STUDY_DB, Experiment, Trial, counts
+from mmtune.tune.space import Param, SearchSpace
+
+if TYPE_CHECKING:
+    import optuna
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +50,7 @@ class Document:
     importance: Importance
     warnings: list[str] = field(default_factory=list)
     final: dict[str, Any] | None = None  # final/summary.json of `mmtune finalize`, when it ran
+    study: optuna.Study | None = None  # `study_of(experiment)`: what Optuna's figures draw
 
     @property
     def space(self) -> SearchSpace:
@@ -84,47 +91,120 @@ def analyze(exp: Experiment, top_k: int = 5, final: dict[str, Any] | None = None
         raise ResultsError(f"--top-k must be >= 1, got {top_k}")
     if not exp.trials:
         raise ResultsError(f"{exp.path}: no trial has started yet; nothing to report")
-    imp = importance(exp)
-    return Document(exp, top_k, imp, collect_warnings(exp, imp), final)
+    study = study_of(exp)
+    imp = importance(study)
+    return Document(exp, top_k, imp, collect_warnings(exp, imp), final, study)
 
 
-# ---------------------------------------------------------------- importance
+# ---------------------------------------------------------------- the study and the importance
 
 
-def importance(exp: Experiment) -> Importance:
-    """fANOVA importances from the full-budget trials, or None and the reason.
+@contextmanager
+def quiet_optuna() -> Iterator[None]:
+    """Optuna's INFO lines off for a while: creating an in-memory study is not news."""
+    import optuna
+
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+
+
+def in_memory(direction: Any, trials: list[Any], source: str) -> optuna.Study:
+    """An in-memory study of TRIALS, its user attribute "source" saying where they came from."""
+    import optuna
+
+    with quiet_optuna():
+        study = optuna.create_study(direction=direction)
+    study.add_trials(trials)
+    study.set_user_attr("source", source)
+    return study
+
+
+def study_of(exp: Experiment) -> optuna.Study:
+    """The sweep's study, copied into memory: `<exp>/study.db` that the searcher kept, else built from the trials.
+
+    A copy, so every figure sees one snapshot of a running sweep and no database stays open while drawing.
+    """
+    import optuna
+
+    db = exp.path / STUDY_DB
+    direction = "maximize" if exp.space.mode == "max" else "minimize"
+    if db.is_file():
+        try:
+            with quiet_optuna():
+                kept = optuna.load_study(study_name=None, storage=f"sqlite:///{db}")  # the searcher keeps one study
+            if kept.trials:
+                return in_memory(kept.direction, kept.trials, STUDY_DB)
+        except Exception as e:  # noqa: BLE001 - an older or broken study.db: the trials on disk still tell
+            log.warning("%s unreadable (%s): the report's study is built from the trials on disk", db, e)
+    dists = exp.space.distributions()
+    return in_memory(direction, [f for t in exp.trials if (f := _frozen(t, dists)) is not None], "trials on disk")
+
+
+def _frozen(t: Trial, dists: dict[str, Any]) -> optuna.trial.FrozenTrial | None:
+    """Trial T as the searcher tells it: COMPLETE with its best value, PRUNED, FAIL or still RUNNING."""
+    from optuna.trial import TrialState, create_trial
+
+    full = t.status.usable and t.status is not TrialStatus.PRUNED and finite(t.best_value)
+    state = (TrialState.COMPLETE if full else TrialState.PRUNED if t.status is TrialStatus.PRUNED
+             else TrialState.FAIL if t.status.finished else TrialState.RUNNING)
+    params = {k: v for k, v in t.params.items() if k in dists}
+    values = {int(r["epoch"]): float(r[t.metric]) for r in t.history if "epoch" in r and finite(r.get(t.metric))}
+    try:
+        frozen = create_trial(state=state, value=t.best_value if full else None, params=params,
+                              distributions={k: dists[k] for k in params}, intermediate_values=values,
+                              user_attrs={"ray_trial_id": t.trial_id, "status": t.status.value})
+    except ValueError as e:  # a value outside the recorded space
+        log.warning("trial %s left out of the report's study: %s", t.trial_id, e)
+        return None
+    if t.started is not None:  # the timeline's bars: from the first report back to the start, on to the last
+        frozen.datetime_start = datetime.fromtimestamp(t.started)
+        end = t.started + float(t.last_result.get("time_total_s") or 0.0)
+        frozen.datetime_complete = datetime.fromtimestamp(end) if state.is_finished() else None
+    return frozen
+
+
+def full_budget(study: optuna.Study) -> optuna.Study:
+    """STUDY restricted to its COMPLETE trials: a pruned trial's value comes from fewer epochs."""
+    from optuna.trial import TrialState
+
+    return in_memory(study.direction, study.get_trials(states=(TrialState.COMPLETE,)), study.user_attrs["source"])
+
+
+def state_counts(study: optuna.Study) -> dict[str, int]:
+    """The study's trials by Optuna state ("COMPLETE", "PRUNED", ...), leaving out states no trial has."""
+    return dict(collections.Counter(t.state.name for t in study.trials))
+
+
+def importance(study: optuna.Study) -> Importance:
+    """fANOVA importances from STUDY's full-budget trials, or None and the reason.
 
     Pruned trials are left out: their values come from fewer epochs, and mixing them in credits whatever
     made trials slow starters (e.g. small models) with importance.
     """
     import optuna
 
-    dists = exp.space.distributions()
-    frozen = []
-    for t in exp.full_budget:
-        params = {k: v for k, v in t.params.items() if k in dists}
-        try:
-            frozen.append(optuna.trial.create_trial(params=params, distributions={k: dists[k] for k in params},
-                                                    value=float(t.best_value)))
-        except ValueError as e:  # a value outside the recorded space
-            log.warning("trial %s left out of the importance estimate: %s", t.trial_id, e)
-    n = len(frozen)
+    full = full_budget(study)
+    n = len(full.trials)
     if n < 2:
         return Importance(None, f"not computed: {n} full-budget trial(s) with a finite value; at least 2 needed", n)
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # an in-memory study's creation is not news
     try:
-        study = optuna.create_study(direction="maximize" if exp.space.mode == "max" else "minimize")
-        study.add_trials(frozen)
-        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
-        imp = optuna.importance.get_param_importances(study, evaluator=evaluator)
+        imp = optuna.importance.get_param_importances(full, evaluator=evaluator())
     except Exception as e:  # noqa: BLE001 - the report says why instead of failing
         return Importance(None, f"not computed: {type(e).__name__}: {e}", n)
-    finally:
-        optuna.logging.set_verbosity(verbosity)
-    pruned = sum(t.status is TrialStatus.PRUNED for t in exp.ranked)
+    pruned = state_counts(study).get("PRUNED", 0)
     return Importance({k: float(v) for k, v in imp.items()},
                       f"computed from {n} full-budget trials ({pruned} pruned trial(s) left out)", n)
+
+
+def evaluator() -> optuna.importance.FanovaImportanceEvaluator:
+    """The seeded fANOVA evaluator (EVALUATOR), so a report's importances are the same each time it is written."""
+    import optuna
+
+    return optuna.importance.FanovaImportanceEvaluator(seed=0)
 
 
 # ---------------------------------------------------------------- warnings
@@ -132,7 +212,7 @@ def importance(exp: Experiment) -> Importance:
 
 def collect_warnings(exp: Experiment, imp: Importance) -> list[str]:
     """Everything a user should act on before trusting the result."""
-    from tune.noise import saturation_warnings
+    from mmtune.tune.noise import saturation_warnings
 
     return [*saturation_warnings(exp), *edge_warnings(exp), *failure_warnings(exp), *importance_warnings(imp),
             *progress_warnings(exp)]
@@ -221,7 +301,7 @@ def status_counts(trials: list[Trial]) -> dict[TrialStatus, int]:
 
 def header_rows(doc: Document) -> list[tuple[str, str]]:
     """The header facts as (label, text) pairs."""
-    from tune.noise import noise
+    from mmtune.tune.noise import noise
 
     exp, s, best = doc.experiment, doc.space, doc.best
     by_status = ", ".join(f"{n} {k.label}" for k, n in status_counts(doc.trials).items())
@@ -278,7 +358,8 @@ def trial_table(doc: Document, trials: list[Trial]) -> tuple[list[str], list[lis
 
 def importance_text(doc: Document) -> str:
     """How the importance was estimated, and how to read it."""
-    return (f"Evaluator: {EVALUATOR}, on an in-memory Optuna study of the full-budget trials (completed, early "
-            f"stopped or stopped, not pruned by ASHA) with a finite value, each scored by its best epoch; "
+    return (f"Evaluator: {EVALUATOR}, on the full-budget trials of the sweep's Optuna study (from "
+            f"{doc.study.user_attrs['source'] if doc.study else STUDY_DB}: COMPLETE, i.e. completed, early stopped "
+            f"or stopped, not pruned by ASHA), each scored by its best epoch; "
             f"{doc.importance.note}. Pruned trials ran fewer epochs: mixed in, they would make whatever learns "
             "fast look important.")

@@ -11,10 +11,10 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable
 
-from data.npz import DataError
-from model.checkpoint import CheckpointError
-from model.config import FIELD_TYPES, ConfigError, TrainConfig
-from model.status import TrialStatus
+from mmtune.data.npz import DataError
+from mmtune.model.checkpoint import CheckpointError
+from mmtune.model.config import FIELD_TYPES, ConfigError, TrainConfig
+from mmtune.model.status import TrialStatus
 
 # Errors that mean "the input is wrong": a message, exit code 2, no traceback.
 BAD_INPUT: tuple[type[Exception], ...] = (ConfigError, DataError, CheckpointError, FileNotFoundError)
@@ -71,14 +71,14 @@ def _progress(total_epochs: int) -> Callable:
 
 
 def cmd_train(args: argparse.Namespace, kind: str = "classify") -> int:
-    from data.npz import load_dataset
-    from model.config import load_config
-    from model.run import train_run
+    from mmtune.data.npz import load_dataset
+    from mmtune.model.config import load_config
+    from mmtune.model.run import train_run
 
     cfg = load_config(args.config, config_overrides(args))
     run_dir = Path(args.checkpoint_dir or f"runs/{kind}-{time.strftime('%Y%m%d-%H%M%S')}")
     if cfg.cv >= 2:
-        from data.folds import load_cv
+        from mmtune.data.folds import load_cv
 
         data = load_cv(args.data, cfg.cv, cfg.split_seed)
         print(f"{kind}: {args.data} -> {run_dir}  ({cfg.cv}-fold CV over {data.info['pool']}, {len(data.pool)} "
@@ -107,11 +107,11 @@ def cmd_train(args: argparse.Namespace, kind: str = "classify") -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from data.npz import load_dataset
-    from model.checkpoint import load_checkpoint
-    from model.config import build_config
-    from model.loop import pick_device
-    from model.run import evaluate_splits, model_from_checkpoint
+    from mmtune.data.npz import load_dataset
+    from mmtune.model.checkpoint import load_checkpoint
+    from mmtune.model.config import build_config
+    from mmtune.model.loop import pick_device
+    from mmtune.model.run import evaluate_splits, model_from_checkpoint
 
     state = load_checkpoint(args.checkpoint)
     if state["kind"] != "classify":
@@ -136,17 +136,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_data(args: argparse.Namespace) -> int:
     if args.data_cmd == "pack":
-        from data.pack import pack
+        from mmtune.data.pack import pack
 
         counts = pack(args.src, args.out)
         print(f"packed {sum(counts.values())} samples into {args.out}: {counts}")
     elif args.data_cmd == "check":
-        from data.npz import load_dataset, summarize
+        from mmtune.data.npz import load_dataset, summarize
 
         info = summarize(load_dataset(args.path))
         print(json.dumps(info, indent=2) if args.json else _format_summary(args.path, info))
     else:
-        from data.demo import make_demo
+        from mmtune.data.demo import make_demo
 
         out = make_demo(args.out, args.n_train, args.n_val, args.n_test, args.difficulty, args.seed)
         print(f"demo data set written to {out}")
@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--difficulty", type=float, default=0.5, help="0 easy .. 1 hard")
     dm.add_argument("--seed", type=int, default=0)
 
-    from tune import commands  # sweep, resume, export, status
+    from mmtune.tune import commands  # sweep, resume, export, status
 
     commands.add_parsers(sub)
     return p
@@ -216,7 +216,7 @@ def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    from tune import commands
+    from mmtune.tune import commands
 
     handlers = {"train": cmd_train, "pretrain": lambda a: cmd_train(a, "pretrain"), "evaluate": cmd_evaluate,
                 "data": cmd_data, **commands.HANDLERS}

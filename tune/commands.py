@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from tune import finalize, report, storage
-from tune.errors import ResultsError, SweepError
+from mmtune.tune import dashboard, finalize, pipeline, report, storage
+from mmtune.tune.errors import ResultsError, SweepError
 
 BAD_INPUT = (SweepError, ResultsError)
 
@@ -15,7 +14,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Add the sweep sub-commands to the `mmtune` parser."""
     s = sub.add_parser("sweep", help="hyperparameter search (Ray Tune + Optuna TPE + ASHA)")
     s.add_argument("--data", required=True, help="data set folder")
-    s.add_argument("--space", default="search_spaces/default.yaml", help="search-space YAML")
+    s.add_argument("--space", default="default",
+                   help="search-space YAML, or the name of a shipped space: default (the default), smoke, seed-baseline")
     s.add_argument("--name", help="experiment name (default <space>-<time>)")
     s.add_argument("--storage", default="results",
                    help="folder or URI holding experiments: a path, file://, s3://, gs://, ... "
@@ -42,6 +42,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "confidence bound (default 3; 0 skips it: best_config.yaml is then the best trial's)")
     s.add_argument("--finalize-seeds", type=int, default=3, metavar="S",
                    help="seeds per finalized config; each varies the initialization and the split (default 3)")
+    s.add_argument("--mlflow", metavar="URI", help="log every trial (params, per-epoch metrics, status) to this MLflow "
+                   "tracking store, e.g. sqlite:///mlflow.db or http://127.0.0.1:5000 (off by default: it costs time)")
+    s.add_argument("--tensorboard", action="store_true",
+                   help="write TensorBoard logs with HParams into each trial folder (off by default: it costs time)")
     _verbose_flag(s)
 
     r = sub.add_parser("resume", help="continue an interrupted sweep")
@@ -61,6 +65,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     report.add_parser(sub)
     finalize.add_parser(sub)
+    dashboard.add_parser(sub)
 
 
 def _verbose_flag(p: argparse.ArgumentParser) -> None:
@@ -70,93 +75,35 @@ def _verbose_flag(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from tune.job import experiment_location
-    from tune.sweep import SweepOptions, sweep
+    from mmtune.tune.job import SweepOptions, experiment_location
 
-    if args.resume and args.overwrite:
-        raise SweepError("--resume and --overwrite contradict each other; choose one")
-    if args.resume and not args.name:
-        raise SweepError("--resume needs --name (the experiment to continue)")
+    pipeline.check_options(args.resume, args.overwrite, args.name)
     if args.resume:
         experiment_location(args.storage, args.name)  # a bad name fails here, with the flag named
-    check_finalize_flags(args.finalize_top_k, args.finalize_seeds)
     opts = SweepOptions(
         data=args.data, space=args.space, name=args.name, storage=args.storage, address=args.address,
         num_cpus=args.num_cpus, num_gpus=args.num_gpus, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent, max_failures=args.max_failures,
         num_samples=args.num_samples, epochs=args.epochs, seed=args.seed, cv=args.cv, overwrite=args.overwrite,
         resume=args.resume, allow_local_storage=args.allow_local_storage, verbose=args.verbose,
-        finalize_top_k=args.finalize_top_k, finalize_seeds=args.finalize_seeds)
-    return _finish(sweep(opts, out=sys.stdout).path, args.storage, args.name, args.address, args.num_cpus)
-
-
-def check_finalize_flags(top_k: int, seeds: int) -> None:
-    """Refuse impossible finalize counts before anything runs."""
-    if top_k < 0:
-        raise SweepError(f"--finalize-top-k {top_k}: use 0 (skip the re-evaluation) or a count >= 1")
-    if seeds < 1:
-        raise SweepError(f"--finalize-seeds {seeds}: must be >= 1 (use --finalize-top-k 0 to skip finalizing)")
+        finalize_top_k=args.finalize_top_k, finalize_seeds=args.finalize_seeds, mlflow=args.mlflow,
+        tensorboard=args.tensorboard)
+    pipeline.run(opts, sys.stdout)
+    return 0
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from tune.sweep import SweepOptions, sweep
+    from mmtune.tune.job import SweepOptions
 
     opts = SweepOptions.for_experiment(args.experiment, address=args.address, num_cpus=args.num_cpus,
                                        verbose=args.verbose)
     print(f"resuming {args.experiment}")
-    return _finish(sweep(opts, out=sys.stdout).path, opts.storage, opts.name, args.address, args.num_cpus)
-
-
-def _finish(exp_dir: Path, storage_path: str, name: str | None, address: str | None = None,
-            num_cpus: int | None = None) -> int:
-    """Export and show the sweep, then finalize it as its start recorded (the resource plan is the sweep's)."""
-    from tune.experiment import read_meta
-    from tune.results import export, status_table
-
-    loc = storage.locate(storage_path, exp_dir.name if name is None else name)
-    with storage.pushing(loc):
-        summary = export(exp_dir)
-    print(status_table(exp_dir))
-    print(f"\nbest {summary['metric']} = {summary['best_value']:.4f} (trial {summary['best_trial']}, "
-          f"epoch {summary['best_epoch']}); trials by status: {summary['trials_by_status']}")
-    print(f"best trial config: {summary['best_trial_config']}")
-    if loc.remote:
-        print(f"stored at:   {loc.remote} (the paths above are its local copy)")
-    print(f"Ray's log:   {exp_dir / 'ray.log'}")
-    top_k, seeds = finalize_settings(read_meta(exp_dir))
-    if top_k == 0:
-        print(f"best config: {summary['best_config']} (the best trial's: finalizing was skipped)")
-        print(f"retrain it:  mmtune train --config {summary['best_config']} --data {summary['data']}")
-        _print_warnings(summary)
-        return 0
-    print(f"\nfinalize: retraining the top {top_k} config(s) x {seeds} seed(s) at the full budget, a second Tune "
-          f"run in {exp_dir / finalize.FINAL_DIR} with the same resource plan")
-    final = finalize.finalize(str(loc), top_k, seeds, address, num_cpus, out=sys.stdout)
-    print("\n".join(finalize.result_lines(final)))
-    with storage.pushing(loc):
-        summary = export(exp_dir)  # summary.json again: its noise estimate now has the seeds' spread
-    _print_warnings(summary)
+    pipeline.run(opts, sys.stdout)
     return 0
 
 
-def _print_warnings(summary: dict) -> None:
-    """The sweep's saturation and noise warnings (also in summary.json and the report), each with its remedy."""
-    if summary.get("warnings"):
-        print("\nwarnings:")
-        print("\n".join(f"  - {w}" for w in summary["warnings"]))
-
-
-def finalize_settings(meta: dict) -> tuple[int, int]:
-    """(top-k, seeds) recorded when the sweep started; the defaults for one recorded before they existed."""
-    from tune.job import SweepOptions
-
-    options = meta.get("options", {})
-    return (int(options.get("finalize_top_k", SweepOptions.finalize_top_k)),
-            int(options.get("finalize_seeds", SweepOptions.finalize_seeds)))
-
-
 def cmd_export(args: argparse.Namespace) -> int:
-    from tune.results import export
+    from mmtune.tune.results import export
 
     with storage.synced(args.experiment) as exp_dir:
         summary = export(exp_dir, args.out)
@@ -168,7 +115,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from tune.results import status_table
+    from mmtune.tune.results import status_table
 
     with storage.synced(args.experiment, checkpoints=False) as exp_dir:
         print(status_table(exp_dir))
@@ -176,4 +123,4 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 HANDLERS = {"sweep": cmd_sweep, "resume": cmd_resume, "export": cmd_export, "status": cmd_status,
-            "report": report.cmd_report, "finalize": finalize.cmd_finalize}
+            "report": report.cmd_report, "finalize": finalize.cmd_finalize, "dashboard": dashboard.cmd_dashboard}

@@ -14,9 +14,9 @@ from typing import Any, Callable, Iterator, TextIO
 
 from ray import tune
 
-from model.metrics import is_better, rank_key, tie_breaker
-from model.status import STATUS_KEY, TrialStatus
-from tune.recorder import ended_status
+from mmtune.model.metrics import is_better, rank_key, tie_breaker
+from mmtune.model.status import STATUS_KEY, TrialStatus
+from mmtune.tune.recorder import ended_status
 
 log = logging.getLogger(__name__)
 

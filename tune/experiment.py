@@ -15,19 +15,23 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from data.io import atomic_file
-from model.metrics import is_better, rank_key
-from model.status import TrialStatus
-from tune import records, storage
-from tune.errors import ResultsError
-from tune.space import SearchSpace, parse_space
+from mmtune.data.io import atomic_file
+from mmtune.model.metrics import is_better, rank_key
+from mmtune.model.status import TrialStatus
+from mmtune.tune import records, storage
+from mmtune.tune.errors import ResultsError
+from mmtune.tune.space import SearchSpace, parse_space
+
+if TYPE_CHECKING:
+    import optuna
 
 META = "mmtune.json"  # what resume, export and the reports need: the space as read, data path, options, plan
 CKPT_FILE = "checkpoint.pt"  # the file inside each of a trial's checkpoint_* folders
 RAY_LOG = "ray.log"  # Ray's own output during the sweep
 STUDY_DB = "study.db"  # the Optuna study of the sweep (SQLite), written by the driver only
+STUDY_NAME = "mmtune"  # the study's name in STUDY_DB
 TRIAL_ID = re.compile(r"^trial_([0-9a-f]+(?:_\d+)?)$")
 PACKAGES = ("mmtune", "torch", "ray", "optuna", "numpy", "scikit-learn")
 
@@ -48,6 +52,13 @@ def write_meta(loc: storage.Location, meta: dict[str, Any]) -> None:
 def update_meta(loc: storage.Location, **changes: Any) -> None:
     """Change some fields of the metadata."""
     write_meta(loc, {**read_meta(loc.local), **changes})
+
+
+def study_storage(exp_dir: Path) -> optuna.storages.RDBStorage:
+    """Optuna's SQLite storage of the experiment in EXP_DIR (created on first use)."""
+    import optuna  # late: the read model imports no optimizer until a study is opened
+
+    return optuna.storages.RDBStorage(f"sqlite:///{Path(exp_dir).resolve() / STUDY_DB}")
 
 
 def provenance() -> dict[str, Any]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from model.loop import Trainer
+from mmtune.model.loop import Trainer
 
 
 class InjectedFault(RuntimeError):

@@ -22,16 +22,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from tune.errors import ResultsError
-from tune.results import BEST_CONFIG, FINAL_DIR
-from tune.selection import Candidate, Choice, choose, rule_text
+from mmtune.tune.errors import ResultsError
+from mmtune.tune.results import BEST_CONFIG, FINAL_DIR
+from mmtune.tune.selection import Candidate, Choice, choose, rule_text
 
 if TYPE_CHECKING:
-    from data.npz import Dataset
-    from model.config import TrainConfig
-    from tune.experiment import Experiment, Trial
-    from tune.space import SearchSpace
-    from tune.storage import Location
+    from mmtune.data.npz import Dataset
+    from mmtune.model.config import TrainConfig
+    from mmtune.tune.experiment import Experiment, Trial
+    from mmtune.tune.space import SearchSpace
+    from mmtune.tune.storage import Location
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def finalize(exp_dir: str | Path, top_k: int = 3, seeds: int = 3, address: str |
              num_cpus: int | None = None, out: TextIO | None = None) -> dict[str, Any]:
     """Retrain the top TOP_K configs of EXP_DIR (a folder or URI) with SEEDS seeds each; write <exp>/final/ and
     <exp>/best_config.yaml. OUT receives the second run's plan and compact progress (None: silent)."""
-    from tune import storage
+    from mmtune.tune import storage
 
     if top_k < 1 or seeds < 1:
         raise ResultsError(f"--top-k {top_k}, --seeds {seeds}: both must be >= 1")
@@ -58,10 +58,10 @@ def _finalize(loc: Location, top_k: int, seeds: int, address: str | None, num_cp
               out: TextIO | None) -> dict[str, Any]:
     from ray.tune.schedulers import FIFOScheduler
 
-    from tune.experiment import Experiment
-    from tune.job import load_data
-    from tune.sweep import SweepOptions, sweep
-    from tune.tuner import FixedConfigs
+    from mmtune.tune.experiment import Experiment
+    from mmtune.tune.job import load_data
+    from mmtune.tune.sweep import SweepOptions, sweep
+    from mmtune.tune.tuner import FixedConfigs
 
     exp = Experiment.open(loc.local)
     cands = select_top(exp.trials, exp.space, top_k)
@@ -88,7 +88,7 @@ def _finalize(loc: Location, top_k: int, seeds: int, address: str | None, num_cp
 
 def select_top(trials: list[Trial], space: SearchSpace, k: int) -> list[Candidate]:
     """The K best trials by the one ranking (failed, diverged, infeasible and empty ones skipped), distinct configs."""
-    from tune.experiment import rank_trials
+    from mmtune.tune.experiment import rank_trials
 
     usable = rank_trials(trials)
     if not usable:
@@ -107,7 +107,7 @@ def select_top(trials: list[Trial], space: SearchSpace, k: int) -> list[Candidat
 def seeds_for(space: SearchSpace, n: int) -> list[tuple[int, int]]:
     """N (training seed, split seed) pairs counting up from the sweep's own, so the first repeats the sweep's run;
     the split seed moves with the seed, so the runs also differ in their holdout split or CV folds."""
-    from model.config import TrainConfig
+    from mmtune.model.config import TrainConfig
 
     seed = int(space.fixed.get("seed", TrainConfig.seed))
     split = int(space.fixed.get("split_seed", TrainConfig.split_seed))
@@ -116,7 +116,7 @@ def seeds_for(space: SearchSpace, n: int) -> list[tuple[int, int]]:
 
 def count_params(cfg: TrainConfig, data: Dataset) -> int:
     """Parameters of the model CFG builds on DATA's modalities (what the tie rule prefers fewer of)."""
-    from model.loop import make_objective
+    from mmtune.model.loop import make_objective
 
     view = data.fold(0) if hasattr(data, "fold") else data  # CV data: any fold builds the same model
     return sum(p.numel() for p in make_objective(cfg, view).build(data.modalities).parameters())
@@ -126,7 +126,7 @@ def collect(runs: Experiment, cands: list[Candidate], data_path: str) -> None:
     """Attach every run of the finalize sweep to its candidate: the val metrics its best epoch reported (on the
     split it trained with) and, from that epoch's checkpoint, its test metrics; a failed or diverged run, or one
     without a finite value, is a failed seed."""
-    from tune.selection import aggregate
+    from mmtune.tune.selection import aggregate
 
     cache: dict[tuple, Dataset] = {}
     for t in runs.trials:
@@ -152,12 +152,12 @@ def collect(runs: Experiment, cands: list[Candidate], data_path: str) -> None:
 def checkpoint_metrics(t: Trial, data_path: str, cache: dict[tuple, Dataset]) -> dict[str, Any]:
     """The best-epoch checkpoint's path, a digest of its train split's statistics (which split it trained on)
     and its test metrics when the set has test.npz, on data standardized as that run's was."""
-    from data.npz import load_dataset
-    from model.checkpoint import load_checkpoint
-    from model.loop import pick_device
-    from model.metrics import metric_name
-    from model.run import evaluate_splits, model_from_checkpoint
-    from tune.results import best_checkpoint
+    from mmtune.data.npz import load_dataset
+    from mmtune.model.checkpoint import load_checkpoint
+    from mmtune.model.loop import pick_device
+    from mmtune.model.metrics import metric_name
+    from mmtune.model.run import evaluate_splits, model_from_checkpoint
+    from mmtune.tune.results import best_checkpoint
 
     path, epoch = best_checkpoint(t)
     if epoch != t.best_epoch:
@@ -198,7 +198,7 @@ def holdout(data: Dataset, cands: list[Candidate]) -> dict[str, Any]:
 
 def metric_keys(runs: list[dict[str, Any]]) -> list[str]:
     """The val/test metric names found in RUNS, in the loop's order."""
-    from model.metrics import CLASSIFICATION_KEYS, metric_name
+    from mmtune.model.metrics import CLASSIFICATION_KEYS, metric_name
 
     names = [metric_name(s, k) for s in SPLITS for k in CLASSIFICATION_KEYS]
     return [n for n in names if any(n in r for r in runs)]
@@ -207,8 +207,8 @@ def metric_keys(runs: list[dict[str, Any]]) -> list[str]:
 def write_outputs(exp: Experiment, out: Path, cands: list[Candidate], pairs: list[tuple[int, int]], top_k: int,
                   seconds: float, held: dict[str, Any]) -> dict[str, Any]:
     """final/best_config.yaml, leaderboard.csv, winner/seed_<s>.pt, summary.json, and <exp>/best_config.yaml."""
-    from data.io import write_json
-    from tune.experiment import read_meta
+    from mmtune.data.io import write_json
+    from mmtune.tune.experiment import read_meta
 
     space = exp.space
     choice = choose(cands, space.metric)
@@ -238,7 +238,7 @@ def write_outputs(exp: Experiment, out: Path, cands: list[Candidate], pairs: lis
 
 
 def _write_text(path: Path, text: str) -> None:
-    from data.io import atomic_file
+    from mmtune.data.io import atomic_file
 
     with atomic_file(path) as f:
         f.write(text)
@@ -246,7 +246,7 @@ def _write_text(path: Path, text: str) -> None:
 
 def _point_export_summary(exp_dir: Path, final: dict[str, Any]) -> None:
     """Let <exp>/summary.json (export's) say that best_config.yaml is now the finalized winner."""
-    from data.io import write_json
+    from mmtune.data.io import write_json
 
     path = exp_dir / "summary.json"
     if path.is_file():
@@ -290,7 +290,7 @@ def write_best_config(out: Path, choice: Choice, space: SearchSpace, seeds: tupl
 
 def write_leaderboard(path: Path, choice: Choice, space: SearchSpace) -> None:
     """One row per config, winner first: ranks, the rule's numbers, mean and std of every metric, params."""
-    from data.io import atomic_file
+    from mmtune.data.io import atomic_file
 
     metric, ordered = space.metric, choice.ordered
     keys = metric_keys([r for c in ordered for r in c.ok_runs])
@@ -309,7 +309,7 @@ def write_leaderboard(path: Path, choice: Choice, space: SearchSpace) -> None:
 
 def copy_winner(folder: Path, winner: Candidate) -> list[str]:
     """The winner's best-epoch checkpoint of every seed, as FOLDER/seed_<seed>.pt marked as best weights."""
-    from model.checkpoint import load_checkpoint, save_checkpoint
+    from mmtune.model.checkpoint import load_checkpoint, save_checkpoint
 
     paths = []
     for r in (r for r in winner.ok_runs if r.get("checkpoint")):

@@ -11,14 +11,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from data.folds import CVData, load_cv
-from data.npz import Dataset, load_dataset, read_splits, split_train
-from model.config import TrainConfig
-from tune import storage
-from tune.errors import SweepError
-from tune.experiment import META, read_meta
-from tune.resources import check_flags
-from tune.space import SearchSpace, load_space, parse_space
+from mmtune.data.folds import CVData, load_cv
+from mmtune.data.npz import Dataset, load_dataset, read_splits, split_train
+from mmtune.model.config import TrainConfig
+from mmtune.tune import storage
+from mmtune.tune.errors import SweepError
+from mmtune.tune.experiment import META, read_meta
+from mmtune.tune.resources import check_flags
+from mmtune.tune.space import SearchSpace, load_space, parse_space, space_file
+from mmtune.tune.tracking import check_tracking
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
@@ -50,6 +51,9 @@ class SweepOptions:
     # Recorded so that a resume finalizes as the start asked; `mmtune sweep`/`resume` run it, sweep() does not.
     finalize_top_k: int = 3  # configs re-evaluated over seeds at the end (0: none)
     finalize_seeds: int = 3  # seeds per re-evaluated config
+    # Tracking, off by default (each costs time per epoch); recorded, so a resume and finalize keep it.
+    mlflow: str | None = None  # an MLflow tracking URI: every trial becomes a run of the experiment's name
+    tensorboard: bool = False  # TensorBoard event files (scalars per epoch, HParams) in every trial folder
 
     @classmethod
     def for_experiment(cls, location: str | Path, **kw: Any) -> "SweepOptions":
@@ -86,7 +90,8 @@ class Job:
 
 
 def prepare(opts: SweepOptions) -> Job:
-    """Check the space, data, flags and experiment folder; nothing starts, nothing is written."""
+    """Check the space, data, flags, experiment folder and tracking; nothing starts, nothing is written (but the
+    tracking store that --mlflow names, when MLflow creates it on first contact)."""
     space_file, space = _space(opts.space)
     space = space.with_overrides(num_samples=opts.num_samples, epochs=opts.epochs, seed=opts.seed,
                                  cv=cv_option(opts.cv))
@@ -102,6 +107,7 @@ def prepare(opts: SweepOptions) -> Job:
                          f"`mmtune resume {loc}`, replace it with --overwrite, or pick another --name")
     space, validation = resolve_cv(opts.data, space)
     variants = load_variants(opts.data, space, opts.split_seeds)
+    check_tracking(opts.mlflow, opts.tensorboard)  # last: it may reach a tracking server
     return Job(replace(opts, name=name), space, variants[primary_split_seed(space)], loc, space_file, validation,
                variants)
 
@@ -143,7 +149,7 @@ def resolve_cv(path: str | Path, space: SearchSpace) -> tuple[SearchSpace, str]:
 def _space(space: str | SearchSpace) -> tuple[str, SearchSpace]:
     if isinstance(space, SearchSpace):
         return space.source, space
-    return str(Path(space).resolve()), load_space(space)
+    return str(space_file(space).resolve()), load_space(space)
 
 
 def json_meta(loc: storage.Location) -> dict[str, Any]:

@@ -12,8 +12,8 @@ import statistics
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from model.metrics import mode_of, tie_breaker
-from tune.experiment import Experiment, Trial
+from mmtune.model.metrics import mode_of, tie_breaker
+from mmtune.tune.experiment import Experiment, Trial
 
 MIN_RARE = 30  # fewer val samples of the rarer class than this: one sample moves F1 by several points
 CEILINGS = {"f1": 1.0, "f1_best": 1.0, "acc": 1.0, "auroc": 1.0, "ap": 1.0, "precision": 1.0, "recall": 1.0}

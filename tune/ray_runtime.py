@@ -6,7 +6,7 @@ import logging
 import os
 from typing import Any
 
-from tune.errors import SweepError
+from mmtune.tune.errors import SweepError
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from typing import Any
 
 from ray import tune
 
-from model.status import STATUS_KEY, TrialStatus
-from tune import records, storage
+from mmtune.model.status import STATUS_KEY, TrialStatus
+from mmtune.tune import records, storage
 
 # Ray's bookkeeping in a result, left out of the record.
 RAY_KEYS = {"config", "trial_id", "date", "timestamp", "time_this_iter_s", "time_total_s", "pid", "hostname",

@@ -9,9 +9,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from data.io import atomic_file
-from model.status import TrialStatus
-from tune import storage
+from mmtune.data.io import atomic_file
+from mmtune.model.status import TrialStatus
+from mmtune.tune import storage
 
 RECORDS_DIR = "mmtune_trials"
 

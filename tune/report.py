@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from data.io import atomic_file
-from tune.errors import ResultsError
+from mmtune.data.io import atomic_file
+from mmtune.tune.errors import ResultsError
 
 if TYPE_CHECKING:
-    from tune.analysis import Document
-    from tune.experiment import Trial
-    from tune.figures import Plot
+    from mmtune.tune.analysis import Document
+    from mmtune.tune.experiment import Trial
+    from mmtune.tune.figures import Plot
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +47,9 @@ def write_report(exp_dir: str | Path, top_k: int = 5) -> ReportResult:
     """Write report.html (self-contained, images embedded as base64 PNG), report.md and report/*.png into EXP_DIR."""
     if top_k < 1:
         raise ResultsError(f"--top-k must be >= 1, got {top_k}")
-    from tune import figures
-    from tune.analysis import analyze
-    from tune.experiment import Experiment
+    from mmtune.tune import figures
+    from mmtune.tune.analysis import analyze
+    from mmtune.tune.experiment import Experiment
 
     figures.require_matplotlib()  # fail early and clearly when the extra is not installed
     exp = Experiment.open(exp_dir)
@@ -76,7 +76,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Write the report of ARGS.experiment and print where it is and its warnings."""
-    from tune import storage
+    from mmtune.tune import storage
 
     with storage.synced(args.experiment, checkpoints=False) as exp_dir:  # the report reads results only
         result = write_report(exp_dir, getattr(args, "top_k", 5))
@@ -99,7 +99,7 @@ def _positive_int(text: str) -> int:
 
 def _final_summary(exp_dir: Path) -> dict[str, Any] | None:
     """The summary `mmtune finalize` wrote, or None (not run, or unreadable: said in the log)."""
-    from tune.finalize import FINAL_DIR
+    from mmtune.tune.finalize import FINAL_DIR
 
     path = exp_dir / FINAL_DIR / "summary.json"
     if not path.is_file():
@@ -120,6 +120,35 @@ def _final_text(doc: Document) -> str:
             f"{w.get('trial_id')}, config {f.get('best_config')}.")
 
 
+# ---------------------------------------------------------------- the content, once for both formats
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table of the report; row BEST (if any) is the best trial or config."""
+
+    cols: list[str]
+    rows: list[list[Any]]
+    best: int | None = None
+
+
+def sections(doc: Document, plots: list[Plot]) -> list[tuple[str, list[Any]]]:
+    """The report after its header: (title, blocks) per section, rendered alike to HTML and Markdown; a block is
+    a paragraph (str), a list (the warnings), a Table or a figure (Plot)."""
+    from mmtune.tune.analysis import importance_text, trial_table
+
+    def trials(ts: list[Trial]) -> list[Any]:
+        return [Table(*trial_table(doc, ts), 0 if doc.best else None)] if ts else ["No trial has a finite value yet."]
+
+    out = [("Warnings", [doc.warnings] if doc.warnings else ["None."]), (f"Top {doc.top_k} trials", trials(doc.top))]
+    if doc.final is not None:
+        from mmtune.tune.finalize import leaderboard_rows
+
+        out.append(("Re-evaluation (mmtune finalize)", [_final_text(doc), Table(*leaderboard_rows(doc.final), 0)]))
+    out += [(p.title, [importance_text(doc)] * (p.name == "importance") + [p]) for p in plots]
+    return out + [(f"All trials ({len(doc.trials)})", trials(doc.all_trials))]
+
+
 # ---------------------------------------------------------------- HTML
 
 CSS = """
@@ -127,11 +156,10 @@ body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px a
  padding:0 16px;line-height:1.4}
 h1{font-size:24px;margin-bottom:4px}h2{font-size:19px;margin-top:30px;border-bottom:1px solid #ddd;padding-bottom:4px}
 table{border-collapse:collapse;font-size:12.5px;margin:8px 0}
-th,td{border:1px solid #ddd;padding:3px 7px;text-align:right;white-space:nowrap}
-th{background:#f3f3f3;white-space:normal;vertical-align:bottom}td.l,th.l{text-align:left}
-table.head td{text-align:left;white-space:normal}table.head td:first-child{font-weight:600;background:#fafafa}
-.scroll{overflow-x:auto}.warn{background:#fff6d6;border:1px solid #e8c95a;padding:8px 14px;border-radius:4px}
-.ok{background:#eaf6ea;border:1px solid #9fd19f;padding:8px 14px;border-radius:4px}
+th,td{border:1px solid #ddd;padding:3px 7px;text-align:left;white-space:nowrap}
+th{background:#f3f3f3;white-space:normal;vertical-align:bottom}
+table.head td{white-space:normal}table.head td:first-child{font-weight:600;background:#fafafa}
+.scroll{overflow-x:auto}ul.warn{background:#fff6d6;border:1px solid #e8c95a;padding:8px 30px;border-radius:4px}
 tr.best td{background:#eef6ff;font-weight:600}
 figure{margin:10px 0 20px}figure img{max-width:100%;border:1px solid #eee}
 figcaption{font-size:13px;color:#555;margin-top:4px}.muted{color:#777;font-size:13px}
@@ -144,71 +172,33 @@ def _e(x: Any) -> str:
 
 def render_html(doc: Document, plots: list[Plot]) -> str:
     """The whole self-contained HTML page (the PNGs of PLOTS embedded)."""
-    from tune.analysis import header_rows
+    from mmtune.tune.analysis import header_rows
 
     name = _e(doc.experiment.name)
     head = "".join(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in header_rows(doc))
-    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>mmtune report: {name}</title>"
-             f"<style>{CSS}</style></head><body>", f"<h1>mmtune report: {name}</h1>",
-             f"<p class='muted'>generated {_e(time.strftime('%Y-%m-%d %H:%M:%S'))} by <code>mmtune report</code></p>",
-             f"<table class='head'>{head}</table>", _html_warnings(doc), f"<h2>Top {doc.top_k} trials</h2>",
-             _html_table(doc, doc.top), _html_final(doc), *[_html_figure(doc, p) for p in plots],
-             f"<h2>All trials ({len(doc.trials)})</h2>", _html_table(doc, doc.all_trials), "</body></html>"]
-    return "\n".join(parts)
+    body = [f"<h2>{_e(title)}</h2>" + "".join(map(_html_block, blocks)) for title, blocks in sections(doc, plots)]
+    return "\n".join([f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>mmtune report: {name}"
+                      f"</title><style>{CSS}</style></head><body>", f"<h1>mmtune report: {name}</h1>",
+                      f"<p class='muted'>generated {_e(time.strftime('%Y-%m-%d %H:%M:%S'))} by <code>mmtune report"
+                      f"</code></p>", f"<table class='head'>{head}</table>", *body, "</body></html>"])
 
 
-def _html_warnings(doc: Document) -> str:
-    if not doc.warnings:
-        return "<h2>Warnings</h2><div class='ok'>None.</div>"
-    items = "".join(f"<li>{_e(w)}</li>" for w in doc.warnings)
-    return f"<h2>Warnings</h2><div class='warn'><ul>{items}</ul></div>"
-
-
-def _html_table(doc: Document, trials: list[Trial]) -> str:
-    from tune.analysis import trial_table
-
-    if not trials:
-        return "<p class='muted'>No trial has a finite value yet.</p>"
-    cols, rows = trial_table(doc, trials)
-    head = "".join(f"<th class='{'l' if c in ('trial', 'status') else ''}'>{_e(c).replace('_', '_<wbr>')}</th>"
-                   for c in cols)
-    body = []
-    for t, row in zip(trials, rows):
-        cells = "".join(f"<td class='{'l' if i in (1, 5) else ''}'>{_e(c)}</td>" for i, c in enumerate(row))
-        body.append(f"<tr class='{'best' if t is doc.best else ''}'>{cells}</tr>")
-    return f"<div class='scroll'><table><tr>{head}</tr>{''.join(body)}</table></div>"
-
-
-def _html_final(doc: Document) -> str:
-    if doc.final is None:
-        return ""
-    from tune.finalize import leaderboard_rows
-
-    cols, rows = leaderboard_rows(doc.final)
-    head = "".join(f"<th>{_e(c)}</th>" for c in cols)
-    body = "".join("<tr class='{}'>{}</tr>".format("best" if i == 0 else "", "".join(f"<td>{_e(c)}</td>" for c in r))
-                   for i, r in enumerate(rows))
-    return (f"<h2>Re-evaluation (mmtune finalize)</h2><p>{_e(_final_text(doc))}</p>"
-            f"<div class='scroll'><table><tr>{head}</tr>{body}</table></div>")
-
-
-def _html_figure(doc: Document, p: Plot) -> str:
-    from tune.analysis import importance_text
-
-    extra = ""
-    if p.name == "importance":
-        extra = f"<p>{_e(importance_text(doc))}</p>"
-        if doc.importance.values:
-            rows = "".join(f"<tr><td class='l'>{_e(k)}</td><td>{v:.3f}</td></tr>"
-                           for k, v in doc.importance.values.items())
-            extra += f"<table><tr><th class='l'>parameter</th><th>importance</th></tr>{rows}</table>"
-    if p.path is None:  # the importance text already says why it has no figure
-        why = "" if p.name == "importance" else "<p class='muted'>This figure could not be drawn (see the log).</p>"
-        return f"<h2>{_e(p.title)}</h2>{extra}{why}"
-    data = base64.b64encode(p.path.read_bytes()).decode("ascii")
-    return (f"<h2>{_e(p.title)}</h2>{extra}<figure><img alt='{_e(p.title)}' src='data:image/png;base64,{data}'>"
-            f"<figcaption>{_e(p.caption)} <span class='muted'>({_e(FIG_DIR)}/{_e(p.path.name)})</span>"
-            "</figcaption></figure>")
+def _html_block(b: Any) -> str:
+    """One block as HTML."""
+    if isinstance(b, str):
+        return f"<p>{_e(b)}</p>"
+    if isinstance(b, list):
+        return "<ul class='warn'>" + "".join(f"<li>{_e(w)}</li>" for w in b) + "</ul>"
+    if isinstance(b, Table):
+        rows = "".join(f"<tr class='{'best' if i == b.best else ''}'>" + "".join(f"<td>{_e(c)}</td>" for c in r)
+                       + "</tr>" for i, r in enumerate(b.rows))
+        head = "".join(f"<th>{_e(c).replace('_', '_<wbr>')}</th>" for c in b.cols)
+        return f"<div class='scroll'><table><tr>{head}</tr>{rows}</table></div>"
+    if b.path is None:  # the importance text already says why it has no figure
+        return "" if b.name == "importance" else "<p class='muted'>This figure could not be drawn (see the log).</p>"
+    data = base64.b64encode(b.path.read_bytes()).decode("ascii")
+    return (f"<figure><img alt='{_e(b.title)}' src='data:image/png;base64,{data}'><figcaption>{_e(b.caption)} "
+            f"<span class='muted'>({_e(FIG_DIR)}/{_e(b.path.name)})</span></figcaption></figure>")
 
 
 # ---------------------------------------------------------------- Markdown
@@ -218,35 +208,25 @@ def _md_cell(x: Any) -> str:
     return str(x).replace("|", "\\|").replace("\n", " ")
 
 
-def _md_table(cols: list[str], rows: list[list[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(_md_cell(c) for c in cols) + " |", "|" + "---|" * len(cols)]
-    return lines + ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in rows]
-
-
 def render_markdown(doc: Document, plots: list[Plot]) -> str:
     """The report as Markdown, with the figures of PLOTS linked from report/."""
-    from tune.analysis import header_rows, importance_text, trial_table
+    from mmtune.tune.analysis import header_rows
 
-    lines = [f"# mmtune report: {doc.experiment.name}", ""]
-    lines += [f"- **{k}**: {_md_cell(v)}" for k, v in header_rows(doc)]
-    lines += ["", "## Warnings", ""] + ([f"- {w}" for w in doc.warnings] or ["None."])
-    lines += ["", f"## Top {doc.top_k} trials", ""]
-    lines += _md_table(*trial_table(doc, doc.top)) if doc.top else ["No trial has a finite value yet."]
-    if doc.final is not None:
-        from tune.finalize import leaderboard_rows
-
-        lines += ["", "## Re-evaluation (mmtune finalize)", "", _final_text(doc), ""]
-        lines += _md_table(*leaderboard_rows(doc.final))
-    for p in plots:
-        lines += ["", f"## {p.title}", ""]
-        if p.name == "importance":
-            lines += [importance_text(doc), ""]
-            if doc.importance.values:
-                lines += _md_table(["parameter", "importance"],
-                                   [[k, f"{v:.3f}"] for k, v in doc.importance.values.items()])
-                lines += [""]
-        if p.path is not None:
-            lines += [f"![{p.title}]({FIG_DIR}/{p.path.name})", "", f"*{p.caption}*"]
-    lines += ["", f"## All trials ({len(doc.trials)})", ""]
-    lines += _md_table(*trial_table(doc, doc.all_trials))
+    lines = [f"# mmtune report: {doc.experiment.name}", ""] + [f"- **{k}**: {_md_cell(v)}" for k, v in header_rows(doc)]
+    for title, blocks in sections(doc, plots):
+        lines += ["", f"## {title}"]
+        for b in blocks:
+            lines += [""] + _md_block(b)
     return "\n".join(lines) + "\n"
+
+
+def _md_block(b: Any) -> list[str]:
+    """One block as Markdown lines."""
+    if isinstance(b, str):
+        return [b]
+    if isinstance(b, list):
+        return [f"- {w}" for w in b]
+    if isinstance(b, Table):
+        rows = ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in [b.cols, *b.rows]]
+        return rows[:1] + ["|" + "---|" * len(b.cols)] + rows[1:]
+    return [] if b.path is None else [f"![{b.title}]({FIG_DIR}/{b.path.name})", "", f"*{b.caption}*"]

@@ -8,9 +8,9 @@ import math
 import os
 from dataclasses import dataclass, field
 
-from model.config import TrainConfig
-from tune.errors import SweepError
-from tune.space import SearchSpace
+from mmtune.model.config import TrainConfig
+from mmtune.tune.errors import SweepError
+from mmtune.tune.space import SearchSpace
 
 ASSUMED_GPU_GB = 16.0  # when the driver cannot see a GPU to measure (e.g. logical GPUs, a remote cluster)
 Node = dict[str, float]  # a node's resources as Ray reports them: CPU, GPU, object_store_memory, ...

@@ -12,36 +12,41 @@ from typing import Any
 
 import yaml
 
-from data.io import atomic_file, write_json
-from tune.errors import ResultsError
-from model.config import TrainConfig
-from tune.experiment import CKPT_FILE, Experiment, Trial, counts
-from tune.space import SearchSpace
-from tune.noise import summary_entry
+from mmtune.data.io import atomic_file, write_json
+from mmtune.tune.errors import ResultsError
+from mmtune.model.config import TrainConfig
+from mmtune.tune.experiment import CKPT_FILE, Experiment, Trial, counts
+from mmtune.tune.space import SearchSpace
+from mmtune.tune.noise import summary_entry
 
 BEST_CONFIG = "best_config.yaml"  # the config to deploy: finalize's winner, or the best trial's until finalize ran
 BEST_TRIAL_CONFIG = "best_trial_config.yaml"  # the single best sweep trial's config
 FINAL_DIR = "final"  # <experiment>/final: the finalize run and its outputs (tune/finalize.py)
 
 
-def write_trials_csv(exp: Experiment, path: Path) -> None:
-    """One row per trial: params, best and final metric, epochs, status, node."""
+def trial_rows(exp: Experiment) -> tuple[list[str], list[list[Any]]]:
+    """The columns and rows of trials.csv (one row per trial: status, epochs, best and final metric, params, node)."""
     space = exp.space
     cols = ["trial_id", "status", "epochs", "best_epoch", f"best {space.metric}", f"final {space.metric}",
             *space.names, "node_id", "gpu_ids", "error"]
+    rows = [[t.trial_id, t.status.value, t.epochs, t.best_epoch, t.best_value, t.final_value,
+             *[t.params.get(n) for n in space.names], t.last_result.get("node_id"), t.last_result.get("gpu_ids"),
+             (t.error or "").strip().splitlines()[-1][:200] if t.error else ""] for t in exp.trials]
+    return cols, rows
+
+
+def write_trials_csv(exp: Experiment, path: Path) -> None:
+    """trials.csv: the rows of `trial_rows`."""
+    cols, rows = trial_rows(exp)
     with atomic_file(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(cols)
-        for t in exp.trials:
-            err = (t.error or "").strip().splitlines()[-1][:200] if t.error else ""
-            w.writerow([t.trial_id, t.status.value, t.epochs, t.best_epoch, t.best_value, t.final_value,
-                        *[t.params.get(n) for n in space.names], t.last_result.get("node_id"),
-                        t.last_result.get("gpu_ids"), err])
+        w.writerows(rows)
 
 
 def best_checkpoint(t: Trial) -> tuple[Path, int]:
     """The trial's kept checkpoint closest to its best epoch; corrupt files are named and skipped."""
-    from model.checkpoint import CheckpointError, load_checkpoint  # late: torch
+    from mmtune.model.checkpoint import CheckpointError, load_checkpoint  # late: torch
 
     found, bad = [], []
     for d in sorted(t.path.glob("checkpoint_*"), reverse=True):

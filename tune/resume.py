@@ -8,25 +8,27 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from tune import storage
-from tune.errors import SweepError
-from tune.experiment import META
-from tune.resources import Plan
+from mmtune.tune import storage
+from mmtune.tune.errors import SweepError
+from mmtune.tune.experiment import META
+from mmtune.tune.resources import Plan
 
 if TYPE_CHECKING:
     from ray import tune
 
-    from tune.job import Job, SweepOptions
+    from mmtune.tune.job import Job, SweepOptions
 
 log = logging.getLogger(__name__)
 
 
 def prepare(options: SweepOptions) -> tuple[Job, Plan]:
     """The recorded Job and plan of the experiment named by OPTIONS (before Ray starts)."""
-    from tune.job import experiment_location, recorded_job
+    from mmtune.tune.job import experiment_location, recorded_job
+    from mmtune.tune.tracking import check_tracking
 
     loc = experiment_location(options.storage, options.name or "")
     job, meta = recorded_job(str(loc))
+    check_tracking(job.opts.mlflow, job.opts.tensorboard)  # the tracking the sweep started with, still reachable
     # Where to run may differ from the first run (another cluster); what to run may not.
     job.opts.address, job.opts.num_cpus, job.opts.num_gpus = options.address, options.num_cpus, options.num_gpus
     job.opts.verbose = options.verbose
@@ -37,8 +39,8 @@ def restore(job: Job, plan: Plan, callbacks: tuple, out: TextIO | None) -> tune.
     """The Tuner that continues JOB: finished trials kept, errored ones resumed, searcher state kept."""
     from ray import tune as ray_tune
 
-    from tune import ray_runtime
-    from tune.tuner import build_tuner, make_trainable, tune_callbacks
+    from mmtune.tune import ray_runtime
+    from mmtune.tune.tuner import build_tuner, make_trainable, tune_callbacks
 
     exp_dir = job.loc.local
     repaired = repair_checkpoints(exp_dir)

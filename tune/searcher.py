@@ -17,22 +17,19 @@ from __future__ import annotations
 import logging
 import math
 import pickle
-from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from model.status import TrialStatus
-from tune import storage
-from tune.experiment import STUDY_DB, Experiment, Trial
-from tune.recorder import ended_status
-from tune.space import SearchSpace
+from mmtune.model.status import TrialStatus
+from mmtune.tune import storage
+from mmtune.tune.experiment import STUDY_DB, STUDY_NAME, Experiment, Trial, study_storage
+from mmtune.tune.recorder import ended_status
+from mmtune.tune.space import SearchSpace
 
 log = logging.getLogger(__name__)
-
-STUDY_NAME = "mmtune"
 
 
 def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
@@ -48,11 +45,6 @@ def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
     if space.searcher == "qmc":
         return optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=space.seed)
     return optuna.samplers.RandomSampler(seed=space.seed)
-
-
-def study_storage(exp_dir: Path) -> optuna.storages.RDBStorage:
-    """Optuna's SQLite storage of the experiment in EXP_DIR (created on first use)."""
-    return optuna.storages.RDBStorage(f"sqlite:///{Path(exp_dir).resolve() / STUDY_DB}")
 
 
 class StudySearch(OptunaSearch):

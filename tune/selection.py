@@ -17,11 +17,11 @@ import statistics
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from model.metrics import mode_of, rank_key, tie_breaker
+from mmtune.model.metrics import mode_of, rank_key, tie_breaker
 
 if TYPE_CHECKING:
-    from model.config import TrainConfig
-    from tune.experiment import Trial
+    from mmtune.model.config import TrainConfig
+    from mmtune.tune.experiment import Trial
 
 
 @dataclass

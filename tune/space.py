@@ -9,8 +9,8 @@ from typing import Any
 
 import optuna
 
-from model.config import FIELD_TYPES, MONITOR_CHOICES, ConfigError, TrainConfig, build_config, coerce, read_yaml
-from model.metrics import mode_of
+from mmtune.model.config import FIELD_TYPES, MONITOR_CHOICES, ConfigError, TrainConfig, build_config, coerce, read_yaml
+from mmtune.model.metrics import mode_of
 
 
 class SpaceError(ConfigError):
@@ -112,8 +112,30 @@ class SearchSpace:
         return space
 
 
+def shipped_spaces() -> dict[str, Path]:
+    """The search spaces installed with mmtune, by name (`default`, `smoke`, ...)."""
+    from importlib.resources import files
+
+    folder = files("mmtune.search_spaces")
+    return {Path(str(f)).stem: Path(str(f)) for f in folder.iterdir() if str(f).endswith(".yaml")}
+
+
+def space_file(name_or_path: str | Path) -> Path:
+    """A search-space file: a path that exists, or the name of a shipped space (`default` is default.yaml)."""
+    path = Path(name_or_path)
+    if path.is_file() or path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
+        return path  # a path (a missing one fails in load_space, naming it)
+    shipped = shipped_spaces()
+    if str(name_or_path) not in shipped:
+        raise SpaceError(f"--space {name_or_path}: no such file, and not a shipped space ({', '.join(sorted(shipped))}); "
+                         "give a YAML path or one of those names")
+    return shipped[str(name_or_path)]
+
+
 def load_space(path: str | Path) -> SearchSpace:
-    """Read and check a search-space YAML; every problem is a SpaceError naming file and key."""
+    """Read and check a search-space YAML (a path, or a shipped space's name); every problem is a SpaceError naming
+    file and key."""
+    path = space_file(path)
     try:
         raw = read_yaml(path)
     except ConfigError as e:

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 from urllib.parse import urlsplit
 
-from data.io import atomic_file
-from tune.errors import SweepError
+from mmtune.data.io import atomic_file
+from mmtune.tune.errors import SweepError
 
 if TYPE_CHECKING:
     import pyarrow.fs as pafs
@@ -191,16 +191,22 @@ def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
             for p in folder.rglob("*") if p.is_file()} if folder.is_dir() else {}
 
 
-@contextlib.contextmanager
-def synced(location: str | Path, checkpoints: bool = True) -> Iterator[Path]:
-    """The local folder of the experiment LOCATION; for a remote one, pulled first (trial checkpoints only
-    with CHECKPOINTS) and changes pushed after."""
+def fetched(location: str | Path, checkpoints: bool = True) -> Location:
+    """The experiment LOCATION with its files local: a remote one is pulled first (trial checkpoints only with
+    CHECKPOINTS); a SweepError when there is none."""
     loc = locate(str(location))
     if loc.remote:
         if not exists(loc):
             raise SweepError(f"{loc.remote}: no experiment there")
         pull(loc, checkpoints=checkpoints)
-    with pushing(loc) as folder:
+    return loc
+
+
+@contextlib.contextmanager
+def synced(location: str | Path, checkpoints: bool = True) -> Iterator[Path]:
+    """The local folder of the experiment LOCATION; for a remote one, pulled first (trial checkpoints only
+    with CHECKPOINTS) and changes pushed after."""
+    with pushing(fetched(location, checkpoints)) as folder:
         yield folder
 
 

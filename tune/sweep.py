@@ -11,15 +11,15 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Sequence, TextIO
 
-from data.folds import CVData
-from data.npz import Dataset
-from model.loop import Callback
-from tune import storage
-from tune.errors import SweepError
-from tune.experiment import RAY_LOG, Experiment, provenance, update_meta, write_meta
-from tune.job import Job, SweepOptions, prepare
-from tune.resources import Plan, check_cluster, plan_resources
-from tune.space import SearchSpace
+from mmtune.data.folds import CVData
+from mmtune.data.npz import Dataset
+from mmtune.model.loop import Callback
+from mmtune.tune import storage
+from mmtune.tune.errors import SweepError
+from mmtune.tune.experiment import RAY_LOG, Experiment, provenance, update_meta, write_meta
+from mmtune.tune.job import Job, SweepOptions, prepare
+from mmtune.tune.resources import Plan, check_cluster, plan_resources
+from mmtune.tune.space import SearchSpace
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +32,9 @@ def sweep(options: SweepOptions, *, searcher: Any = None, scheduler: Any = None,
     join the training loop of every trial (e.g. fault injection). OUT receives the plan and a compact progress
     view (None: silent). Ray's own output goes to <experiment>/ray.log.
     """
-    from tune import resume as resuming
-    from tune import ray_runtime, tuner as tuning
-    from tune.console import capture_ray_output, ray_init_kwargs
+    from mmtune.tune import resume as resuming
+    from mmtune.tune import ray_runtime, tuner as tuning
+    from mmtune.tune.console import capture_ray_output, ray_init_kwargs
 
     if options.resume:
         if searcher is not None or scheduler is not None:
@@ -67,7 +67,7 @@ def sweep(options: SweepOptions, *, searcher: Any = None, scheduler: Any = None,
 def budget(space: SearchSpace, n_train: int) -> str:
     """The per-trial budget in optimizer steps, for the plan: an epoch count alone hides how little a small data
     set trains (one pass over 200 samples is 7 batches)."""
-    from model.loop import steps_per_epoch
+    from mmtune.model.loop import steps_per_epoch
 
     base = space.train_config(space.start[0] if space.start else {})
     batch = next((p for p in space.params if p.name == "batch_size"), None)
@@ -115,8 +115,8 @@ def validation_info(data: Dataset) -> dict[str, Any]:
 
 def finish_experiment(loc: storage.Location, errors: int) -> Experiment:
     """Reconcile the study with the records, prune checkpoints, mark the experiment finished; return it."""
-    from tune.results import prune_checkpoints
-    from tune.searcher import reconcile_experiment
+    from mmtune.tune.results import prune_checkpoints
+    from mmtune.tune.searcher import reconcile_experiment
 
     if loc.remote:
         storage.pull(loc)  # what Ray wrote there, for the export that follows

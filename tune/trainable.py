@@ -11,16 +11,16 @@ import ray
 import torch
 from ray import tune
 
-from data.folds import CVData
-from data.npz import Dataset
-from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from model.config import ConfigError
-from model.loop import Trainer, fit
-from model.metrics import worst_value
-from model.status import STATUS_KEY, TrialStatus
-from tune import records
-from tune.experiment import CKPT_FILE
-from tune.space import SearchSpace
+from mmtune.data.folds import CVData
+from mmtune.data.npz import Dataset
+from mmtune.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from mmtune.model.config import ConfigError
+from mmtune.model.loop import Trainer, fit
+from mmtune.model.metrics import worst_value
+from mmtune.model.status import STATUS_KEY, TrialStatus
+from mmtune.tune import records
+from mmtune.tune.experiment import CKPT_FILE
+from mmtune.tune.space import SearchSpace
 
 log = logging.getLogger(__name__)
 

@@ -10,16 +10,17 @@ from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import Searcher
 
-from tune import storage
-from tune.console import Progress
-from tune.recorder import TrialRecorder
-from tune.searcher import StudySearch
-from tune.space import SearchSpace
-from tune.trainable import train_trial
+from mmtune.tune import storage
+from mmtune.tune.console import Progress
+from mmtune.tune.recorder import TrialRecorder
+from mmtune.tune.searcher import StudySearch
+from mmtune.tune.space import SearchSpace
+from mmtune.tune.tracking import tracking_callbacks
+from mmtune.tune.trainable import train_trial
 
 if TYPE_CHECKING:
-    from tune.resources import Plan
-    from tune.job import Job
+    from mmtune.tune.resources import Plan
+    from mmtune.tune.job import Job
 
 
 def build_tuner(job: Job, plan: Plan, callbacks: tuple, out: TextIO | None, *, searcher: Any = None,
@@ -50,10 +51,12 @@ def make_trainable(job: Job, plan: Plan, callbacks: tuple) -> Any:
 
 
 def tune_callbacks(job: Job, out: TextIO | None) -> list:
-    """Tune callbacks of every sweep: result.json per trial, the durable records, the progress view."""
+    """Tune callbacks of every sweep: result.json per trial, the durable records, the tracking asked for
+    (--mlflow, --tensorboard), the progress view."""
     space = job.space
     progress = [Progress(space.num_samples, space.metric, space.mode, out)] if out is not None else []
-    return [JsonLoggerCallback(), TrialRecorder(job.loc), *progress]
+    tracking = tracking_callbacks(job.loc.local, job.opts.mlflow, job.opts.tensorboard)
+    return [JsonLoggerCallback(), TrialRecorder(job.loc), *tracking, *progress]
 
 
 def run_config(job: Job, out: TextIO | None, stopper: Any = None) -> tune.RunConfig:

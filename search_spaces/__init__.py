@@ -1,0 +1,1 @@
+"""The search spaces shipped with mmtune (package data): `--space default` is default.yaml here."""

@@ -1,0 +1,86 @@
+"""Tracking on request: a real sweep with --mlflow (a local MLflow file store) and --tensorboard (real event files),
+read back with MLflow's client and TensorBoard's own event reader."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from mmtune.model.status import STATUS_KEY
+from tests.conftest import SMOKE, rows
+from mmtune.tune.experiment import Experiment
+
+NAME = "tracked"
+
+
+@pytest.fixture(scope="module")
+def tracked(ray_session, demo_dir, tmp_path_factory) -> Iterator[tuple[Path, str]]:
+    """`mmtune sweep` of the smoke space with both trackers, finalized with 1 config x 1 seed; (experiment, URI)."""
+    from mmtune.tune.cli import run
+
+    tmp = tmp_path_factory.mktemp("tracked")
+    uri = f"file://{tmp / 'mlruns'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 opens a file store only when asked to
+        assert run(["sweep", "--data", str(demo_dir), "--space", SMOKE, "--storage", str(tmp / "res"), "--name", NAME,
+                    "--mlflow", uri, "--tensorboard", "--finalize-top-k", "1", "--finalize-seeds", "1"]) == 0
+        yield tmp / "res" / NAME, uri
+
+
+def test_mlflow_has_one_run_per_trial_with_params_epochs_and_status(tracked):
+    from mlflow.tracking import MlflowClient
+
+    exp, uri = tracked
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(NAME)
+    runs = {r.data.tags["ray_trial_id"]: r for r in client.search_runs([experiment.experiment_id])}
+    trials = {t.trial_id: t for t in Experiment.open(exp).trials}
+    assert sorted(runs) == sorted(trials) == sorted(r["trial_id"] for r in rows(exp))
+    for row in rows(exp):
+        run, trial = runs[row["trial_id"]], trials[row["trial_id"]]
+        assert run.data.params == {k: str(v) for k, v in trial.params.items()}
+        for metric in ("val/f1", "val/loss", "train/loss"):
+            history = client.get_metric_history(run.info.run_id, metric)
+            assert [m.step for m in history] == list(range(1, int(row["epochs"]) + 1)), (metric, row)
+        assert run.data.tags[STATUS_KEY] == row["status"] and run.info.status == "FINISHED"
+    # The finalize run keeps the sweep's tracking, in an experiment of its own.
+    final = client.get_experiment_by_name(f"{NAME}/final")
+    assert len(client.search_runs([final.experiment_id])) == 1
+
+
+def test_tensorboard_event_files_hold_epochs_and_hparams(tracked):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    exp, _ = tracked
+    trials = Experiment.open(exp).trials
+    assert trials and all(list(t.path.glob("events.out.tfevents.*")) for t in trials)
+    for t in trials:
+        events = EventAccumulator(str(t.path), size_guidance={"scalars": 0, "tensors": 0})
+        events.Reload()
+        assert [s.step for s in events.Scalars("ray/tune/val/f1")] == list(range(1, t.epochs + 1))
+        assert events.Scalars("ray/tune/val/f1")[-1].value == pytest.approx(t.history[-1]["val/f1"])
+        content = events.PluginTagToContent("hparams")
+        start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+        assert set(start.session_start_info.hparams) == set(t.params)
+        setup = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
+        assert "ray/tune/val/f1" in {m.name.tag for m in setup.experiment.metric_infos}
+    assert list((exp / "final").glob("trial_*/events.out.tfevents.*"))
+
+
+def test_tracking_is_recorded_for_resume(tracked):
+    options = Experiment.open(tracked[0]).meta["options"]
+    assert options["mlflow"] == tracked[1] and options["tensorboard"] is True
+
+
+def test_a_store_mlflow_refuses_fails_before_ray_naming_the_flag(demo_dir, tmp_path, monkeypatch, capsys):
+    from mmtune.tune.cli import run
+
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    uri = f"file://{tmp_path / 'mlruns'}"
+    assert run(["sweep", "--data", str(demo_dir), "--space", SMOKE, "--storage", str(tmp_path), "--name", "x",
+                "--mlflow", uri]) == 2
+    err = capsys.readouterr().err
+    assert f"--mlflow {uri}" in err and "sqlite:///" in err and "MLFLOW_ALLOW_FILE_STORE" in err
+    assert not (tmp_path / "x").exists()  # nothing started

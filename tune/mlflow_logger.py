@@ -1,0 +1,31 @@
+"""Ray's `MLflowLoggerCallback` with mmtune's trial status and Ray trial id as run tags (its own module: it imports
+MLflow, which only `--mlflow` needs)."""
+from __future__ import annotations
+
+from typing import Any
+
+from mlflow.tracking import MlflowClient
+from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+from mmtune.model.status import STATUS_KEY, TrialStatus
+from mmtune.tune.recorder import ended_status
+
+TRIAL_ID_TAG = "ray_trial_id"  # the same name as the Optuna trials' user attribute
+
+
+class MLflowTrialLogger(MLflowLoggerCallback):
+    """One MLflow run per trial: Ray logs its config as params and every numeric result per epoch; this adds
+    the tags Ray leaves out (the status is a string, and Ray logs only numbers as metrics)."""
+
+    def log_trial_start(self, trial: Any) -> None:
+        super().log_trial_start(trial)
+        self._client().set_tag(self._trial_runs[trial], TRIAL_ID_TAG, trial.trial_id)
+
+    def log_trial_end(self, trial: Any, failed: bool = False) -> None:
+        status = TrialStatus.FAILED if failed else ended_status(trial.last_result or {})
+        if trial in self._trial_runs:
+            self._client().set_tag(self._trial_runs[trial], STATUS_KEY, status.value)
+        super().log_trial_end(trial, failed)
+
+    def _client(self) -> MlflowClient:
+        return MlflowClient(tracking_uri=self.tracking_uri)

@@ -1,0 +1,89 @@
+"""What `mmtune sweep`, `mmtune resume` and the Python API (`mmtune.tune.api`) run: `sweep()`, then export, then finalize
+as the sweep's start recorded, then export again. Text goes to OUT (the CLI passes stdout; None is silent).
+
+Ray and torch are imported only when a sweep runs.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from mmtune.tune import finalize, storage
+from mmtune.tune.errors import SweepError
+
+if TYPE_CHECKING:
+    from mmtune.tune.job import SweepOptions
+
+
+def run(opts: SweepOptions, out: TextIO | None = None) -> Path:
+    """Start (or with `opts.resume`, continue) the sweep OPTS asks for, export and finalize it; its local folder."""
+    from mmtune.tune.sweep import sweep
+
+    check_options(opts.resume, opts.overwrite, opts.name)
+    check_finalize_flags(opts.finalize_top_k, opts.finalize_seeds)
+    exp = sweep(opts, out=out)
+    finish(exp.path, opts.storage, opts.name, opts.address, opts.num_cpus, out)
+    return exp.path
+
+
+def check_options(resume: bool, overwrite: bool, name: str | None) -> None:
+    """Refuse contradicting resume options before anything runs."""
+    if resume and overwrite:
+        raise SweepError("--resume and --overwrite contradict each other; choose one")
+    if resume and not name:
+        raise SweepError("--resume needs --name (the experiment to continue)")
+
+
+def check_finalize_flags(top_k: int, seeds: int) -> None:
+    """Refuse impossible finalize counts before anything runs."""
+    if top_k < 0:
+        raise SweepError(f"--finalize-top-k {top_k}: use 0 (skip the re-evaluation) or a count >= 1")
+    if seeds < 1:
+        raise SweepError(f"--finalize-seeds {seeds}: must be >= 1 (use --finalize-top-k 0 to skip finalizing)")
+
+
+def finish(exp_dir: Path, storage_path: str, name: str | None, address: str | None = None,
+           num_cpus: int | None = None, out: TextIO | None = None) -> dict[str, Any]:
+    """Export and show the sweep, then finalize it as its start recorded (the resource plan is the sweep's);
+    returns export's summary (after finalizing: with the seeds' spread in its noise estimate)."""
+    from mmtune.tune.experiment import read_meta
+    from mmtune.tune.results import export, status_table
+
+    loc = storage.locate(storage_path, exp_dir.name if name is None else name)
+    with storage.pushing(loc):
+        summary = export(exp_dir)
+    _say(out, status_table(exp_dir))
+    _say(out, f"\nbest {summary['metric']} = {summary['best_value']:.4f} (trial {summary['best_trial']}, "
+              f"epoch {summary['best_epoch']}); trials by status: {summary['trials_by_status']}")
+    _say(out, f"best trial config: {summary['best_trial_config']}")
+    if loc.remote:
+        _say(out, f"stored at:   {loc.remote} (the paths above are its local copy)")
+    _say(out, f"Ray's log:   {exp_dir / 'ray.log'}")
+    top_k, seeds = finalize_settings(read_meta(exp_dir))
+    if top_k == 0:
+        _say(out, f"best config: {summary['best_config']} (the best trial's: finalizing was skipped)")
+        _say(out, f"retrain it:  mmtune train --config {summary['best_config']} --data {summary['data']}")
+    else:
+        _say(out, f"\nfinalize: retraining the top {top_k} config(s) x {seeds} seed(s) at the full budget, a "
+                  f"second Tune run in {exp_dir / finalize.FINAL_DIR} with the same resource plan")
+        final = finalize.finalize(str(loc), top_k, seeds, address, num_cpus, out=out)
+        _say(out, "\n".join(finalize.result_lines(final)))
+        with storage.pushing(loc):
+            summary = export(exp_dir)  # summary.json again: its noise estimate now has the seeds' spread
+    if summary.get("warnings"):  # saturation and noise (also in summary.json and the report), each with its remedy
+        _say(out, "\nwarnings:\n" + "\n".join(f"  - {w}" for w in summary["warnings"]))
+    return summary
+
+
+def finalize_settings(meta: dict[str, Any]) -> tuple[int, int]:
+    """(top-k, seeds) recorded when the sweep started; the defaults for one recorded before they existed."""
+    from mmtune.tune.job import SweepOptions
+
+    options = meta.get("options", {})
+    return (int(options.get("finalize_top_k", SweepOptions.finalize_top_k)),
+            int(options.get("finalize_seeds", SweepOptions.finalize_seeds)))
+
+
+def _say(out: TextIO | None, text: str) -> None:
+    if out is not None:
+        print(text, file=out, flush=True)
