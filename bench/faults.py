@@ -49,6 +49,8 @@ from typing import Any, Callable
 
 import yaml
 
+from mmtune.tune.experiment import result_lines
+
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "search_spaces" / "smoke.yaml"
 CPUS = 2
@@ -312,26 +314,11 @@ def records_of(exp: Path) -> dict[str, dict[str, Any]]:
         return {}
 
 
-def results_of(trial_dir: Path) -> list[dict[str, Any]]:
-    """Every complete line of a trial's result.json."""
-    out = []
-    try:
-        lines = (trial_dir / "result.json").read_text().splitlines()
-    except OSError:
-        return out
-    for line in lines:
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
-
-
 def kill_a_worker(exp: Path, epochs: int, spare: set[float], ray_tmp: str) -> dict[str, Any] | None:
     """SIGKILL the worker of a running, uninjected trial that has reported an epoch; what was killed."""
     done = records_of(exp)
     for d in sorted(exp.glob("trial_*")):
-        res = results_of(d)
+        res = result_lines(d / "result.json")
         if not res or d.name.removeprefix("trial_") in done:
             continue
         last = res[-1]
@@ -417,7 +404,7 @@ def cluster_results(exp: Path, cluster: Cluster) -> dict[str, list[dict[str, Any
     """Each trial's results as the driver has them now: its own copy (the storage copy is synced later)."""
     out = {}
     for p in Path(cluster.ray_tmp).glob(f"ray/session_latest/artifacts/*/{exp.name}/driver_artifacts/trial_*"):
-        out[p.name.removeprefix("trial_")] = results_of(p)
+        out[p.name.removeprefix("trial_")] = result_lines(p / "result.json")
     return out
 
 
@@ -472,7 +459,7 @@ def node_kill_victims(exp: Path, dead: str) -> dict[str, dict[str, Any]]:
     """Trials that were running on the dead node: the last epoch it reported, the retry's first, where it went."""
     out = {}
     for d in sorted(exp.glob("trial_*")):
-        res = results_of(d)
+        res = result_lines(d / "result.json")
         on_dead = [r for r in res if r.get("node_id") == dead]
         if not on_dead or len(on_dead) == len(res):
             continue
@@ -489,11 +476,6 @@ def report_node_kill(args: argparse.Namespace, clean_s: float, f: dict[str, Any]
     """The JSON summary of the node-kill runs (the same keys as the default mode's, plus node_kill)."""
     exp = f["exp"]
     after = records_of(exp)
-    expected = {c["dropout"] for c in configs(args.trials)}
-    finished = {rec["config"]["dropout"] for rec in after.values() if rec["status"] != "failed"}
-    statuses: dict[str, int] = {}
-    for rec in after.values():
-        statuses[rec["status"]] = statuses.get(rec["status"], 0) + 1
     victims = node_kill_victims(exp, f["dead"])
     twice = run_twice(exp, f["kills"], after)
     for tid, v in victims.items():
@@ -502,21 +484,33 @@ def report_node_kill(args: argparse.Namespace, clean_s: float, f: dict[str, Any]
         last, first = v["last_epoch_on_dead_node"], v["first_epoch_after"]
         if first not in (last, last + 1) or v["epochs_after"] != list(range(first, args.epochs + 1)):
             twice.append({"trial": tid, "node_kill": v})
-    twice_ids = {x.get("trial") or f"config dropout={x['config_dropout']}" for x in twice}
     new_node_trials = sorted(d.name.removeprefix("trial_") for d in exp.glob("trial_*")
-                             if any(r.get("node_id") == f["new"] for r in results_of(d)))
+                             if any(r.get("node_id") == f["new"] for r in result_lines(d / "result.json")))
+    return {"mode": "node_kill", **outcome(args, clean_s, f, after, twice, failed_is_lost=True),
+            "node_kill": {"killed": f["victim"], "dead_node": f["dead"], "declared_dead": f["dead_declared"],
+                          "trials_on_dead_node": victims, "new_node": f["new"],
+                          "new_node_trials": new_node_trials, "health_checks": FAST_DETECTION}}
+
+
+def outcome(args: argparse.Namespace, clean_s: float, f: dict[str, Any], after: dict[str, dict],
+            twice: list[dict[str, Any]], failed_is_lost: bool) -> dict[str, Any]:
+    """The keys every mode reports: trials finished, lost and run twice, the fault's cost, statuses, retries.
+    FAILED_IS_LOST: a trial that ended failed counts as lost (nothing injected should fail it)."""
+    expected = {c["dropout"] for c in configs(args.trials)}
+    finished = {rec["config"]["dropout"] for rec in after.values() if not failed_is_lost or rec["status"] != "failed"}
+    statuses: dict[str, int] = {}
+    for rec in after.values():
+        statuses[rec["status"]] = statuses.get(rec["status"], 0) + 1
+    twice_ids = {x.get("trial") or f"config dropout={x['config_dropout']}" for x in twice}
     return {
-        "mode": "node_kill", "trials_expected": args.trials, "epochs": args.epochs,
+        "trials_expected": args.trials, "epochs": args.epochs,
         "trials_finished": len(after),
         "trials_lost": len(expected - finished),
         "trials_run_twice": len(twice_ids),
         "fault_cost_s": round(f["wall_s"] - clean_s, 1),
         "clean_wall_s": round(clean_s, 1), "faulty_wall_s": round(f["wall_s"], 1),
         "statuses": statuses,
-        "node_kill": {"killed": f["victim"], "dead_node": f["dead"], "declared_dead": f["dead_declared"],
-                      "trials_on_dead_node": victims, "new_node": f["new"], "new_node_trials": new_node_trials,
-                      "health_checks": FAST_DETECTION},
-        "retried_trials": retried(exp),
+        "retried_trials": retried(f["exp"]),
         "run_twice_details": twice,
     }
 
@@ -555,7 +549,7 @@ def retried(exp: Path) -> dict[str, list[int]]:
     """Trials whose results came from more than one worker process: their pids."""
     out = {}
     for d in sorted(exp.glob("trial_*")):
-        pids = list(dict.fromkeys(r["pid"] for r in results_of(d) if "pid" in r))
+        pids = list(dict.fromkeys(r["pid"] for r in result_lines(d / "result.json") if "pid" in r))
         if len(pids) > 1:
             out[d.name.removeprefix("trial_")] = pids
     return out
@@ -565,25 +559,13 @@ def report(args: argparse.Namespace, clean_s: float, f: dict[str, Any]) -> dict[
     """The JSON summary of both runs."""
     exp = f["exp"]
     after = records_of(exp)
-    expected = {c["dropout"] for c in configs(args.trials)}
-    finished = {rec["config"]["dropout"] for rec in after.values()}
-    statuses: dict[str, int] = {}
-    for rec in after.values():
-        statuses[rec["status"]] = statuses.get(rec["status"], 0) + 1
     twice = run_twice(exp, f["kills"], after)
     if args.keep:  # the records as they were at each kill, for a closer look
         (Path(args.keep) / "records_at_kills.json").write_text(
             json.dumps([k.get("before") for k in f["kills"]], indent=1, default=str))
     markers = Path(f["plan"]["markers"])
-    twice_ids = {x.get("trial") or f"config dropout={x['config_dropout']}" for x in twice}
     return {
-        "trials_expected": args.trials, "epochs": args.epochs,
-        "trials_finished": len(after),
-        "trials_lost": len(expected - finished),
-        "trials_run_twice": len(twice_ids),
-        "fault_cost_s": round(f["wall_s"] - clean_s, 1),
-        "clean_wall_s": round(clean_s, 1), "faulty_wall_s": round(f["wall_s"], 1),
-        "statuses": statuses,
+        **outcome(args, clean_s, f, after, twice, failed_is_lost=False),
         "faults_injected": {
             "markers": sorted(p.name for p in markers.iterdir()) if markers.is_dir() else [],
             "planned": {"raise_dropouts": f["plan"]["raise"], "nan_dropouts": f["plan"]["nan"]},
@@ -591,8 +573,6 @@ def report(args: argparse.Namespace, clean_s: float, f: dict[str, Any]) -> dict[
             "kill_delay_s": args.kill_delay,
             "driver_kills": [{k: v for k, v in x.items() if k not in ("before", "ckpts")} for x in f["kills"]],
         },
-        "retried_trials": retried(exp),
-        "run_twice_details": twice,
     }
 
 

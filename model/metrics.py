@@ -40,8 +40,13 @@ def rank_key(record: Mapping[str, Any], metric: str) -> tuple[float, float]:
     return _signed(record.get(metric), metric), _signed(record.get(tie_breaker(metric)), tie_breaker(metric))
 
 
+def is_finite(value: Any) -> bool:
+    """A real finite number: not a bool, None, NaN or infinity (how results and records are checked)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _signed(value: Any, name: str) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+    if not is_finite(value):
         return math.inf
     return -float(value) if mode_of(name) == "max" else float(value)
 

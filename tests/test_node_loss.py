@@ -34,8 +34,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import REPO, SMOKE, rows, study_matches_trials_csv
+from mmtune.tune.experiment import result_lines
 from mmtune.tune.faults import kill_processes_of
+from tests.conftest import REPO, SMOKE, rows, study_matches_trials_csv
 
 RAY = str(Path(sys.executable).parent / "ray")
 NODE_VAR = "MMTUNE_NODE"  # set only in one node's environment: how its processes are found, never by name
@@ -229,26 +230,11 @@ def space_file(tmp: Path) -> str:
 # ----------------------------------------------------------------------------- observing the sweep
 
 
-def read_results(path: str | Path) -> list[dict[str, Any]]:
-    """Every complete line of a result.json."""
-    out = []
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError:
-        return out
-    for line in lines:
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # being written
-    return out
-
-
 def live_results(c: LoopbackCluster) -> dict[str, list[dict[str, Any]]]:
     """Each trial's results as the driver has them now (its own copy, written as results arrive; the storage copy
     is synced later)."""
     pattern = f"{c.env['RAY_TMPDIR']}/ray/session_latest/artifacts/*/{NAME}/driver_artifacts/trial_*/result.json"
-    return {Path(p).parent.name.removeprefix("trial_"): read_results(p) for p in glob.glob(pattern)}
+    return {Path(p).parent.name.removeprefix("trial_"): result_lines(p) for p in glob.glob(pattern)}
 
 
 def live_records(exp: Path) -> dict[str, dict]:
@@ -377,7 +363,7 @@ def check_nothing_lost(c: LoopbackCluster, shared: Storage, dead: Node, new: Nod
     victims = {}
     for r in table:
         tid = r["trial_id"]
-        res = read_results(exp / f"trial_{tid}" / "result.json")
+        res = result_lines(exp / f"trial_{tid}" / "result.json")
         assert [x["training_iteration"] for x in res] == [x["epoch"] for x in res], tid
         on_dead = [x for x in res if x["node_id"] == dead.node_id]
         if not on_dead or on_dead[-1]["epoch"] == EPOCHS:
@@ -402,7 +388,8 @@ def check_nothing_lost(c: LoopbackCluster, shared: Storage, dead: Node, new: Nod
 
     # The node started after the kill joined and ran trials.
     on_new = [r["trial_id"] for r in table
-              if any(x["node_id"] == new.node_id for x in read_results(exp / f"trial_{r['trial_id']}" / "result.json"))]
+              if any(x["node_id"] == new.node_id
+                     for x in result_lines(exp / f"trial_{r['trial_id']}" / "result.json"))]
     assert on_new, "the new worker node got no trial"
     alive = c.alive_nodes()
     assert dead.node_id not in alive and new.node_id in alive, "the cluster did not declare the killed node dead"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import collections
 import json
 import logging
-import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,9 +16,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
+from mmtune.model.metrics import is_finite
 from mmtune.model.status import TrialStatus
 from mmtune.tune.errors import ResultsError
-from mmtune.tune.experiment import STUDY_DB, Experiment, Trial, counts
+from mmtune.tune.experiment import STUDY_DB, STUDY_NAME, Experiment, Trial, counts, study_storage
 from mmtune.tune.space import Param, SearchSpace
 
 if TYPE_CHECKING:
@@ -135,7 +135,7 @@ def study_of(exp: Experiment) -> optuna.Study:
     if db.is_file():
         try:
             with quiet_optuna():
-                kept = optuna.load_study(study_name=None, storage=f"sqlite:///{db}")  # the searcher keeps one study
+                kept = optuna.load_study(study_name=STUDY_NAME, storage=study_storage(exp.path))
             if kept.trials:
                 return in_memory(kept.direction, kept.trials, STUDY_DB)
         except Exception as e:  # noqa: BLE001 - an older or broken study.db: the trials on disk still tell
@@ -148,14 +148,13 @@ def _frozen(t: Trial, dists: dict[str, Any]) -> optuna.trial.FrozenTrial | None:
     """Trial T as the searcher tells it: COMPLETE with its best value, PRUNED, FAIL or still RUNNING."""
     from optuna.trial import TrialState, create_trial
 
-    full = t.status.usable and t.status is not TrialStatus.PRUNED and finite(t.best_value)
+    full = t.status.usable and t.status is not TrialStatus.PRUNED and is_finite(t.best_value)
     state = (TrialState.COMPLETE if full else TrialState.PRUNED if t.status is TrialStatus.PRUNED
              else TrialState.FAIL if t.status.finished else TrialState.RUNNING)
     params = {k: v for k, v in t.params.items() if k in dists}
-    values = {int(r["epoch"]): float(r[t.metric]) for r in t.history if "epoch" in r and finite(r.get(t.metric))}
     try:
         frozen = create_trial(state=state, value=t.best_value if full else None, params=params,
-                              distributions={k: dists[k] for k in params}, intermediate_values=values,
+                              distributions={k: dists[k] for k in params}, intermediate_values=t.values,
                               user_attrs={"ray_trial_id": t.trial_id, "status": t.status.value})
     except ValueError as e:  # a value outside the recorded space
         log.warning("trial %s left out of the report's study: %s", t.trial_id, e)
@@ -275,11 +274,6 @@ def asha_rungs(space: SearchSpace) -> list[int]:
 # ---------------------------------------------------------------- text shared by HTML and Markdown
 
 
-def finite(v: Any) -> bool:
-    """A real finite number (not a bool, None or NaN)."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def fmt(v: Any) -> str:
     """A parameter value as tables show it (floats to 4 significant digits)."""
     if isinstance(v, bool) or v is None:
@@ -291,7 +285,7 @@ def fmt(v: Any) -> str:
 
 def fmt_value(v: float | None) -> str:
     """A metric value to 4 decimals, or a dash when there is none."""
-    return f"{v:.4f}" if finite(v) else "–"
+    return f"{v:.4f}" if is_finite(v) else "–"
 
 
 def status_counts(trials: list[Trial]) -> dict[TrialStatus, int]:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mmtune.data.io import atomic_file
-from mmtune.model.metrics import is_better, rank_key
+from mmtune.model.metrics import is_better, is_finite, rank_key
 from mmtune.model.status import TrialStatus
 from mmtune.tune import records, storage
 from mmtune.tune.errors import ResultsError
@@ -117,6 +117,11 @@ class Trial:
     def last_result(self) -> dict[str, Any]:
         return self.history[-1] if self.history else {}
 
+    @property
+    def values(self) -> dict[int, float]:
+        """Every finite value of the trial's metric, by epoch: the intermediate values the searcher tells Optuna."""
+        return {int(r.get("epoch", 0)): float(r[self.metric]) for r in self.history if is_finite(r.get(self.metric))}
+
 
 def space_of(exp_dir: Path) -> SearchSpace:
     """The search space recorded with the experiment."""
@@ -148,15 +153,24 @@ def load_trials(exp_dir: Path, space: SearchSpace) -> list[Trial]:
                                          t.trial_id))
 
 
-def _history(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
+def result_lines(path: str | Path) -> list[dict[str, Any]]:
+    """Every complete line of a trial's result.json, as written (a re-reported epoch appears twice); [] if none."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
         return []
-    by_epoch: dict[Any, dict] = {}
-    for line in path.read_text().splitlines():
+    out = []
+    for line in lines:
         try:
-            r = json.loads(line)
+            out.append(json.loads(line))
         except json.JSONDecodeError:
-            continue  # a line cut by a crash
+            continue  # a line cut by a crash, or being written
+    return out
+
+
+def _history(path: Path) -> list[dict[str, Any]]:
+    by_epoch: dict[Any, dict] = {}
+    for r in result_lines(path):
         by_epoch[r.get("epoch", len(by_epoch))] = r  # a re-reported epoch replaces the earlier report
     return [by_epoch[k] for k in sorted(by_epoch, key=lambda e: (e is None, e))]
 
@@ -172,14 +186,10 @@ def best_record(t: Trial) -> dict[str, Any] | None:
     return best
 
 
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def rank_trials(trials: list[Trial]) -> list[Trial]:
     """The one ranking of trials: usable ones with a finite best value, best first, by the best epoch's metric and
     then its second key (`model.metrics.rank_key`); only trials equal on both keep their start order."""
-    scored = [t for t in trials if (t.status.usable or t.status is TrialStatus.UNFINISHED) and _finite(t.best_value)]
+    scored = [t for t in trials if (t.status.usable or t.status is TrialStatus.UNFINISHED) and is_finite(t.best_value)]
     return sorted(scored, key=lambda t: rank_key(t.best_result or {}, t.metric))
 
 

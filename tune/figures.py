@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from mmtune.tune.analysis import EVALUATOR, Document, asha_rungs, evaluator, finite, fmt_value, full_budget, state_counts
+from mmtune.model.metrics import is_finite
+from mmtune.tune.analysis import EVALUATOR, Document, asha_rungs, evaluator, fmt_value, full_budget, state_counts
 from mmtune.tune.errors import ResultsError
 
 if TYPE_CHECKING:
@@ -144,7 +145,7 @@ def _contour_params(doc: Document) -> list[str]:
 
 
 def _curve(t: Trial, metric: str) -> tuple[list[int], list[float]]:
-    pts = [(int(r["epoch"]), float(r[metric])) for r in t.history if "epoch" in r and finite(r.get(metric))]
+    pts = [(int(r["epoch"]), float(r[metric])) for r in t.history if "epoch" in r and is_finite(r.get(metric))]
     return [p[0] for p in pts], [p[1] for p in pts]
 
 

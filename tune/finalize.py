@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from mmtune.tune.errors import ResultsError
-from mmtune.tune.results import BEST_CONFIG, FINAL_DIR
+from mmtune.tune.results import BEST_CONFIG, FINAL_DIR, export
 from mmtune.tune.selection import Candidate, Choice, choose, rule_text
 
 if TYPE_CHECKING:
@@ -189,9 +189,8 @@ def holdout(data: Dataset, cands: list[Candidate]) -> dict[str, Any]:
         how = "no val.npz: each seed's split_seed holds out another val split of train.npz"
     splits = sorted({r["train_split"] for c in cands for r in c.ok_runs if r.get("train_split")})
     if cv < 2 and data.info.get("val") != "val.npz" and len(splits) == 1 and max(len(c.ok_runs) for c in cands) > 1:
-        # Measured, not assumed: the trial worker trains on the split the driver made with the sweep's split_seed.
-        how += ("; but every run trained on the same split (the trial workers use the driver's split), so the "
-                "seeds varied the initialization only")
+        # Measured from the checkpoints' statistics, not assumed from the configs.
+        how += "; but every run trained on the same split, so the seeds varied the initialization only"
         log.warning("finalize: the runs' split_seed differed but they all trained on one split")
     return {"how": how, "distinct_train_splits": len(splits)}
 
@@ -233,7 +232,8 @@ def write_outputs(exp: Experiment, out: Path, cands: list[Candidate], pairs: lis
         "wall_time_s": seconds,
     }
     write_json(summary, out / "summary.json")
-    _point_export_summary(exp.path, summary)
+    # Export again: <exp>/summary.json then names the finalized winner, and its noise estimate has the seeds' spread.
+    export(exp.path)
     return summary
 
 
@@ -242,19 +242,6 @@ def _write_text(path: Path, text: str) -> None:
 
     with atomic_file(path) as f:
         f.write(text)
-
-
-def _point_export_summary(exp_dir: Path, final: dict[str, Any]) -> None:
-    """Let <exp>/summary.json (export's) say that best_config.yaml is now the finalized winner."""
-    from mmtune.data.io import write_json
-
-    path = exp_dir / "summary.json"
-    if path.is_file():
-        doc = json.loads(path.read_text())
-        doc.update(best_config=final["best_config"], best_config_from="finalize",
-                   finalized_winner=final["winner"]["trial_id"], finalize_summary=str(exp_dir / FINAL_DIR /
-                                                                                     "summary.json"))
-        write_json(doc, path)
 
 
 def _entry(c: Candidate, choice: Choice, metric: str) -> dict[str, Any]:

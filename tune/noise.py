@@ -12,7 +12,7 @@ import statistics
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from mmtune.model.metrics import mode_of, tie_breaker
+from mmtune.model.metrics import is_finite, mode_of, tie_breaker
 from mmtune.tune.experiment import Experiment, Trial
 
 MIN_RARE = 30  # fewer val samples of the rarer class than this: one sample moves F1 by several points
@@ -65,7 +65,7 @@ def _seed_sd(exp: Experiment) -> tuple[float | None, str]:
     except (OSError, json.JSONDecodeError):
         configs = []
     sds = [c["std"][exp.space.metric] for c in configs
-           if c.get("n_seeds", 0) > 1 and _finite(c.get("std", {}).get(exp.space.metric))]
+           if c.get("n_seeds", 0) > 1 and is_finite(c.get("std", {}).get(exp.space.metric))]
     if not sds:
         return None, "no finalize run with several seeds"
     return statistics.median(sds), f"finalize: median sd over seeds of {len(sds)} config(s)"
@@ -73,7 +73,7 @@ def _seed_sd(exp: Experiment) -> tuple[float | None, str]:
 
 def _fold_sd(ranked: list[Trial], metric: str) -> tuple[float | None, str]:
     """The median over trials of the fold sd at the best epoch (CV trials report METRIC_sd)."""
-    sds = [t.best_result[f"{metric}_sd"] for t in ranked if t.best_result and _finite(t.best_result.get(f"{metric}_sd"))]
+    sds = [t.best_result[f"{metric}_sd"] for t in ranked if t.best_result and is_finite(t.best_result.get(f"{metric}_sd"))]
     if not sds:
         return None, "no fold sd reported"
     return statistics.median(sds), f"CV: median fold sd over {len(sds)} trial(s); the fold mean's sd is smaller"
@@ -121,7 +121,3 @@ def saturation_warnings(exp: Experiment) -> list[str]:
 def summary_entry(exp: Experiment) -> dict[str, Any]:
     """What summary.json records about noise: the estimate, the gaps, and the warnings."""
     return {"noise": asdict(noise(exp)), "warnings": saturation_warnings(exp)}
-
-
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)

@@ -5,6 +5,7 @@ Ray and torch are imported only when a sweep runs.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -68,8 +69,7 @@ def finish(exp_dir: Path, storage_path: str, name: str | None, address: str | No
                   f"second Tune run in {exp_dir / finalize.FINAL_DIR} with the same resource plan")
         final = finalize.finalize(str(loc), top_k, seeds, address, num_cpus, out=out)
         _say(out, "\n".join(finalize.result_lines(final)))
-        with storage.pushing(loc):
-            summary = export(exp_dir)  # summary.json again: its noise estimate now has the seeds' spread
+        summary = json.loads((exp_dir / "summary.json").read_text())  # finalize exported again: the seeds' noise
     if summary.get("warnings"):  # saturation and noise (also in summary.json and the report), each with its remedy
         _say(out, "\nwarnings:\n" + "\n".join(f"  - {w}" for w in summary["warnings"]))
     return summary

@@ -15,7 +15,6 @@ optuna-dashboard can open it; a resume reopens the same study.
 from __future__ import annotations
 
 import logging
-import math
 import pickle
 from typing import Any
 
@@ -23,9 +22,10 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+from mmtune.model.metrics import is_finite
 from mmtune.model.status import TrialStatus
 from mmtune.tune import storage
-from mmtune.tune.experiment import STUDY_DB, STUDY_NAME, Experiment, Trial, study_storage
+from mmtune.tune.experiment import STUDY_DB, STUDY_NAME, Experiment, study_storage
 from mmtune.tune.recorder import ended_status
 from mmtune.tune.space import SearchSpace
 
@@ -64,7 +64,7 @@ class StudySearch(OptunaSearch):
         return params
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if _finite(result.get(self.metric)) and trial_id in self._ot_trials:
+        if is_finite(result.get(self.metric)) and trial_id in self._ot_trials:
             super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -177,7 +177,7 @@ def reconcile(study: optuna.Study, exp: Experiment, skip: set[int] = frozenset()
         trial = views.get(frozen.user_attrs.get("ray_trial_id"))
         if frozen.state is TrialState.RUNNING and frozen.number not in skip:
             if trial is not None and trial.status.finished:
-                tell(study, frozen, trial.status, {**frozen.intermediate_values, **_values(trial)},
+                tell(study, frozen, trial.status, {**frozen.intermediate_values, **trial.values},
                      trial.error or trial.last_result.get("error"))
             else:
                 if "fixed_params" in frozen.system_attrs:
@@ -189,7 +189,7 @@ def reconcile(study: optuna.Study, exp: Experiment, skip: set[int] = frozenset()
             changed += 1
         elif (frozen.state is TrialState.FAIL and trial is not None and trial.status.final and not trial.status.failed
               and not _retold(study, frozen)):
-            values = _values(trial)
+            values = trial.values
             state = TrialState.PRUNED if trial.status is TrialStatus.PRUNED else TrialState.COMPLETE
             study.add_trial(optuna.trial.create_trial(
                 params=frozen.params, distributions=frozen.distributions, state=state, intermediate_values=values,
@@ -212,15 +212,6 @@ def _retold(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> bool:
     return any(t.user_attrs.get("retry_of") == frozen.number for t in study.get_trials(deepcopy=False))
 
 
-def _values(trial: Trial) -> dict[int, float]:
-    """Every finite value of the trial's metric, by epoch."""
-    return {int(r.get("epoch", 0)): float(r[trial.metric]) for r in trial.history if _finite(r.get(trial.metric))}
-
-
 def _best(values: dict[int, float], direction: optuna.study.StudyDirection) -> float:
     pick = max if direction == optuna.study.StudyDirection.MAXIMIZE else min
     return pick(values.values())
-
-
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)

@@ -17,7 +17,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from mmtune.model.metrics import mode_of, rank_key, tie_breaker
+from mmtune.model.metrics import is_finite, mode_of, rank_key, tie_breaker
 
 if TYPE_CHECKING:
     from mmtune.model.config import TrainConfig
@@ -74,20 +74,16 @@ def aggregate(runs: list[dict[str, Any]], keys: list[str]) -> tuple[dict[str, fl
     """Mean and sample std over RUNS of each of KEYS (non-finite values left out)."""
     mean, std = {}, {}
     for k in keys:
-        vals = [float(r[k]) for r in runs if _finite(r.get(k))]
+        vals = [float(r[k]) for r in runs if is_finite(r.get(k))]
         mean[k] = statistics.fmean(vals) if vals else math.nan
         std[k] = statistics.stdev(vals) if len(vals) > 1 else 0.0 if vals else math.nan
     return mean, std
 
 
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def tier(c: Candidate, metric: str) -> tuple[int, int]:
     """(0 complete, 1 some seed failed, 2 nothing usable; failed seeds): a failed seed makes a config unreliable,
     whatever its mean on the others."""
-    if not c.ok_runs or not _finite(c.mean.get(metric)):
+    if not c.ok_runs or not is_finite(c.mean.get(metric)):
         return 2, c.failed
     return (1 if c.failed else 0), c.failed
 
