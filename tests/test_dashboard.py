@@ -56,6 +56,49 @@ def test_dashboard_serves_the_study_as_trials_csv_says(exp):
     assert f"http://127.0.0.1:{port}/dashboard" in output.splitlines()[0]
 
 
+def test_dashboard_follows_the_study_while_the_searcher_writes_it(tmp_path):
+    """The driver's writes to study.db while the dashboard serves it: new trials, intermediate values and how each
+    ended appear as they happen (the searcher itself writes, as in a sweep; no Ray runtime needed)."""
+    from mmtune.tune.searcher import StudySearch
+    from mmtune.tune.space import parse_space
+    from mmtune.tune.storage import Location
+
+    space = parse_space({"params": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
+                         "metric": "val/f1", "num_samples": 4}, "space.yaml")
+    searcher = StudySearch(space, Location(tmp_path))
+    searcher.set_search_properties(None, None, {})
+    searcher.suggest("ray_a")  # study.db exists once the first trial is asked for
+    port = _free_port()
+    proc = _dashboard(tmp_path, port)
+    try:
+        deadline = time.time() + 60
+        (study,) = _get(f"http://127.0.0.1:{port}/api/studies", deadline)["study_summaries"]
+        url = f"http://127.0.0.1:{port}/api/studies/{study['study_id']}"
+        _shows(url, [("ray_a", "Running", [])])
+        searcher.on_trial_result("ray_a", {"val/f1": 0.4, "training_iteration": 1, "trial_status": "running"})
+        searcher.suggest("ray_b")
+        _shows(url, [("ray_a", "Running", [0.4]), ("ray_b", "Running", [])])
+        searcher.on_trial_complete("ray_a", {"val/f1": 0.6, "training_iteration": 2, "trial_status": "completed"})
+        searcher.on_trial_complete("ray_b", {"val/f1": 0.3, "training_iteration": 1, "trial_status": "running"})
+        _shows(url, [("ray_a", "Complete", [0.4, 0.6]), ("ray_b", "Pruned", [0.3])])  # ASHA's stop: pruned
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+
+
+def _shows(url: str, want: list[tuple[str, str, list[float]]], timeout: float = 30) -> None:
+    """Wait until the dashboard's API shows WANT: (ray trial id, state, intermediate values) per trial."""
+    deadline = time.time() + timeout
+    while True:
+        seen = [(next((a["value"] for a in t["user_attrs"] if a["key"] == "ray_trial_id"), None), t["state"],
+                 [v["value"] for v in sorted(t["intermediate_values"], key=lambda v: v["step"])])
+                for t in _get(url, deadline)["trials"]]
+        if seen == want or time.time() > deadline:
+            assert seen == want
+            return
+        time.sleep(0.3)
+
+
 def test_a_folder_without_study_db_is_refused_naming_the_file(tmp_path, capsys):
     from mmtune.tune.cli import run
 

@@ -195,7 +195,7 @@ def test_report_shows_the_re_evaluation(exp, tmp_path):
     html = write_report(copy).html.read_text()
     md = (copy / "report.md").read_text()
     for text in (html, md):
-        assert "Re-evaluation (mmtune finalize)" in text and f"Winner: sweep trial {s['winner']['trial_id']}" in text
+        assert "Re-evaluation (mmtune finalize)" in text and f"winner: sweep trial {s['winner']['trial_id']}" in text
         for c in s["configs"]:
             assert c["trial_id"] in text and f"{c['mean']['val/f1']:.4f} ± {c['std']['val/f1']:.4f}" in text
     shutil.rmtree(copy / "final")

@@ -87,6 +87,36 @@ def test_report_of_an_interrupted_sweep(tmp_path):
     assert "not finished" in html and "unfinished" in html
 
 
+def test_text_from_the_experiment_stays_text_in_the_html(tmp_path):
+    from tests.fake_experiment import SPACE
+
+    space = {**SPACE, "description": "<script>alert(1)</script> pose & <b>trajectory</b> | v2"}
+    exp = write_experiment(tmp_path, [FakeTrial({"lr": 1e-3, "dropout": 0.1}, [0.5, 0.6])], space=space)
+    result = report.write_report(exp)
+    html = result.html.read_text()
+    assert "<script>" not in html and "<b>" not in html  # Python-Markdown's raw HTML is off
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; pose &amp; &lt;b&gt;trajectory&lt;/b&gt; | v2" in html
+    assert "pose & <b>trajectory</b> \\| v2" in result.markdown.read_text()  # the pipe escaped for Markdown
+    best_row = re.search(r"<tr>\s*<td><strong>1</strong></td>\s*<td>(\w+)</td>", html)
+    assert best_row and best_row.group(1) == Experiment.open(exp).ranked[0].trial_id  # the best row is marked
+
+
+def test_wall_time_of_a_resumed_unfinished_sweep_counts_to_now(tmp_path):
+    exp = write_experiment(tmp_path, [FakeTrial({"lr": 1e-3, "dropout": 0.1}, [0.5])])
+    meta = json.loads((exp / "mmtune.json").read_text())
+    assert Experiment.open(exp).wall_time() == pytest.approx(meta["ended"] - meta["started"])
+    meta.update(started=meta["started"] - 3600, finished=False)  # resumed: `ended` is the earlier run's end
+    (exp / "mmtune.json").write_text(json.dumps(meta))
+    assert Experiment.open(exp).wall_time() > 3600 + 100
+    assert "min since start" in dict(analysis_header(exp))["state"]
+
+
+def analysis_header(exp: Path) -> list[tuple[str, str]]:
+    from mmtune.tune.analysis import analyze, header_rows
+
+    return header_rows(analyze(Experiment.open(exp)))
+
+
 def test_not_an_experiment_and_bad_top_k(tmp_path):
     with pytest.raises(ResultsError, match="not an mmtune experiment"):
         report.write_report(tmp_path)
@@ -94,12 +124,14 @@ def test_not_an_experiment_and_bad_top_k(tmp_path):
         report.write_report(tmp_path, top_k=0)
 
 
-def test_missing_matplotlib_names_the_extra(fake, monkeypatch):
-    for mod in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+@pytest.mark.parametrize("missing", ["matplotlib", "markdown"])
+def test_a_missing_report_dependency_names_the_extra(fake, monkeypatch, missing):
+    for mod in [m for m in sys.modules if m == missing or m.startswith(f"{missing}.")]:
         monkeypatch.delitem(sys.modules, mod)
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
-    with pytest.raises(ResultsError, match=re.escape("pip install mmtune[report]")):
+    monkeypatch.setitem(sys.modules, missing, None)  # import MISSING -> ImportError
+    with pytest.raises(ResultsError, match=re.escape(f"mmtune report needs {missing}: pip install mmtune[report]")):
         report.write_report(fake)
+    assert not (fake / "report.html").exists()
 
 
 def test_importing_the_module_is_cheap():

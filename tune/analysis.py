@@ -1,20 +1,14 @@
-"""What a report says about an experiment, as data: importance, warnings, header facts and trial tables.
+"""What a report says about an experiment, as data (no matplotlib, no Ray; Optuna once a study is read).
 
-Pure functions over a `tune.experiment.Experiment`: no matplotlib, no Ray. Optuna is imported only when the
-study is read (`study_of`: the searcher's `study.db`, or the trials on disk) or the importance computed. `analyze` gathers everything into one `Document`, which `tune.report` renders to
-HTML and Markdown and `tune.figures` draws.
-"""
+`analyze` gathers the study, importance, warnings, header facts and trial tables into one `Document`, which
+`tune.report` writes out and `tune.figures` draws."""
 from __future__ import annotations
 
 import collections
-import json
 import logging
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from mmtune.model.metrics import is_finite
 from mmtune.model.status import TrialStatus
@@ -43,81 +37,52 @@ class Importance:
 
 @dataclass
 class Document:
-    """Everything a report shows about one experiment, rendered alike to HTML and Markdown."""
+    """Everything a report shows about one experiment."""
 
     experiment: Experiment
     top_k: int
     importance: Importance
     warnings: list[str] = field(default_factory=list)
-    final: dict[str, Any] | None = None  # final/summary.json of `mmtune finalize`, when it ran
     study: optuna.Study | None = None  # `study_of(experiment)`: what Optuna's figures draw
-
-    @property
-    def space(self) -> SearchSpace:
-        return self.experiment.space
-
-    @property
-    def trials(self) -> list[Trial]:
-        return self.experiment.trials
-
-    @property
-    def ranked(self) -> list[Trial]:
-        return self.experiment.ranked
 
     @property
     def top(self) -> list[Trial]:
         """The top-k trials, best first."""
-        return self.ranked[:self.top_k]
-
-    @property
-    def best(self) -> Trial | None:
-        return self.ranked[0] if self.ranked else None
-
-    @property
-    def ranks(self) -> dict[str, int]:
-        """Trial id -> rank (1 is best), for the ranked trials."""
-        return {t.trial_id: i for i, t in enumerate(self.ranked, 1)}
+        return self.experiment.ranked[:self.top_k]
 
     @property
     def all_trials(self) -> list[Trial]:
         """Every trial: ranked ones first, then those without a value, in start order."""
-        ranked = {t.trial_id for t in self.ranked}
-        return self.ranked + [t for t in self.trials if t.trial_id not in ranked]
+        ranked = self.experiment.ranked
+        return ranked + [t for t in self.experiment.trials if t not in ranked]  # the same Trial objects
 
 
-def analyze(exp: Experiment, top_k: int = 5, final: dict[str, Any] | None = None) -> Document:
-    """The document of EXP: importance and warnings computed, the top TOP_K trials picked."""
+def analyze(exp: Experiment, top_k: int = 5) -> Document:
+    """The document of EXP: study read, importance and warnings computed."""
     if top_k < 1:
         raise ResultsError(f"--top-k must be >= 1, got {top_k}")
     if not exp.trials:
         raise ResultsError(f"{exp.path}: no trial has started yet; nothing to report")
+    from mmtune.tune.noise import saturation_warnings
+
     study = study_of(exp)
     imp = importance(study)
-    return Document(exp, top_k, imp, collect_warnings(exp, imp), final, study)
+    warned = [*saturation_warnings(exp), *edge_warnings(exp), *failure_warnings(exp), *importance_warnings(imp),
+              *progress_warnings(exp)]  # everything a user should act on before trusting the result
+    return Document(exp, top_k, imp, warned, study)
 
 
 # ---------------------------------------------------------------- the study and the importance
 
 
-@contextmanager
-def quiet_optuna() -> Iterator[None]:
-    """Optuna's INFO lines off for a while: creating an in-memory study is not news."""
+def in_memory(direction: optuna.study.StudyDirection, trials: list[Any], source: str) -> optuna.Study:
+    """An in-memory study of TRIALS, its user attribute "source" saying where they came from (not made with
+    create_study, which logs every new study)."""
     import optuna
 
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        yield
-    finally:
-        optuna.logging.set_verbosity(verbosity)
-
-
-def in_memory(direction: Any, trials: list[Any], source: str) -> optuna.Study:
-    """An in-memory study of TRIALS, its user attribute "source" saying where they came from."""
-    import optuna
-
-    with quiet_optuna():
-        study = optuna.create_study(direction=direction)
+    storage = optuna.storages.InMemoryStorage()
+    storage.create_new_study([direction], "report")
+    study = optuna.Study("report", storage)
     study.add_trials(trials)
     study.set_user_attr("source", source)
     return study
@@ -129,41 +94,23 @@ def study_of(exp: Experiment) -> optuna.Study:
     A copy, so every figure sees one snapshot of a running sweep and no database stays open while drawing.
     """
     import optuna
+    from optuna.study import StudyDirection
 
-    db = exp.path / STUDY_DB
-    direction = "maximize" if exp.space.mode == "max" else "minimize"
-    if db.is_file():
+    if (exp.path / STUDY_DB).is_file():
         try:
-            with quiet_optuna():
-                kept = optuna.load_study(study_name=STUDY_NAME, storage=study_storage(exp.path))
+            kept = optuna.load_study(study_name=STUDY_NAME, storage=study_storage(exp.path))
             if kept.trials:
                 return in_memory(kept.direction, kept.trials, STUDY_DB)
         except Exception as e:  # noqa: BLE001 - an older or broken study.db: the trials on disk still tell
-            log.warning("%s unreadable (%s): the report's study is built from the trials on disk", db, e)
-    dists = exp.space.distributions()
-    return in_memory(direction, [f for t in exp.trials if (f := _frozen(t, dists)) is not None], "trials on disk")
-
-
-def _frozen(t: Trial, dists: dict[str, Any]) -> optuna.trial.FrozenTrial | None:
-    """Trial T as the searcher tells it: COMPLETE with its best value, PRUNED, FAIL or still RUNNING."""
-    from optuna.trial import TrialState, create_trial
-
-    full = t.status.usable and t.status is not TrialStatus.PRUNED and is_finite(t.best_value)
-    state = (TrialState.COMPLETE if full else TrialState.PRUNED if t.status is TrialStatus.PRUNED
-             else TrialState.FAIL if t.status.finished else TrialState.RUNNING)
-    params = {k: v for k, v in t.params.items() if k in dists}
-    try:
-        frozen = create_trial(state=state, value=t.best_value if full else None, params=params,
-                              distributions={k: dists[k] for k in params}, intermediate_values=t.values,
-                              user_attrs={"ray_trial_id": t.trial_id, "status": t.status.value})
-    except ValueError as e:  # a value outside the recorded space
-        log.warning("trial %s left out of the report's study: %s", t.trial_id, e)
-        return None
-    if t.started is not None:  # the timeline's bars: from the first report back to the start, on to the last
-        frozen.datetime_start = datetime.fromtimestamp(t.started)
-        end = t.started + float(t.last_result.get("time_total_s") or 0.0)
-        frozen.datetime_complete = datetime.fromtimestamp(end) if state.is_finished() else None
-    return frozen
+            log.warning("%s unreadable (%s): the report's study is built from the trials on disk", STUDY_DB, e)
+    dists, frozen = exp.space.distributions(), []
+    for t in exp.trials:
+        try:
+            frozen.append(t.frozen(dists))
+        except ValueError as e:  # a value outside the recorded space
+            log.warning("trial %s left out of the report's study: %s", t.trial_id, e)
+    direction = StudyDirection.MAXIMIZE if exp.space.mode == "max" else StudyDirection.MINIMIZE
+    return in_memory(direction, frozen, "trials on disk")
 
 
 def full_budget(study: optuna.Study) -> optuna.Study:
@@ -209,29 +156,16 @@ def evaluator() -> optuna.importance.FanovaImportanceEvaluator:
 # ---------------------------------------------------------------- warnings
 
 
-def collect_warnings(exp: Experiment, imp: Importance) -> list[str]:
-    """Everything a user should act on before trusting the result."""
-    from mmtune.tune.noise import saturation_warnings
-
-    return [*saturation_warnings(exp), *edge_warnings(exp), *failure_warnings(exp), *importance_warnings(imp),
-            *progress_warnings(exp)]
-
-
 def edge_warning(param: Param, value: Any) -> str | None:
     """'widen P (best V at the low/high end of [low, high])' when VALUE sits on the edge of P's range."""
     side = param.on_edge(value)
-    if side is None:
-        return None
-    return f"widen {param.name} (best {fmt(value)} at the {side} end of [{fmt(param.low)}, {fmt(param.high)}])"
+    return side and f"widen {param.name} (best {fmt(value)} at the {side} end of [{fmt(param.low)}, {fmt(param.high)}])"
 
 
 def edge_warnings(exp: Experiment) -> list[str]:
     """One warning per parameter whose best value lies on the edge of its searched range."""
-    if not exp.ranked:
-        return []
-    best = exp.ranked[0]
-    found = (edge_warning(p, best.params.get(p.name)) for p in exp.space.params)
-    return [w for w in found if w]
+    best = exp.ranked[0].params if exp.ranked else None
+    return [w for p in exp.space.params if best and (w := edge_warning(p, best.get(p.name)))]
 
 
 def failure_warnings(exp: Experiment) -> list[str]:
@@ -264,23 +198,18 @@ def progress_warnings(exp: Experiment) -> list[str]:
 
 def asha_rungs(space: SearchSpace) -> list[int]:
     """Epochs at which ASHA compares trials: grace_period * reduction_factor**k <= epochs."""
-    rungs, k = [], 0
-    while space.grace_period * space.reduction_factor ** k <= space.epochs:
-        rungs.append(int(round(space.grace_period * space.reduction_factor ** k)))
-        k += 1
+    rungs: list[int] = []
+    while (r := space.grace_period * space.reduction_factor ** len(rungs)) <= space.epochs:
+        rungs.append(int(round(r)))
     return rungs
 
 
-# ---------------------------------------------------------------- text shared by HTML and Markdown
+# ---------------------------------------------------------------- text
 
 
 def fmt(v: Any) -> str:
     """A parameter value as tables show it (floats to 4 significant digits)."""
-    if isinstance(v, bool) or v is None:
-        return "" if v is None else str(v)
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
+    return "" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def fmt_value(v: float | None) -> str:
@@ -288,61 +217,48 @@ def fmt_value(v: float | None) -> str:
     return f"{v:.4f}" if is_finite(v) else "–"
 
 
-def status_counts(trials: list[Trial]) -> dict[TrialStatus, int]:
-    """Trials by status, in the vocabulary's order, leaving out statuses no trial has."""
-    return {TrialStatus(s): n for s, n in counts(trials).items()}
-
-
 def header_rows(doc: Document) -> list[tuple[str, str]]:
     """The header facts as (label, text) pairs."""
     from mmtune.tune.noise import noise
 
-    exp, s, best = doc.experiment, doc.space, doc.best
-    by_status = ", ".join(f"{n} {k.label}" for k, n in status_counts(doc.trials).items())
+    exp, best = doc.experiment, doc.experiment.ranked[:1]
+    s = exp.space
+    by_status = ", ".join(f"{n} {TrialStatus(k).label}" for k, n in counts(exp.trials).items())
+    seconds = exp.wall_time()
     return [("experiment", f"{exp.name} ({exp.path})"),
-            ("search space", f"{exp.meta.get('space_file', s.source)}"
-                             + (f" — {s.raw['description']}" if s.raw.get("description") else "")),
+            ("search space", exp.meta.get("space_file", s.source)
+             + (f" — {s.raw['description']}" if s.raw.get("description") else "")),
             ("metric", f"{s.metric} ({s.mode}imized; each trial's best epoch)"),
             ("state", f"{'finished' if exp.finished else 'NOT finished (running or interrupted)'}; "
-                      f"{len(doc.trials)} of {s.num_samples} trials started{_wall_time(exp)}"),
+                      f"{len(exp.trials)} of {s.num_samples} trials started"
+                      + (f"; {seconds / 60:.1f} min {'wall time' if exp.finished else 'since start'}"
+                         if seconds is not None and seconds >= 0 else "")),
             ("trials by status", by_status),
-            ("best value", f"{fmt_value(best.best_value)} (trial {best.trial_id}, epoch {best.best_epoch})" if best
-             else "none yet (no trial has a finite value)"),
+            ("best value", f"{fmt_value(best[0].best_value)} (trial {best[0].trial_id}, epoch {best[0].best_epoch})"
+             if best else "none yet (no trial has a finite value)"),
             ("noise vs gaps", noise(exp).text),
-            ("best config", best_config_text(doc)),
-            ("search", f"Optuna TPE (seed {s.seed}), ASHA grace {s.grace_period}, reduction {s.reduction_factor:g}, "
-                       f"{s.epochs} epochs max"),
+            ("best config", best_config_text(exp)),
+            ("search", f"Optuna {s.searcher} (seed {s.seed}), ASHA grace {s.grace_period}, reduction "
+                       f"{s.reduction_factor:g}, {s.epochs} epochs max"),
             ("data", str(exp.meta.get("data", "?")))]
 
 
-def _wall_time(exp: Experiment) -> str:
-    start = exp.meta.get("started")
-    if not start:
-        return ""
-    # An unfinished sweep may carry the end of an earlier run (before a resume): count to now instead.
-    ended = exp.finished and exp.meta.get("ended")
-    seconds = exp.wall_time() if exp.finished else time.time() - start
-    if seconds is None or seconds < 0:  # a clock that went back says nothing useful
-        return ""
-    return f"; {seconds / 60:.1f} min {'wall time' if ended else 'since start'}"
-
-
-def best_config_text(doc: Document) -> str:
+def best_config_text(exp: Experiment) -> str:
     """Where best_config.yaml is, and whether it still names the current best trial."""
-    exp_dir = doc.experiment.path
-    summary_path = exp_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    path = Path(summary.get("best_config") or exp_dir / "best_config.yaml")
-    if not path.is_file():
-        return f"not written yet (run `mmtune export {exp_dir}`)"
-    if doc.best is not None and summary.get("best_trial") not in (None, doc.best.trial_id):
-        return f"{path} (stale: written for trial {summary['best_trial']}; run `mmtune export {exp_dir}`)"
-    return str(path)
+    from mmtune.tune.results import BEST_CONFIG
+
+    summary = exp.summary
+    path = summary.get("best_config") or str(exp.path / BEST_CONFIG)
+    if not Path(path).is_file():
+        return f"not written yet (run `mmtune export {exp.path}`)"
+    if exp.ranked and summary.get("best_trial") not in (None, exp.ranked[0].trial_id):
+        return f"{path} (stale: written for trial {summary['best_trial']}; run `mmtune export {exp.path}`)"
+    return path
 
 
 def trial_table(doc: Document, trials: list[Trial]) -> tuple[list[str], list[list[str]]]:
     """Columns and rows of a table of TRIALS (rank, value, epochs, status, params)."""
-    space, ranks = doc.space, doc.ranks
+    space, ranks = doc.experiment.space, {t.trial_id: i for i, t in enumerate(doc.experiment.ranked, 1)}
     cols = ["rank", "trial", f"best {space.metric}", "best epoch", "epochs run", "status", *space.names]
     rows = [[str(ranks.get(t.trial_id, "–")), t.trial_id, fmt_value(t.best_value),
              "–" if t.best_epoch is None else str(t.best_epoch), str(t.epochs), t.status.label,

@@ -32,6 +32,8 @@ CKPT_FILE = "checkpoint.pt"  # the file inside each of a trial's checkpoint_* fo
 RAY_LOG = "ray.log"  # Ray's own output during the sweep
 STUDY_DB = "study.db"  # the Optuna study of the sweep (SQLite), written by the driver only
 STUDY_NAME = "mmtune"  # the study's name in STUDY_DB
+SUMMARY = "summary.json"  # what `mmtune export` (and finalize) wrote: the best trial, the deployed config, noise
+FINAL_DIR = "final"  # <experiment>/final: the finalize run and its outputs (tune/finalize.py)
 TRIAL_ID = re.compile(r"^trial_([0-9a-f]+(?:_\d+)?)$")
 PACKAGES = ("mmtune", "torch", "ray", "optuna", "numpy", "scikit-learn")
 
@@ -121,6 +123,27 @@ class Trial:
     def values(self) -> dict[int, float]:
         """Every finite value of the trial's metric, by epoch: the intermediate values the searcher tells Optuna."""
         return {int(r.get("epoch", 0)): float(r[self.metric]) for r in self.history if is_finite(r.get(self.metric))}
+
+    def frozen(self, distributions: dict[str, Any], **user_attrs: Any) -> optuna.trial.FrozenTrial:
+        """The trial as the searcher tells Optuna: COMPLETE with its best value, PRUNED, FAIL or still RUNNING, over
+        the params DISTRIBUTIONS has; its times are the timeline's bars. A ValueError if a value is outside them."""
+        from datetime import datetime
+
+        from optuna.trial import TrialState, create_trial
+
+        s = self.status
+        full = s.usable and s is not TrialStatus.PRUNED and is_finite(self.best_value)
+        state = (TrialState.COMPLETE if full else TrialState.PRUNED if s is TrialStatus.PRUNED
+                 else TrialState.FAIL if s.finished else TrialState.RUNNING)
+        params = {k: v for k, v in self.params.items() if k in distributions}
+        frozen = create_trial(state=state, value=self.best_value if full else None, params=params,
+                              distributions={k: distributions[k] for k in params}, intermediate_values=self.values,
+                              user_attrs={"ray_trial_id": self.trial_id, "status": s.value, **user_attrs})
+        if self.started is not None:
+            frozen.datetime_start = datetime.fromtimestamp(self.started)
+            end = self.started + float(self.last_result.get("time_total_s") or 0.0)
+            frozen.datetime_complete = datetime.fromtimestamp(end) if state.is_finished() else None
+        return frozen
 
 
 def space_of(exp_dir: Path) -> SearchSpace:
@@ -244,6 +267,25 @@ class Experiment:
         return self.ranked[0]
 
     def wall_time(self) -> float | None:
-        """Seconds from the start to the end (or to now, while unfinished)."""
+        """Seconds from the start to the end (or to now, while unfinished: an `ended` is then an earlier run's)."""
         start = self.meta.get("started")
-        return None if not start else (self.meta.get("ended") or time.time()) - start
+        return None if not start else ((self.finished and self.meta.get("ended")) or time.time()) - start
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """summary.json as `mmtune export` last wrote it ({} before the first export)."""
+        return _json_or_none(self.path / SUMMARY) or {}
+
+    @property
+    def final(self) -> dict[str, Any] | None:
+        """final/summary.json of the finalize run (None: not run, or unreadable)."""
+        return _json_or_none(self.path / FINAL_DIR / SUMMARY)
+
+
+def _json_or_none(path: Path) -> dict[str, Any] | None:
+    """The JSON object in PATH, or None when it is missing or unreadable (a half-written file is never read:
+    writers replace atomically)."""
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, json.JSONDecodeError):
+        return None

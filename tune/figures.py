@@ -1,10 +1,7 @@
 """The report's figures: Optuna's matplotlib plots of the sweep's study, and the learning curves Optuna lacks.
 
-Optuna's plots (`optuna.visualization.matplotlib`) draw from `Document.study`, the study the searcher kept
-(`tune.analysis.study_of`); importance, parallel coordinates, slices and contour from its full-budget
-(COMPLETE) trials only. They draw with pyplot: each is drawn under a local rc context (Optuna switches
-to the ggplot style globally) and dropped from pyplot once drawn. matplotlib and Optuna are imported only
-when a figure is drawn.
+Optuna's plots draw from `Document.study` (`tune.analysis.study_of`); importance, parallel coordinates, slices
+and contour from its full-budget (COMPLETE) trials only. matplotlib and Optuna are imported only when drawing.
 """
 from __future__ import annotations
 
@@ -15,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from mmtune.model.metrics import is_finite
 from mmtune.tune.analysis import EVALUATOR, Document, asha_rungs, evaluator, fmt_value, full_budget, state_counts
 from mmtune.tune.errors import ResultsError
 
@@ -23,7 +19,7 @@ if TYPE_CHECKING:
     import optuna
     from matplotlib.figure import Figure
 
-    from mmtune.tune.experiment import Experiment, Trial
+    from mmtune.tune.experiment import Experiment
 
 log = logging.getLogger(__name__)
 
@@ -40,28 +36,30 @@ class Plot:
     path: Path | None = None
 
 
-def require_matplotlib() -> Any:
-    """matplotlib with the Agg backend, or a clear error naming the extra to install."""
+def require_extra() -> None:
+    """matplotlib (its Agg backend) and Markdown, or a clear error naming the extra to install."""
     try:
+        import markdown  # noqa: F401 - report.html is rendered from report.md
         import matplotlib
-    except ImportError:
-        raise ResultsError("mmtune report needs matplotlib: pip install mmtune[report]") from None
+    except ImportError as e:
+        raise ResultsError(f"mmtune report needs {e.name}: pip install mmtune[report]") from None
     if "matplotlib.pyplot" not in sys.modules:  # never switch the backend under someone's open figures
         matplotlib.use("Agg")
-    return matplotlib
 
 
 def specs(doc: Document) -> list[tuple[Plot, Callable[[], Figure | None]]]:
     """Every figure of DOC's report, in order: what it is called and shows, and how to draw it."""
-    study, full, target = doc.study, full_budget(doc.study), f"best {doc.space.metric}"
-    k = min(CONTOUR, len(doc.space.names))
+    study, full, space = doc.study, full_budget(doc.study), doc.experiment.space
+    target = f"best {space.metric}"
+    contour = list(doc.importance.values or space.names)[:CONTOUR]  # the most important (else the first) ones
+    k = len(contour)
     n = (f"{len(full.trials)} full-budget trials of the {len(study.trials)} in the study from "
          f"{study.user_attrs['source']}; pruned, failed and unfinished ones left out")
     return [
         (Plot("history", "Optimization history", f"Optuna's plot_optimization_history: the {target} of each "
               f"full-budget trial by trial number, and the best so far ({n})."),
          lambda: _optuna("plot_optimization_history", study, 1, target_name=target)),
-        (Plot("learning_curves", "Learning curves", f"{doc.space.metric} per epoch of every trial; the top "
+        (Plot("learning_curves", "Learning curves", f"{space.metric} per epoch of every trial; the top "
               f"{doc.top_k} in colour, dashed lines at the ASHA rungs (where trials are compared and the weaker "
               "ones pruned)."), lambda: learning_curves(doc.experiment, doc.top_k)),
         (Plot("importance", "Hyperparameter importance", f"Optuna's plot_param_importances, {EVALUATOR}: the share "
@@ -70,14 +68,13 @@ def specs(doc: Document) -> list[tuple[Plot, Callable[[], Figure | None]]]:
          if doc.importance.values else None),
         (Plot("parallel_coordinates", "Parallel coordinates", "Optuna's plot_parallel_coordinate: each line a "
               f"trial, coloured by its {target} ({n})."),
-         lambda: _optuna("plot_parallel_coordinate", full, 1, (max(6.4, 1.3 * len(doc.space.names)), 4.8),
+         lambda: _optuna("plot_parallel_coordinate", full, 1, (max(6.4, 1.3 * len(space.names)), 4.8),
                          target_name=target)),
         (Plot("slices", "Parameter slices", f"Optuna's plot_slice: the {target} against each parameter, darker "
               f"dots for later trials ({n})."), lambda: _optuna("plot_slice", full, 1, target_name=target)),
         (Plot("contour", "Contour", f"Optuna's plot_contour: the {target} over each pair of the {k} most important "
               f"parameters ({n})."),
-         lambda: _optuna("plot_contour", full, 2, (3.2 * k, 2.8 * k), params=_contour_params(doc),
-                         target_name=target)),
+         lambda: _optuna("plot_contour", full, 2, (3.2 * k, 2.8 * k), params=contour, target_name=target)),
         (Plot("timeline", "Timeline", f"Optuna's plot_timeline: when each of the {len(study.trials)} trials in the "
               f"study from {study.user_attrs['source']} ran, and its Optuna state (pruned: cut by ASHA)."),
          lambda: _optuna("plot_timeline", study, 0)),
@@ -105,7 +102,6 @@ def draw_all(doc: Document, out: Path) -> list[Plot]:
 
 def _new_figure(w: float, h: float) -> Figure:
     """A pyplot-free figure (no global state, nothing to close)."""
-    require_matplotlib()
     from matplotlib.figure import Figure as MplFigure
 
     return MplFigure(figsize=(w, h), layout="constrained")
@@ -139,43 +135,24 @@ def _optuna(name: str, study: optuna.Study, need: int, size: tuple[float, float]
     return fig
 
 
-def _contour_params(doc: Document) -> list[str]:
-    """The CONTOUR most important parameters (the first ones when the importance is unknown)."""
-    return list(doc.importance.values or doc.space.names)[:CONTOUR]
-
-
-def _curve(t: Trial, metric: str) -> tuple[list[int], list[float]]:
-    pts = [(int(r["epoch"]), float(r[metric])) for r in t.history if "epoch" in r and is_finite(r.get(metric))]
-    return [p[0] for p in pts], [p[1] for p in pts]
-
-
 def learning_curves(exp: Experiment, top_k: int = 5) -> Figure:
     """Metric vs epoch for every trial, the top TOP_K in colour, ASHA rungs dashed."""
     from matplotlib import colormaps
 
-    fig = _new_figure(9, 5)
-    ax = fig.add_subplot()
-    m = exp.space.metric
-    top = exp.ranked[:top_k]
-    top_ids = {t.trial_id for t in top}
-    for t in exp.trials:
-        if t.trial_id not in top_ids:
-            x, y = _curve(t, m)
-            ax.plot(x, y, color="0.6", lw=0.8, alpha=0.7, marker="." if len(x) == 1 else None)
-    colors = colormaps["tab10"]
-    for rank, t in reversed(list(enumerate(top, 1))):  # the best drawn last, on top
-        x, y = _curve(t, m)
-        ax.plot(x, y, color=colors(rank - 1), lw=2, marker="o", ms=3,
-                label=f"#{rank} {t.trial_id} ({fmt_value(t.best_value)} @ epoch {t.best_epoch})")
+    ax, m, top, colors = _new_figure(9, 5).add_subplot(), exp.space.metric, exp.ranked[:top_k], colormaps["tab10"]
+    for t in [t for t in exp.trials if t not in top]:  # the rest in grey
+        x, y = list(t.values), list(t.values.values())
+        ax.plot(x, y, color="0.6", lw=0.8, alpha=0.7, marker="." if len(x) == 1 else None)
+    for rank, t in enumerate(top, 1):  # the best drawn on top (zorder), listed first
+        ax.plot(list(t.values), list(t.values.values()), color=colors(rank - 1), lw=2, marker="o", ms=3,
+                zorder=3 + 1 / rank, label=f"#{rank} {t.trial_id} ({fmt_value(t.best_value)} @ epoch {t.best_epoch})")
         ax.scatter([t.best_epoch], [t.best_value], s=70, facecolor="none", edgecolor=colors(rank - 1), zorder=4)
     for i, r in enumerate(asha_rungs(exp.space)):
         ax.axvline(r, color="k", ls="--", lw=0.9, alpha=0.6, label="ASHA rung" if i == 0 else None)
     ax.set(xlabel="epoch", ylabel=m, xlim=(0.5, exp.space.epochs + 0.5))
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
-    handles, labels = ax.get_legend_handles_labels()
-    order = sorted(range(len(labels)), key=lambda i: (labels[i] == "ASHA rung", labels[i]))
-    ax.legend([handles[i] for i in order], [labels[i] for i in order], fontsize=8, loc="best", framealpha=0.85)
-    return fig
+    ax.legend(fontsize=8, loc="best", framealpha=0.85)
+    return ax.figure
 
 

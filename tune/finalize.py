@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from mmtune.tune.errors import ResultsError
-from mmtune.tune.results import BEST_CONFIG, FINAL_DIR, export
+from mmtune.tune.experiment import FINAL_DIR, SUMMARY
+from mmtune.tune.results import BEST_CONFIG, export
 from mmtune.tune.selection import Candidate, Choice, choose, rule_text
 
 if TYPE_CHECKING:
@@ -231,7 +232,7 @@ def write_outputs(exp: Experiment, out: Path, cands: list[Candidate], pairs: lis
         "leaderboard": str(out / "leaderboard.csv"), "data": data_path, "plan": read_meta(out).get("plan"),
         "wall_time_s": seconds,
     }
-    write_json(summary, out / "summary.json")
+    write_json(summary, out / SUMMARY)
     # Export again: <exp>/summary.json then names the finalized winner, and its noise estimate has the seeds' spread.
     export(exp.path)
     return summary
@@ -340,15 +341,19 @@ def _fmt(v: Any) -> str:
 
 def result_lines(summary: dict[str, Any]) -> list[str]:
     """What the console shows after a finalize run: the leaderboard, the winner and why, where the files are."""
-    w, metric = summary["winner"], summary["metric"]
-    return [leaderboard_table(summary), "",
-            f"winner: sweep trial {w['trial_id']} (sweep rank {w['sweep_rank']}), {metric} {_pm(w, metric)} "
-            f"(n={w['n_seeds']}, bound {_fmt(w.get('bound'))}) over seeds {summary['seeds']}; {summary['choice']}",
-            f"seeds and splits: {summary['holdout']['how']}",
-            f"best config: {summary['best_config']} (the finalized winner)",
-            f"leaderboard: {summary['leaderboard']}",
+    w = summary["winner"]
+    return [leaderboard_table(summary), "", *winner_lines(summary), f"leaderboard: {summary['leaderboard']}",
             f"checkpoints: {Path(summary['leaderboard']).parent / WINNER_DIR}/ ({len(w['checkpoints'])} file(s))",
             f"retrain it:  mmtune train --config {summary['best_config']} --data {summary['data'] or 'DATA'}"]
+
+
+def winner_lines(summary: dict[str, Any]) -> list[str]:
+    """The finalized winner and how it was chosen, the seeds and splits, the config to deploy."""
+    w, metric = summary["winner"], summary["metric"]
+    return [f"winner: sweep trial {w['trial_id']} (sweep rank {w['sweep_rank']}), {metric} {_pm(w, metric)} "
+            f"(n={w['n_seeds']}, bound {_fmt(w.get('bound'))}) over seeds {summary['seeds']}; {summary['choice']}",
+            f"seeds and splits: {summary['holdout']['how']}",
+            f"best config: {summary['best_config']} (the finalized winner)"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

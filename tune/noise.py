@@ -6,7 +6,6 @@ console, the report), each with its remedy. Pure functions over an `Experiment`:
 """
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from dataclasses import asdict, dataclass
@@ -59,11 +58,7 @@ def noise(exp: Experiment) -> Noise:
 
 def _seed_sd(exp: Experiment) -> tuple[float | None, str]:
     """The median over finalized configs of their sd across seeds (`mmtune finalize` or finalize-by-default)."""
-    path = exp.path / "final" / "summary.json"
-    try:
-        configs = json.loads(path.read_text()).get("configs", []) if path.is_file() else []
-    except (OSError, json.JSONDecodeError):
-        configs = []
+    configs = (exp.final or {}).get("configs", [])
     sds = [c["std"][exp.space.metric] for c in configs
            if c.get("n_seeds", 0) > 1 and is_finite(c.get("std", {}).get(exp.space.metric))]
     if not sds:

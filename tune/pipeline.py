@@ -5,7 +5,6 @@ Ray and torch are imported only when a sweep runs.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -47,7 +46,7 @@ def finish(exp_dir: Path, storage_path: str, name: str | None, address: str | No
            num_cpus: int | None = None, out: TextIO | None = None) -> dict[str, Any]:
     """Export and show the sweep, then finalize it as its start recorded (the resource plan is the sweep's);
     returns export's summary (after finalizing: with the seeds' spread in its noise estimate)."""
-    from mmtune.tune.experiment import read_meta
+    from mmtune.tune.experiment import Experiment, read_meta
     from mmtune.tune.results import export, status_table
 
     loc = storage.locate(storage_path, exp_dir.name if name is None else name)
@@ -69,7 +68,7 @@ def finish(exp_dir: Path, storage_path: str, name: str | None, address: str | No
                   f"second Tune run in {exp_dir / finalize.FINAL_DIR} with the same resource plan")
         final = finalize.finalize(str(loc), top_k, seeds, address, num_cpus, out=out)
         _say(out, "\n".join(finalize.result_lines(final)))
-        summary = json.loads((exp_dir / "summary.json").read_text())  # finalize exported again: the seeds' noise
+        summary = Experiment.open(exp_dir).summary  # finalize exported again: the seeds' noise
     if summary.get("warnings"):  # saturation and noise (also in summary.json and the report), each with its remedy
         _say(out, "\nwarnings:\n" + "\n".join(f"  - {w}" for w in summary["warnings"]))
     return summary

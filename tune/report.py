@@ -1,17 +1,15 @@
-"""`mmtune report`: an HTML + Markdown report of an experiment (figures, importance, warnings), read from disk.
+"""`mmtune report`: report.md, its figures in report/*.png, and report.html, one self-contained page.
 
-Works on a finished, running or interrupted sweep: trials that have not ended show as "unfinished". The
-content comes from `tune.analysis` (one `Document`), the figures from `tune.figures`; this module renders
-the document to both formats and holds the command. matplotlib and Optuna are imported only when a report
-is written, so the CLI stays quick to start.
+Works on a finished, running or interrupted sweep. The content comes from `tune.analysis`, the figures from
+`tune.figures`; report.html is rendered from the Markdown by Python-Markdown. Heavy imports wait for a report.
 """
 from __future__ import annotations
 
 import argparse
 import base64
 import html
-import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +26,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FIG_DIR = "report"
+CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1240px;color:#222;
+ padding:0 16px;line-height:1.4}
+h1{font-size:24px}h2{font-size:19px;margin-top:30px;border-bottom:1px solid #ddd;padding-bottom:4px}
+table{border-collapse:collapse;font-size:12.5px;margin:8px 0;display:block;overflow-x:auto}
+th,td{border:1px solid #ddd;padding:3px 7px;text-align:left;white-space:nowrap}th{background:#f3f3f3}
+img{max-width:100%;border:1px solid #eee}em{color:#555;font-size:13px}tr:has(strong) td{background:#eef6ff}
+"""
 
 
 @dataclass(frozen=True)
@@ -40,27 +46,25 @@ class ReportResult:
     figures: list[Path] = field(default_factory=list)  # the PNGs drawn, in report order
 
 
-# ---------------------------------------------------------------- public API
-
-
 def write_report(exp_dir: str | Path, top_k: int = 5) -> ReportResult:
-    """Write report.html (self-contained, images embedded as base64 PNG), report.md and report/*.png into EXP_DIR."""
+    """Write report.md, report/*.png and report.html (self-contained: the PNGs embedded) into EXP_DIR."""
     if top_k < 1:
         raise ResultsError(f"--top-k must be >= 1, got {top_k}")
     from mmtune.tune import figures
     from mmtune.tune.analysis import analyze
     from mmtune.tune.experiment import Experiment
 
-    figures.require_matplotlib()  # fail early and clearly when the extra is not installed
+    figures.require_extra()  # fail early and clearly when the extra is not installed
     exp = Experiment.open(exp_dir)
-    doc = analyze(exp, top_k, final=_final_summary(exp.path))
+    doc = analyze(exp, top_k)
     plots = figures.draw_all(doc, exp.path / FIG_DIR)
     result = ReportResult(exp.path / "report.html", exp.path / "report.md", list(doc.warnings),
                           [p.path for p in plots if p.path is not None])
-    with atomic_file(result.html) as f:  # a reader never sees half a report
-        f.write(render_html(doc, plots))
-    with atomic_file(result.markdown) as f:
-        f.write(render_markdown(doc, plots))
+    text = render_markdown(doc, plots)
+    with atomic_file(result.markdown) as f:  # a reader never sees half a report
+        f.write(text)
+    with atomic_file(result.html) as f:
+        f.write(render_html(text, f"mmtune report: {exp.name}", exp.path))
     log.info("report of %s: %d trials, %d figures, %d warnings", exp.name, len(exp.trials), len(result.figures),
              len(result.warnings))
     return result
@@ -88,145 +92,60 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _final_summary(exp_dir: Path) -> dict[str, Any] | None:
-    """The summary `mmtune finalize` wrote, or None (not run, or unreadable: said in the log)."""
-    from mmtune.tune.finalize import FINAL_DIR
-
-    path = exp_dir / FINAL_DIR / "summary.json"
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        log.warning("%s left out of the report: %s", path, e)
-        return None
-
-
-def _final_text(doc: Document) -> str:
-    """What the re-evaluation did and which config won."""
-    f = doc.final or {}
-    w = f.get("winner", {})
-    return (f"The top {f.get('top_k')} configs retrained with seeds {f.get('seeds')} at the full budget "
-            f"({f.get('epochs')} epochs) and ranked by {f.get('selection', '')}. Winner: sweep trial "
-            f"{w.get('trial_id')}, config {f.get('best_config')}.")
-
-
-# ---------------------------------------------------------------- the content, once for both formats
-
-
-@dataclass(frozen=True)
-class Table:
-    """A table of the report; row BEST (if any) is the best trial or config."""
-
-    cols: list[str]
-    rows: list[list[Any]]
-    best: int | None = None
-
-
-def sections(doc: Document, plots: list[Plot]) -> list[tuple[str, list[Any]]]:
-    """The report after its header: (title, blocks) per section, rendered alike to HTML and Markdown; a block is
-    a paragraph (str), a list (the warnings), a Table or a figure (Plot)."""
-    from mmtune.tune.analysis import importance_text, trial_table
-
-    def trials(ts: list[Trial]) -> list[Any]:
-        return [Table(*trial_table(doc, ts), 0 if doc.best else None)] if ts else ["No trial has a finite value yet."]
-
-    out = [("Warnings", [doc.warnings] if doc.warnings else ["None."]), (f"Top {doc.top_k} trials", trials(doc.top))]
-    if doc.final is not None:
-        from mmtune.tune.finalize import leaderboard_rows
-
-        out.append(("Re-evaluation (mmtune finalize)", [_final_text(doc), Table(*leaderboard_rows(doc.final), 0)]))
-    out += [(p.title, [importance_text(doc)] * (p.name == "importance") + [p]) for p in plots]
-    return out + [(f"All trials ({len(doc.trials)})", trials(doc.all_trials))]
-
-
-# ---------------------------------------------------------------- HTML
-
-CSS = """
-body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1240px;color:#222;
- padding:0 16px;line-height:1.4}
-h1{font-size:24px;margin-bottom:4px}h2{font-size:19px;margin-top:30px;border-bottom:1px solid #ddd;padding-bottom:4px}
-table{border-collapse:collapse;font-size:12.5px;margin:8px 0}
-th,td{border:1px solid #ddd;padding:3px 7px;text-align:left;white-space:nowrap}
-th{background:#f3f3f3;white-space:normal;vertical-align:bottom}
-table.head td{white-space:normal}table.head td:first-child{font-weight:600;background:#fafafa}
-.scroll{overflow-x:auto}ul.warn{background:#fff6d6;border:1px solid #e8c95a;padding:8px 30px;border-radius:4px}
-tr.best td{background:#eef6ff;font-weight:600}
-figure{margin:10px 0 20px}figure img{max-width:100%;border:1px solid #eee}
-figcaption{font-size:13px;color:#555;margin-top:4px}.muted{color:#777;font-size:13px}
-"""
-
-
-def _e(x: Any) -> str:
-    return html.escape(str(x))
-
-
-def render_html(doc: Document, plots: list[Plot]) -> str:
-    """The whole self-contained HTML page (the PNGs of PLOTS embedded)."""
-    from mmtune.tune.analysis import header_rows
-
-    name = _e(doc.experiment.name)
-    head = "".join(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in header_rows(doc))
-    body = [f"<h2>{_e(title)}</h2>" + "".join(map(_html_block, blocks)) for title, blocks in sections(doc, plots)]
-    return "\n".join([f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>mmtune report: {name}"
-                      f"</title><style>{CSS}</style></head><body>", f"<h1>mmtune report: {name}</h1>",
-                      f"<p class='muted'>generated {_e(time.strftime('%Y-%m-%d %H:%M:%S'))} by <code>mmtune report"
-                      f"</code></p>", f"<table class='head'>{head}</table>", *body, "</body></html>"])
-
-
-def _html_block(b: Any) -> str:
-    """One block as HTML."""
-    if isinstance(b, str):
-        return f"<p>{_e(b)}</p>"
-    if isinstance(b, list):
-        return "<ul class='warn'>" + "".join(f"<li>{_e(w)}</li>" for w in b) + "</ul>"
-    if isinstance(b, Table):
-        rows = "".join(f"<tr class='{'best' if i == b.best else ''}'>" + "".join(f"<td>{_e(c)}</td>" for c in r)
-                       + "</tr>" for i, r in enumerate(b.rows))
-        head = "".join(f"<th>{_e(c).replace('_', '_<wbr>')}</th>" for c in b.cols)
-        return f"<div class='scroll'><table><tr>{head}</tr>{rows}</table></div>"
-    if b.path is None:  # the importance text already says why it has no figure
-        return "" if b.name == "importance" else "<p class='muted'>This figure could not be drawn (see the log).</p>"
-    data = base64.b64encode(b.path.read_bytes()).decode("ascii")
-    return (f"<figure><img alt='{_e(b.title)}' src='data:image/png;base64,{data}'><figcaption>{_e(b.caption)} "
-            f"<span class='muted'>({_e(FIG_DIR)}/{_e(b.path.name)})</span></figcaption></figure>")
-
-
-# ---------------------------------------------------------------- Markdown
-
-
-def _md_cell(x: Any) -> str:
-    return str(x).replace("|", "\\|").replace("\n", " ")
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
 
 
 def render_markdown(doc: Document, plots: list[Plot]) -> str:
-    """The report as Markdown, with the figures of PLOTS linked from report/."""
-    from mmtune.tune.analysis import header_rows
+    """The report as Markdown, the figures of PLOTS linked from report/."""
+    from mmtune.tune.analysis import header_rows, importance_text, trial_table
+    from mmtune.tune.finalize import leaderboard_rows, winner_lines
 
-    lines = [f"# mmtune report: {doc.experiment.name}", ""] + [f"- **{k}**: {_md_cell(v)}" for k, v in header_rows(doc)]
-    for title, blocks in sections(doc, plots):
-        lines += ["", f"## {title}"]
-        for b in blocks:
-            lines += [""] + _md_block(b)
-    return "\n".join(lines) + "\n"
+    def trials(ts: list[Trial]) -> str:
+        return table(*trial_table(doc, ts), best=0 if doc.experiment.ranked else None) if ts else \
+            "No trial has a finite value yet."
+
+    out = [f"# mmtune report: {doc.experiment.name}", "", *(f"- **{k}**: {_cell(v)}" for k, v in header_rows(doc)),
+           "", f"*generated {time.strftime('%Y-%m-%d %H:%M:%S')} by `mmtune report`*",
+           *_section("Warnings", "\n".join(f"- {w}" for w in doc.warnings) or "None."),
+           *_section(f"Top {doc.top_k} trials", trials(doc.top))]
+    if (final := doc.experiment.final) is not None:
+        out += _section("Re-evaluation (mmtune finalize)", *winner_lines(final),
+                        table(*leaderboard_rows(final), best=0))
+    for p in plots:
+        out += _section(p.title, *[importance_text(doc)] * (p.name == "importance"), _figure(p))
+    return "\n".join(out + _section(f"All trials ({len(doc.experiment.trials)})", trials(doc.all_trials))) + "\n"
 
 
-def _md_block(b: Any) -> list[str]:
-    """One block as Markdown lines."""
-    if isinstance(b, str):
-        return [b]
-    if isinstance(b, list):
-        return [f"- {w}" for w in b]
-    if isinstance(b, Table):
-        rows = ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in [b.cols, *b.rows]]
-        return rows[:1] + ["|" + "---|" * len(b.cols)] + rows[1:]
-    return [] if b.path is None else [f"![{b.title}]({FIG_DIR}/{b.path.name})", "", f"*{b.caption}*"]
+def _section(title: str, *blocks: str) -> list[str]:
+    return ["", f"## {title}"] + [line for b in blocks if b for line in ("", b)]
+
+
+def _cell(x: Any) -> str:
+    return str(x).replace("|", "\\|").replace("\n", " ")
+
+
+def table(cols: list[str], rows: list[list[Any]], best: int | None = None) -> str:
+    """A Markdown table; the first cell of row BEST (the best trial or config) in bold."""
+    rows = [[f"**{r[0]}**", *r[1:]] if i == best else r for i, r in enumerate(rows)]
+    return "\n".join("| " + " | ".join(map(_cell, r)) + " |" for r in [cols, ["---"] * len(cols), *rows])
+
+
+def _figure(p: Plot) -> str:
+    if p.path is None:  # the importance text already says why it has no figure
+        return "" if p.name == "importance" else "*This figure could not be drawn (see the log).*"
+    return f"![{p.title}]({FIG_DIR}/{p.path.name})\n\n*{p.caption} ({FIG_DIR}/{p.path.name})*"
+
+
+def render_html(text: str, title: str, root: Path) -> str:
+    """The page of Markdown TEXT (Python-Markdown, raw HTML off), each report/*.png under ROOT embedded."""
+    import markdown
+
+    conv = markdown.Markdown(extensions=["tables"], output_format="html")
+    conv.preprocessors.deregister("html_block")  # text from the experiment (names, a space's description) stays text
+    conv.inlinePatterns.deregister("html")
+    body = re.sub(rf'src="({FIG_DIR}/[^"/]+\.png)"', lambda m: 'src="data:image/png;base64,'
+                  + base64.b64encode((root / m[1]).read_bytes()).decode("ascii") + '"', conv.convert(text))
+    return (f"<!doctype html>\n<html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{CSS}</style></head><body>\n{body}\n</body></html>\n")

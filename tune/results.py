@@ -5,7 +5,6 @@ Reads through `tune.experiment` only: no Ray, no torch until a checkpoint is cop
 from __future__ import annotations
 
 import csv
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -15,13 +14,12 @@ import yaml
 from mmtune.data.io import atomic_file, write_json
 from mmtune.tune.errors import ResultsError
 from mmtune.model.config import TrainConfig
-from mmtune.tune.experiment import CKPT_FILE, Experiment, Trial, counts
+from mmtune.tune.experiment import CKPT_FILE, SUMMARY, Experiment, Trial, counts
 from mmtune.tune.space import SearchSpace
 from mmtune.tune.noise import summary_entry
 
 BEST_CONFIG = "best_config.yaml"  # the config to deploy: finalize's winner, or the best trial's until finalize ran
 BEST_TRIAL_CONFIG = "best_trial_config.yaml"  # the single best sweep trial's config
-FINAL_DIR = "final"  # <experiment>/final: the finalize run and its outputs (tune/finalize.py)
 
 
 def trial_rows(exp: Experiment) -> tuple[list[str], list[list[Any]]]:
@@ -110,7 +108,7 @@ def export(exp_dir: str | Path, out: str | Path | None = None) -> dict[str, Any]
     with atomic_file(config_path) as f:
         f.write(header + recipe_note(exp.space, best)
                 + yaml.safe_dump(exported_config(exp.space, best).to_dict(), sort_keys=False))
-    finalized = _finalized(exp.path)
+    finalized = exp.final
     if out is None and finalized is None:
         with atomic_file(exp.path / BEST_CONFIG) as f:
             f.write("# No finalize run yet: the single best trial's config (`mmtune finalize` re-evaluates the "
@@ -130,17 +128,8 @@ def export(exp_dir: str | Path, out: str | Path | None = None) -> dict[str, Any]
                    best_config_from="best trial" if finalized is None else "finalize")
     if finalized is not None:
         summary.update(finalized_winner=finalized.get("winner", {}).get("trial_id"))
-    write_json(summary, exp.path / "summary.json")
+    write_json(summary, exp.path / SUMMARY)
     return summary
-
-
-def _finalized(exp_dir: Path) -> dict[str, Any] | None:
-    """The summary of the experiment's finalize run (None: not run, or unreadable)."""
-    path = exp_dir / FINAL_DIR / "summary.json"
-    try:
-        return json.loads(path.read_text()) if path.is_file() else None
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 def _summary(exp: Experiment, best: Trial, config_path: Path, notes: list[str]) -> dict[str, Any]:

@@ -189,12 +189,7 @@ def reconcile(study: optuna.Study, exp: Experiment, skip: set[int] = frozenset()
             changed += 1
         elif (frozen.state is TrialState.FAIL and trial is not None and trial.status.final and not trial.status.failed
               and not _retold(study, frozen)):
-            values = trial.values
-            state = TrialState.PRUNED if trial.status is TrialStatus.PRUNED else TrialState.COMPLETE
-            study.add_trial(optuna.trial.create_trial(
-                params=frozen.params, distributions=frozen.distributions, state=state, intermediate_values=values,
-                value=_best(values, study.direction) if state is TrialState.COMPLETE else None,
-                user_attrs={"ray_trial_id": trial.trial_id, "status": trial.status.value, "retry_of": frozen.number}))
+            study.add_trial(trial.frozen(frozen.distributions, retry_of=frozen.number))
             changed += 1
     return changed
 
