@@ -60,6 +60,16 @@ def test_cli_report(fake, tmp_path, capsys):
     assert "not an mmtune experiment" in capsys.readouterr().err
 
 
+def test_report_command_prints_only_its_own_lines(tmp_path):
+    """No Optuna INFO line (in-memory studies) or matplotlib warning (a parameter with one value) on the console."""
+    exp = write_experiment(tmp_path, [FakeTrial({"lr": 1e-3, "dropout": 0.1}, [0.5, 0.6]),
+                                      FakeTrial({"lr": 1e-3, "dropout": 0.2}, [0.4, 0.5])], study=True)
+    proc = subprocess.run([sys.executable, "-m", "mmtune.tune", "report", str(exp)], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert proc.stdout.splitlines()[0] == f"report: {exp / 'report.html'}"
+
+
 def test_cli_prints_the_warnings_write_report_returns(tmp_path, capsys):
     exp = write_experiment(tmp_path, [FakeTrial({"lr": 1e-3, "dropout": 0.1}, [0.5], None)], finished=False)
     assert report.cmd_report(argparse.Namespace(experiment=str(exp), top_k=2)) == 0
@@ -216,7 +226,7 @@ def test_markdown_top_table_starts_with_the_best_trial(exp):
     top = section(md, "Top 3 trials")
     rows = [line for line in top.splitlines() if line.startswith("| ") and not line.startswith("| rank")]
     assert len(rows) == 3
-    assert rows[0].startswith(f"| 1 | {s['best_trial']} | {s['best_value']:.4f} | {s['best_epoch']} |")
+    assert rows[0].startswith(f"| **1** | {s['best_trial']} | {s['best_value']:.4f} | {s['best_epoch']} |")
     header = top.splitlines()[2]
     assert all(name in header for name in ("best epoch", "epochs run", "status", "lr", "d_model"))
     head = md.split("## Warnings")[0]

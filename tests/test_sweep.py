@@ -233,10 +233,15 @@ KILL_POINTS = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize("when", list(KILL_POINTS))
-def test_sigkill_driver_then_resume_loses_nothing(demo_dir, tmp_path, subprocess_env, when):
+def test_sigkill_driver_then_resume_loses_nothing(demo_dir, tmp_path, subprocess_env, monkeypatch, when):
     storage, name, n = tmp_path / "res", "killed", 6
     cmd = [sys.executable, "-m", "mmtune.tune", "sweep", "--data", str(demo_dir), "--space", SMOKE, "--name", name,
            "--storage", str(storage), "--num-samples", str(n), "--num-cpus", "2", "--finalize-top-k", "0"]
+    mlflow_uri = f"file://{tmp_path / 'mlruns'}"  # tracked where trials are cut mid-training: their runs go on
+    if when == "mid_sweep":
+        cmd += ["--mlflow", mlflow_uri]
+        monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 opens a file store only when asked to
+        subprocess_env["MLFLOW_ALLOW_FILE_STORE"] = "true"
     exp = storage / name
     proc = subprocess.Popen(cmd, env=subprocess_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -264,6 +269,22 @@ def test_sigkill_driver_then_resume_loses_nothing(demo_dir, tmp_path, subprocess
     # The searcher came back with its history: every trial, those before the kill included, is in its study.
     # The study came back with its history: it says what trials.csv says, trial by trial, nothing left running.
     assert len(study_matches_trials_csv(exp)) == n
+    if when == "mid_sweep":
+        _one_finished_run_per_trial(mlflow_uri, name, rows(exp))
+
+
+def _one_finished_run_per_trial(uri: str, name: str, trials: list[dict]) -> None:
+    """MLflow holds one run per trial, none left RUNNING by the kill, each with every epoch the trial ran."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
+    assert sorted(r.data.tags["ray_trial_id"] for r in runs) == sorted(t["trial_id"] for t in trials)
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    epochs = {t["trial_id"]: int(t["epochs"]) for t in trials}
+    for r in runs:
+        steps = {m.step for m in client.get_metric_history(r.info.run_id, "val/f1")}
+        assert steps == set(range(1, epochs[r.data.tags["ray_trial_id"]] + 1)), r.data.tags
 
 LISTENERS = r'''
 import json, os, socket, struct, sys

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import collections
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from mmtune.model.metrics import is_finite
 from mmtune.model.status import TrialStatus
@@ -59,8 +60,6 @@ class Document:
 
 def analyze(exp: Experiment, top_k: int = 5) -> Document:
     """The document of EXP: study read, importance and warnings computed."""
-    if top_k < 1:
-        raise ResultsError(f"--top-k must be >= 1, got {top_k}")
     if not exp.trials:
         raise ResultsError(f"{exp.path}: no trial has started yet; nothing to report")
     from mmtune.tune.noise import saturation_warnings
@@ -75,13 +74,27 @@ def analyze(exp: Experiment, top_k: int = 5) -> Document:
 # ---------------------------------------------------------------- the study and the importance
 
 
+@contextmanager
+def optuna_quiet() -> Iterator[None]:
+    """Optuna's INFO and WARNING lines off for a while (a new in-memory study; a plot's note on a parameter with
+    one value): not news in a report."""
+    import optuna
+
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+
+
 def in_memory(direction: optuna.study.StudyDirection, trials: list[Any], source: str) -> optuna.Study:
-    """An in-memory study of TRIALS, its user attribute "source" saying where they came from (not made with
-    create_study, which logs every new study)."""
+    """An in-memory study of TRIALS, its user attribute "source" saying where they came from."""
     import optuna
 
     storage = optuna.storages.InMemoryStorage()
-    storage.create_new_study([direction], "report")
+    with optuna_quiet():
+        storage.create_new_study([direction], "report")
     study = optuna.Study("report", storage)
     study.add_trials(trials)
     study.set_user_attr("source", source)
@@ -89,10 +102,8 @@ def in_memory(direction: optuna.study.StudyDirection, trials: list[Any], source:
 
 
 def study_of(exp: Experiment) -> optuna.Study:
-    """The sweep's study, copied into memory: `<exp>/study.db` that the searcher kept, else built from the trials.
-
-    A copy, so every figure sees one snapshot of a running sweep and no database stays open while drawing.
-    """
+    """The sweep's study, copied into memory (every figure sees one snapshot of a running sweep, and no database
+    stays open while drawing): `<exp>/study.db` that the searcher kept, else built from the trials on disk."""
     import optuna
     from optuna.study import StudyDirection
 
@@ -113,13 +124,6 @@ def study_of(exp: Experiment) -> optuna.Study:
     return in_memory(direction, frozen, "trials on disk")
 
 
-def full_budget(study: optuna.Study) -> optuna.Study:
-    """STUDY restricted to its COMPLETE trials: a pruned trial's value comes from fewer epochs."""
-    from optuna.trial import TrialState
-
-    return in_memory(study.direction, study.get_trials(states=(TrialState.COMPLETE,)), study.user_attrs["source"])
-
-
 def state_counts(study: optuna.Study) -> dict[str, int]:
     """The study's trials by Optuna state ("COMPLETE", "PRUNED", ...), leaving out states no trial has."""
     return dict(collections.Counter(t.state.name for t in study.trials))
@@ -128,20 +132,19 @@ def state_counts(study: optuna.Study) -> dict[str, int]:
 def importance(study: optuna.Study) -> Importance:
     """fANOVA importances from STUDY's full-budget trials, or None and the reason.
 
-    Pruned trials are left out: their values come from fewer epochs, and mixing them in credits whatever
+    Optuna's importance (like its slice, parallel-coordinate and contour plots) reads only COMPLETE trials, and the
+    searcher tells ASHA's cuts PRUNED: their values come from fewer epochs, and mixed in they would credit whatever
     made trials slow starters (e.g. small models) with importance.
     """
     import optuna
 
-    full = full_budget(study)
-    n = len(full.trials)
+    n, pruned = state_counts(study).get("COMPLETE", 0), state_counts(study).get("PRUNED", 0)
     if n < 2:
         return Importance(None, f"not computed: {n} full-budget trial(s) with a finite value; at least 2 needed", n)
     try:
-        imp = optuna.importance.get_param_importances(full, evaluator=evaluator())
+        imp = optuna.importance.get_param_importances(study, evaluator=evaluator())
     except Exception as e:  # noqa: BLE001 - the report says why instead of failing
         return Importance(None, f"not computed: {type(e).__name__}: {e}", n)
-    pruned = state_counts(study).get("PRUNED", 0)
     return Importance({k: float(v) for k, v in imp.items()},
                       f"computed from {n} full-budget trials ({pruned} pruned trial(s) left out)", n)
 

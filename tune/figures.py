@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from mmtune.tune.analysis import EVALUATOR, Document, asha_rungs, evaluator, fmt_value, full_budget, state_counts
+from mmtune.tune.analysis import EVALUATOR, Document, asha_rungs, evaluator, fmt_value, optuna_quiet, state_counts
 from mmtune.tune.errors import ResultsError
 
 if TYPE_CHECKING:
@@ -49,11 +49,10 @@ def require_extra() -> None:
 
 def specs(doc: Document) -> list[tuple[Plot, Callable[[], Figure | None]]]:
     """Every figure of DOC's report, in order: what it is called and shows, and how to draw it."""
-    study, full, space = doc.study, full_budget(doc.study), doc.experiment.space
-    target = f"best {space.metric}"
+    study, space, target = doc.study, doc.experiment.space, f"best {doc.experiment.space.metric}"
     contour = list(doc.importance.values or space.names)[:CONTOUR]  # the most important (else the first) ones
     k = len(contour)
-    n = (f"{len(full.trials)} full-budget trials of the {len(study.trials)} in the study from "
+    n = (f"{state_counts(study).get('COMPLETE', 0)} full-budget trials of the {len(study.trials)} in the study from "
          f"{study.user_attrs['source']}; pruned, failed and unfinished ones left out")
     return [
         (Plot("history", "Optimization history", f"Optuna's plot_optimization_history: the {target} of each "
@@ -64,17 +63,17 @@ def specs(doc: Document) -> list[tuple[Plot, Callable[[], Figure | None]]]:
               "ones pruned)."), lambda: learning_curves(doc.experiment, doc.top_k)),
         (Plot("importance", "Hyperparameter importance", f"Optuna's plot_param_importances, {EVALUATOR}: the share "
               f"of the variance of the {target} explained by each parameter ({n})."),
-         lambda: _optuna("plot_param_importances", full, 2, evaluator=evaluator(), target_name=target)
+         lambda: _optuna("plot_param_importances", study, 2, evaluator=evaluator(), target_name=target)
          if doc.importance.values else None),
         (Plot("parallel_coordinates", "Parallel coordinates", "Optuna's plot_parallel_coordinate: each line a "
               f"trial, coloured by its {target} ({n})."),
-         lambda: _optuna("plot_parallel_coordinate", full, 1, (max(6.4, 1.3 * len(space.names)), 4.8),
+         lambda: _optuna("plot_parallel_coordinate", study, 1, (max(6.4, 1.3 * len(space.names)), 4.8),
                          target_name=target)),
         (Plot("slices", "Parameter slices", f"Optuna's plot_slice: the {target} against each parameter, darker "
-              f"dots for later trials ({n})."), lambda: _optuna("plot_slice", full, 1, target_name=target)),
+              f"dots for later trials ({n})."), lambda: _optuna("plot_slice", study, 1, target_name=target)),
         (Plot("contour", "Contour", f"Optuna's plot_contour: the {target} over each pair of the {k} most important "
               f"parameters ({n})."),
-         lambda: _optuna("plot_contour", full, 2, (3.2 * k, 2.8 * k), params=contour, target_name=target)),
+         lambda: _optuna("plot_contour", study, 2, (3.2 * k, 2.8 * k), params=contour, target_name=target)),
         (Plot("timeline", "Timeline", f"Optuna's plot_timeline: when each of the {len(study.trials)} trials in the "
               f"study from {study.user_attrs['source']} ran, and its Optuna state (pruned: cut by ASHA)."),
          lambda: _optuna("plot_timeline", study, 0)),
@@ -109,11 +108,10 @@ def _new_figure(w: float, h: float) -> Figure:
 
 def empty(text: str) -> Figure:
     """A small figure that says why there is nothing to plot yet."""
-    fig = _new_figure(6, 1.5)
-    ax = fig.add_subplot()
+    ax = _new_figure(6, 1.5).add_subplot()
     ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=11, color="0.4")
     ax.set_axis_off()
-    return fig
+    return ax.figure
 
 
 def _optuna(name: str, study: optuna.Study, need: int, size: tuple[float, float] | None = None,
@@ -127,8 +125,9 @@ def _optuna(name: str, study: optuna.Study, need: int, size: tuple[float, float]
     from matplotlib import pyplot as plt, rc_context
     from optuna.exceptions import ExperimentalWarning
 
-    with warnings.catch_warnings(), rc_context({"figure.figsize": size} if size else None):
+    with warnings.catch_warnings(), optuna_quiet(), rc_context({"figure.figsize": size} if size else None):
         warnings.simplefilter("ignore", ExperimentalWarning)  # Optuna marks every matplotlib plot experimental
+        warnings.filterwarnings("ignore", "Attempting to set identical", UserWarning)  # one value: still drawn
         axes = getattr(plots, name)(study, **kwargs)  # its plt.style.use("ggplot") ends with the rc context
     fig = np.ravel(axes)[0].figure
     plt.close(fig)  # Optuna draws with pyplot: drop pyplot's reference so the figure is freed once saved

@@ -128,8 +128,9 @@ def _cell(x: Any) -> str:
 
 def table(cols: list[str], rows: list[list[Any]], best: int | None = None) -> str:
     """A Markdown table; the first cell of row BEST (the best trial or config) in bold."""
-    rows = [[f"**{r[0]}**", *r[1:]] if i == best else r for i, r in enumerate(rows)]
-    return "\n".join("| " + " | ".join(map(_cell, r)) + " |" for r in [cols, ["---"] * len(cols), *rows])
+    lines = ["| " + " | ".join(map(_cell, [f"**{r[0]}**", *r[1:]] if i == best else r)) + " |"
+             for i, r in enumerate([cols, *rows], -1)]
+    return "\n".join([lines[0], "|" + "---|" * len(cols), *lines[1:]])
 
 
 def _figure(p: Plot) -> str:
