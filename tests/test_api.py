@@ -136,3 +136,20 @@ def test_report_and_finalize_from_the_handle(swept, capsys):
     assert final["top_k"] == 1 and final["winner"]["trial_id"] == handle.summary["finalized_winner"]
     assert handle.best_config == load_config(handle.path / "final" / "best_config.yaml")
     assert api.open_experiment(handle.location).trials.equals(handle.trials)
+
+
+def test_readme_example_runs_as_written_on_a_real_sweep(swept, tmp_path, monkeypatch):
+    """The README's example, executed: every statement as written, but its run_sweep call (a full default sweep)
+    swapped for open_experiment of the smoke sweep above, reached as results/nb from the working folder."""
+    handle, _ = swept
+    tree = ast.parse(readme_example())
+    [assign] = [n for n in tree.body if isinstance(n, ast.Assign) and getattr(n.value.func, "id", "") == "run_sweep"]
+    assign.value = ast.parse("open_experiment('results/nb')", mode="eval").body
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "nb").symlink_to(handle.path, target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(ast.fix_missing_locations(tree), "README.md", "exec"), scope)
+    exp = scope["exp"]
+    assert exp.path.resolve() == handle.path.resolve() and exp.best_config == handle.best_config
+    assert (handle.path / "report.html").is_file() and exp.trials.equals(handle.trials)
