@@ -7,7 +7,6 @@ import pickle
 import re
 import time
 import warnings
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -35,9 +34,9 @@ def result(epoch: int, value: float, status: str = "running", metric: str = "val
     return {"epoch": epoch, "training_iteration": epoch, metric: value, STATUS_KEY: status}
 
 
-def make(num_samples: int = 5, metric: str = "val/f1", mode: str = "max", interval_s: float = 30.0):
+def make(num_samples: int = 5, metric: str = "val/f1", interval_s: float = 30.0):
     out, clock = io.StringIO(), Clock()
-    return Progress(num_samples, metric, mode, out, interval_s, clock=clock), out, clock
+    return Progress(num_samples, metric, out, interval_s, clock=clock), out, clock
 
 
 def report(p: Progress, t: SimpleNamespace, trials: list, res: dict) -> None:
@@ -94,7 +93,7 @@ def test_ended_lines_count_statuses_best_and_eta():
 
 
 def test_min_mode_picks_the_lowest_loss():
-    p, out, _ = make(num_samples=3, metric="val/loss", mode="min")
+    p, out, _ = make(num_samples=3, metric="val/loss")
     ts = [trial("t1"), trial("t2"), trial("t3")]
     for t, values in zip(ts, [(0.9, 0.5, 0.6), (0.8, 0.4), (1.2, 0.1)]):
         for epoch, value in enumerate(values, 1):
@@ -139,8 +138,6 @@ def test_formatting_helpers_and_pickling():
     copy = pickle.loads(pickle.dumps(p))  # Tune pickles its callbacks with the Tuner
     assert copy.best_trial() == ("t", 0.5) and copy._out is None
     assert ray_init_kwargs(False) == ray_init_kwargs(True) == {"log_to_driver": True}
-    with pytest.raises(ValueError, match="mode"):
-        Progress(3, "val/f1", "maximum")
 
 
 def test_capture_restores_loggers_and_warnings(tmp_path):
@@ -193,7 +190,7 @@ def test_real_sweep_output_goes_to_ray_log_not_console(ray_session, tmp_path, ca
         tuner = tune.Tuner(trainable, param_space={"x": tune.grid_search(xs)},
                            tune_config=tune.TuneConfig(metric="val/f1", mode="max"),
                            run_config=tune.RunConfig(name="capture", storage_path=str(tmp_path), verbose=0,
-                                                     callbacks=[Progress(3, "val/f1", "max")]))
+                                                     callbacks=[Progress(3, "val/f1")]))
         assert not tuner.fit().errors
         deadline = time.monotonic() + 10  # worker output reaches the driver asynchronously
         while time.monotonic() < deadline and not all(m in log_path.read_text() for m in markers):

@@ -52,11 +52,10 @@ def eta_str(elapsed: float, ended: int, total: int) -> str:
 class Progress(tune.Callback):
     """One line per ended trial and a heartbeat at most every INTERVAL_S, to OUT; never a line per epoch."""
 
-    def __init__(self, num_samples: int, metric: str, mode: str, out: TextIO | None = None,
-                 interval_s: float = 30.0, *, clock: Callable[[], float] = time.monotonic):
-        if mode not in ("max", "min"):
-            raise ValueError(f"mode {mode!r}: must be 'max' or 'min'")
-        self.num_samples, self.metric, self.mode, self.interval_s = num_samples, metric, mode, interval_s
+    def __init__(self, num_samples: int, metric: str, out: TextIO | None = None, interval_s: float = 30.0, *,
+                 clock: Callable[[], float] = time.monotonic):
+        # No mode: the metric's name decides it (model.metrics.mode_of), as for every ranking in mmtune.
+        self.num_samples, self.metric, self.interval_s = num_samples, metric, interval_s
         self._out, self._clock = out, clock
         self.start = self.last_line = clock()
         self.best: dict[str, dict[str, Any]] = {}  # trial id -> its best result so far (metric and tie-breaker)

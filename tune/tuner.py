@@ -54,7 +54,7 @@ def tune_callbacks(job: Job, out: TextIO | None) -> list:
     """Tune callbacks of every sweep: result.json per trial, the durable records, the tracking asked for
     (--mlflow, --tensorboard), the progress view."""
     space = job.space
-    progress = [Progress(space.num_samples, space.metric, space.mode, out)] if out is not None else []
+    progress = [Progress(space.num_samples, space.metric, out)] if out is not None else []
     tracking = tracking_callbacks(job.loc.local, job.opts.mlflow, job.opts.tensorboard)
     return [JsonLoggerCallback(), TrialRecorder(job.loc), *tracking, *progress]
 
