@@ -35,10 +35,15 @@ def atomic_file(path: str | Path, mode: str = "w", durable: bool = False, **open
         raise
 
 
+def write_text(text: str, path: str | Path) -> None:
+    """Write TEXT to PATH atomically: a reader sees the old file or the whole new one."""
+    with atomic_file(path) as f:
+        f.write(text)
+
+
 def write_json(obj: Any, path: str | Path) -> None:
     """Write OBJ as JSON atomically (NaN/Inf become null, which every JSON reader accepts)."""
-    with atomic_file(path) as f:
-        f.write(json.dumps(finite(obj), indent=2, sort_keys=False) + "\n")
+    write_text(json.dumps(finite(obj), indent=2, sort_keys=False) + "\n", path)
 
 
 def finite(obj: Any) -> Any:

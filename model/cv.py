@@ -15,7 +15,7 @@ import torch
 from mmtune.data.folds import CVData
 from mmtune.model.checkpoint import FORMAT, CheckpointError
 from mmtune.model.config import TrainConfig
-from mmtune.model.loop import Trainer, make_objective
+from mmtune.model.loop import Trainer, make_objective, snapshot
 from mmtune.model.metrics import is_better
 from mmtune.model.status import TrialStatus
 
@@ -71,8 +71,7 @@ class CVTrainer:
         if improved:
             self.best, self.best_epoch, self.bad_epochs = record.get(self.objective.monitor), self.epoch, 0
             self.best_metrics = dict(record)
-            self.best_states = [{k: v.detach().to("cpu", copy=True) for k, v in t.model.state_dict().items()}
-                                for t in self.folds]
+            self.best_states = [snapshot(t.model) for t in self.folds]
         else:
             self.bad_epochs += 1
         record.update(improved=improved, seconds=time.perf_counter() - t0)

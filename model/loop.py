@@ -69,6 +69,11 @@ def build_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, steps: int) ->
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of MODEL's weights (the best epoch's, kept while training goes on)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
 def steps_per_epoch(cfg: TrainConfig, n_train: int) -> int:
     """Batches per epoch: train_steps, or one pass over N_TRAIN samples raised to min_steps_per_epoch."""
     return cfg.train_steps or max(math.ceil(n_train / cfg.batch_size), cfg.min_steps_per_epoch)
@@ -147,7 +152,7 @@ class Trainer:
         if improved:
             self.best, self.best_epoch, self.bad_epochs = record.get(self.objective.monitor), self.epoch, 0
             self.best_metrics = dict(record)
-            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+            self.best_state = snapshot(self.model)
         else:
             self.bad_epochs += 1
         record.update(status=TrialStatus.RUNNING.value, improved=improved, seconds=time.perf_counter() - t0)
@@ -217,8 +222,9 @@ def fit(cfg: TrainConfig, data: Dataset, callbacks: list[Callback] = (), kind: s
     """Train CFG on DATA until epochs, early stopping, divergence or a callback says stop."""
     trainer = make_trainer(cfg, data, kind)
     if pretrained:
+        encoder = load_checkpoint(pretrained)["model"]
         for model in trainer.models if cfg.cv >= 2 else [trainer.model]:  # every fold starts from it
-            loaded = pretrained_encoder(model, load_checkpoint(pretrained)["model"], pretrained)
+            loaded = pretrained_encoder(model, encoder, pretrained)
         log.info("loaded %d encoder tensors from %s", len(loaded), pretrained)
     if resume is not None:
         trainer.load_state_dict(resume)

@@ -9,7 +9,7 @@ from optuna.trial import TrialState
 
 from mmtune.model.status import TrialStatus
 from tests.fake_experiment import FakeTrial, write_experiment
-from mmtune.tune.experiment import Experiment
+from mmtune.tune.experiment import Experiment, load_study
 from mmtune.tune.searcher import STUDY_NAME, make_sampler, reconcile, study_storage, tell
 from mmtune.tune.space import SEARCHERS, parse_space
 
@@ -114,5 +114,5 @@ def test_a_searcher_state_cut_by_a_kill_is_rebuilt_from_the_study(tmp_path):
     assert set(restored._ot_trials) == {"ray_a", "ray_b"} and restored._completed_trials == {"ray_a"}
     restored.on_trial_complete("ray_a", {"val/f1": 0.9, "training_iteration": 1})  # a re-report: not told twice
     restored.on_trial_complete("ray_b", {"val/f1": 0.7, "training_iteration": 2, "trial_status": "completed"})
-    study = optuna.load_study(study_name=STUDY_NAME, storage=study_storage(exp))
+    study = load_study(exp)
     assert [(t.params, t.value) for t in study.get_trials()] == [(first, 0.5), (second, 0.7)]

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from mmtune.model.metrics import is_finite
 from mmtune.model.status import TrialStatus
 from mmtune.tune.errors import ResultsError
-from mmtune.tune.experiment import STUDY_DB, STUDY_NAME, Experiment, Trial, counts, study_storage
+from mmtune.tune.experiment import STUDY_DB, Experiment, Trial, counts, load_study
 from mmtune.tune.space import Param, SearchSpace
 
 if TYPE_CHECKING:
@@ -104,12 +104,11 @@ def in_memory(direction: optuna.study.StudyDirection, trials: list[Any], source:
 def study_of(exp: Experiment) -> optuna.Study:
     """The sweep's study, copied into memory (every figure sees one snapshot of a running sweep, and no database
     stays open while drawing): `<exp>/study.db` that the searcher kept, else built from the trials on disk."""
-    import optuna
     from optuna.study import StudyDirection
 
     if (exp.path / STUDY_DB).is_file():
         try:
-            kept = optuna.load_study(study_name=STUDY_NAME, storage=study_storage(exp.path))
+            kept = load_study(exp.path)
             if kept.trials:
                 return in_memory(kept.direction, kept.trials, STUDY_DB)
         except Exception as e:  # noqa: BLE001 - an older or broken study.db: the trials on disk still tell

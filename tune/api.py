@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from mmtune.tune import pipeline, storage
 from mmtune.tune.errors import ResultsError
-from mmtune.tune.experiment import STUDY_NAME, Experiment, study_storage
+from mmtune.tune.experiment import SUMMARY, Experiment, load_study
 from mmtune.tune.results import BEST_CONFIG, BEST_TRIAL_CONFIG, trial_rows
 from mmtune.tune.space import SearchSpace
 
@@ -70,14 +70,12 @@ class ExperimentHandle:
     @property
     def study(self) -> optuna.Study:
         """The sweep's Optuna study (study.db), loaded fresh."""
-        import optuna
-
-        return optuna.load_study(study_name=STUDY_NAME, storage=study_storage(self.path))
+        return load_study(self.path)
 
     @property
     def summary(self) -> dict[str, Any]:
         """summary.json: the best trial, trials by status, seeds, provenance, warnings, the finalized winner."""
-        return json.loads(self._file("summary.json").read_text())
+        return json.loads(self._file(SUMMARY).read_text())
 
     def report(self, **kw: Any) -> ReportResult:
         """Write report.html and report.md as `mmtune report` does (keywords of `write_report`, e.g. top_k)."""

@@ -63,6 +63,13 @@ def study_storage(exp_dir: Path) -> optuna.storages.RDBStorage:
     return optuna.storages.RDBStorage(f"sqlite:///{Path(exp_dir).resolve() / STUDY_DB}")
 
 
+def load_study(exp_dir: Path) -> optuna.Study:
+    """The sweep's Optuna study, as the searcher keeps it in EXP_DIR's study.db."""
+    import optuna
+
+    return optuna.load_study(study_name=STUDY_NAME, storage=study_storage(exp_dir))
+
+
 def provenance() -> dict[str, Any]:
     """Package versions and the git commit of the code, captured when a sweep starts."""
     versions = {"python": platform.python_version()}

@@ -22,6 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from mmtune.data.io import write_json, write_text
 from mmtune.tune.errors import ResultsError
 from mmtune.tune.experiment import FINAL_DIR, SUMMARY
 from mmtune.tune.results import BEST_CONFIG, export
@@ -111,8 +112,7 @@ def seeds_for(space: SearchSpace, n: int) -> list[tuple[int, int]]:
     from mmtune.model.config import TrainConfig
 
     seed = int(space.fixed.get("seed", TrainConfig.seed))
-    split = int(space.fixed.get("split_seed", TrainConfig.split_seed))
-    return [(seed + i, split + i) for i in range(n)]
+    return [(seed + i, space.split_seed + i) for i in range(n)]
 
 
 def count_params(cfg: TrainConfig, data: Dataset) -> int:
@@ -207,7 +207,6 @@ def metric_keys(runs: list[dict[str, Any]]) -> list[str]:
 def write_outputs(exp: Experiment, out: Path, cands: list[Candidate], pairs: list[tuple[int, int]], top_k: int,
                   seconds: float, held: dict[str, Any]) -> dict[str, Any]:
     """final/best_config.yaml, leaderboard.csv, winner/seed_<s>.pt, summary.json, and <exp>/best_config.yaml."""
-    from mmtune.data.io import write_json
     from mmtune.tune.experiment import read_meta
 
     space = exp.space
@@ -218,7 +217,7 @@ def write_outputs(exp: Experiment, out: Path, cands: list[Candidate], pairs: lis
     data_path = exp.meta.get("data")
     config_path = write_best_config(out, choice, space, pairs[0], exp.name, data_path)
     text = config_path.read_text()
-    _write_text(exp.path / BEST_CONFIG, text.replace(str(config_path), str(exp.path / BEST_CONFIG)))
+    write_text(text.replace(str(config_path), str(exp.path / BEST_CONFIG)), exp.path / BEST_CONFIG)
     write_leaderboard(out / "leaderboard.csv", choice, space)
     summary = {
         "experiment": exp.name, "metric": space.metric, "mode": space.mode, "epochs": space.epochs,
@@ -236,13 +235,6 @@ def write_outputs(exp: Experiment, out: Path, cands: list[Candidate], pairs: lis
     # Export again: <exp>/summary.json then names the finalized winner, and its noise estimate has the seeds' spread.
     export(exp.path)
     return summary
-
-
-def _write_text(path: Path, text: str) -> None:
-    from mmtune.data.io import atomic_file
-
-    with atomic_file(path) as f:
-        f.write(text)
 
 
 def _entry(c: Candidate, choice: Choice, metric: str) -> dict[str, Any]:
@@ -272,7 +264,7 @@ def write_best_config(out: Path, choice: Choice, space: SearchSpace, seeds: tupl
         cfg = replace(space.recipe(winner.trial.params, epochs), seed=seeds[0], split_seed=seeds[1])
         header += (f"# CV runs: the recipe trains one model on all of train.npz + val.npz for {epochs} epochs, the "
                    "median best epoch of the seeds' fold-mean curves.\n")
-    _write_text(path, header + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    write_text(header + yaml.safe_dump(cfg.to_dict(), sort_keys=False), path)
     return path
 
 

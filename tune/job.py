@@ -75,7 +75,7 @@ class Job:
     variants: dict[int, Dataset | CVData] = field(default_factory=dict)  # split_seed -> data, for the trials
 
     def __post_init__(self) -> None:
-        self.variants = self.variants or {primary_split_seed(self.space): self.data}
+        self.variants = self.variants or {self.space.split_seed: self.data}
 
     @property
     def name(self) -> str:
@@ -108,7 +108,7 @@ def prepare(opts: SweepOptions) -> Job:
     space, validation = resolve_cv(opts.data, space)
     variants = load_variants(opts.data, space, opts.split_seeds)
     check_tracking(opts.mlflow, opts.tensorboard)  # last: it may reach a tracking server
-    return Job(replace(opts, name=name), space, variants[primary_split_seed(space)], loc, space_file, validation,
+    return Job(replace(opts, name=name), space, variants[space.split_seed], loc, space_file, validation,
                variants)
 
 
@@ -133,11 +133,10 @@ def resolve_cv(path: str | Path, space: SearchSpace) -> tuple[SearchSpace, str]:
     """SPACE with `cv: auto` decided from the data (before Ray), and the decision in words."""
     if space.cv != "auto":
         return space, f"{space.cv}-fold CV (cv: {space.cv})" if space.cv else "holdout (cv: 0)"
-    base = TrainConfig()
-    fraction = space.fixed.get("val_fraction", base.val_fraction)
+    fraction = space.fixed.get("val_fraction", TrainConfig.val_fraction)
     splits = read_splits(Path(path).resolve(), ("train", "val"))  # test.npz plays no part in the search
     where = "val.npz" if "val" in splits else f"the val_fraction={fraction:g} holdout"
-    val = splits.get("val") or split_train(splits["train"], fraction, space.fixed.get("split_seed", base.split_seed))[1]
+    val = splits.get("val") or split_train(splits["train"], fraction, space.split_seed)[1]
     pos = int(val.y.sum())
     rarer, word = min((pos, "positives"), (len(val) - pos, "negatives"))
     if rarer < AUTO_MIN_RARER:
@@ -159,16 +158,10 @@ def json_meta(loc: storage.Location) -> dict[str, Any]:
 
 def load_data(path: str | Path, space: SearchSpace) -> Dataset | CVData:
     """The data set, loaded and validated once in the driver, split (or folded) as every trial's config says."""
-    base = TrainConfig()
-    if isinstance(space.cv, int) and space.cv >= 2:
-        return load_cv(Path(path).resolve(), space.cv, space.fixed.get("split_seed", base.split_seed))
-    return load_dataset(Path(path).resolve(), space.fixed.get("val_fraction", base.val_fraction),
-                        space.fixed.get("split_seed", base.split_seed))
-
-
-def primary_split_seed(space: SearchSpace) -> int:
-    """The split_seed of the space's fixed values (or the default): the split that planning and checks read."""
-    return int(space.fixed.get("split_seed", TrainConfig.split_seed))
+    if space.folds:
+        return load_cv(Path(path).resolve(), space.folds, space.split_seed)
+    return load_dataset(Path(path).resolve(), space.fixed.get("val_fraction", TrainConfig.val_fraction),
+                        space.split_seed)
 
 
 def load_variants(path: str | Path, space: SearchSpace, extra: tuple[int, ...] = ()) -> dict[int, Dataset | CVData]:
@@ -178,9 +171,8 @@ def load_variants(path: str | Path, space: SearchSpace, extra: tuple[int, ...] =
     no CV the split does not depend on the seed: every seed shares one object (and one copy in Ray's store).
     """
     searched = next((p.values() or [] for p in space.params if p.name == "split_seed"), [])
-    seeds = dict.fromkeys([primary_split_seed(space), *map(int, searched), *map(int, extra)])
-    cv = isinstance(space.cv, int) and space.cv >= 2
-    if not cv and (Path(path) / "val.npz").is_file():
+    seeds = dict.fromkeys([space.split_seed, *map(int, searched), *map(int, extra)])
+    if not space.folds and (Path(path) / "val.npz").is_file():
         data = load_data(path, space)
         return {s: data for s in seeds}
     return {s: load_data(path, replace(space, fixed={**space.fixed, "split_seed": s})) for s in seeds}
@@ -205,4 +197,4 @@ def recorded_job(location: str | Path) -> tuple[Job, dict[str, Any]]:
     opts = SweepOptions(**{**recorded, "overwrite": False, "split_seeds": tuple(recorded.get("split_seeds", ()))})
     space = parse_space(meta["space"], f"{meta['space_file']} (as recorded in {loc}/{META})")
     variants = load_variants(meta["data"], space, opts.split_seeds)
-    return Job(opts, space, variants[primary_split_seed(space)], loc, meta["space_file"], variants=variants), meta
+    return Job(opts, space, variants[space.split_seed], loc, meta["space_file"], variants=variants), meta

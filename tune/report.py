@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mmtune.data.io import atomic_file
+from mmtune.data.io import write_text
 from mmtune.tune.errors import ResultsError
 
 if TYPE_CHECKING:
@@ -61,10 +61,8 @@ def write_report(exp_dir: str | Path, top_k: int = 5) -> ReportResult:
     result = ReportResult(exp.path / "report.html", exp.path / "report.md", list(doc.warnings),
                           [p.path for p in plots if p.path is not None])
     text = render_markdown(doc, plots)
-    with atomic_file(result.markdown) as f:  # a reader never sees half a report
-        f.write(text)
-    with atomic_file(result.html) as f:
-        f.write(render_html(text, f"mmtune report: {exp.name}", exp.path))
+    write_text(text, result.markdown)  # atomic: a reader never sees half a report
+    write_text(render_html(text, f"mmtune report: {exp.name}", exp.path), result.html)
     log.info("report of %s: %d trials, %d figures, %d warnings", exp.name, len(exp.trials), len(result.figures),
              len(result.warnings))
     return result

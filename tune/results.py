@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from mmtune.data.io import atomic_file, write_json
+from mmtune.data.io import atomic_file, write_json, write_text
 from mmtune.tune.errors import ResultsError
 from mmtune.model.config import TrainConfig
 from mmtune.tune.experiment import CKPT_FILE, SUMMARY, Experiment, Trial, counts
@@ -75,19 +75,19 @@ def prune_checkpoints(exp: Experiment) -> int:
 
 def exported_config(space: SearchSpace, best: Trial) -> TrainConfig:
     """The config best_config.yaml holds: the best trial's, or for a CV sweep its recipe (all data, chosen epochs)."""
-    if isinstance(space.cv, int) and space.cv >= 2:
+    if space.folds:
         return space.recipe(best.params, best.best_epoch or space.epochs)
     return space.train_config(best.params)
 
 
 def recipe_note(space: SearchSpace, best: Trial) -> str:
     """Header lines of a CV sweep's best_config.yaml: what was estimated, what training it gives."""
-    if not (isinstance(space.cv, int) and space.cv >= 2):
+    if not space.folds:
         return ""
     sd = next((r.get(f"{space.metric}_sd") for r in best.history if r.get("epoch") == best.best_epoch), None)
     return (f"# Estimated: {space.metric} {best.best_value:.4f}" + (f" +- {sd:.4f}" if isinstance(sd, float) else "")
-            + f", the mean over {space.cv} CV folds of train.npz + val.npz at epoch {best.best_epoch} (the fold-mean "
-            "curve's best).\n# Trained by this recipe: one model on all of train.npz + val.npz for exactly that many "
+            + f", the mean over {space.folds} CV folds of train.npz + val.npz at epoch {best.best_epoch} (the "
+            "fold-mean curve's best).\n# Trained by this recipe: one model on all of train.npz + val.npz for exactly that many "
             "epochs (cv 0, val_fraction 0, patience 0); test.npz, if present, is evaluated once at the end.\n")
 
 
@@ -105,14 +105,13 @@ def export(exp_dir: str | Path, out: str | Path | None = None) -> dict[str, Any]
     config_path = Path(out) if out else exp.path / BEST_TRIAL_CONFIG
     header = (f"# Best trial {best.trial_id} of {exp.name}: {exp.space.metric} = {best.best_value:.4f} at epoch "
               f"{best.best_epoch}.\n# Reproduce: mmtune train --config {config_path} --data DATA\n")
-    with atomic_file(config_path) as f:
-        f.write(header + recipe_note(exp.space, best)
-                + yaml.safe_dump(exported_config(exp.space, best).to_dict(), sort_keys=False))
+    write_text(header + recipe_note(exp.space, best)
+               + yaml.safe_dump(exported_config(exp.space, best).to_dict(), sort_keys=False), config_path)
     finalized = exp.final
     if out is None and finalized is None:
-        with atomic_file(exp.path / BEST_CONFIG) as f:
-            f.write("# No finalize run yet: the single best trial's config (`mmtune finalize` re-evaluates the "
-                    "top configs over seeds and replaces this file).\n" + config_path.read_text())
+        write_text("# No finalize run yet: the single best trial's config (`mmtune finalize` re-evaluates the "
+                   "top configs over seeds and replaces this file).\n" + config_path.read_text(),
+                   exp.path / BEST_CONFIG)
     notes = []
     try:
         src, epoch = best_checkpoint(best)

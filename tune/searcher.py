@@ -25,7 +25,7 @@ from ray.tune.search.optuna import OptunaSearch
 from mmtune.model.metrics import is_finite
 from mmtune.model.status import TrialStatus
 from mmtune.tune import storage
-from mmtune.tune.experiment import STUDY_DB, STUDY_NAME, Experiment, study_storage
+from mmtune.tune.experiment import STUDY_DB, STUDY_NAME, Experiment, load_study, study_storage
 from mmtune.tune.recorder import ended_status
 from mmtune.tune.space import SearchSpace
 
@@ -198,7 +198,7 @@ def reconcile_experiment(loc: storage.Location) -> None:
     """After a sweep: the experiment's study.db made to agree with its records (when it has one)."""
     if not (loc.local / STUDY_DB).is_file():
         return
-    study = optuna.load_study(study_name=STUDY_NAME, storage=study_storage(loc.local))
+    study = load_study(loc.local)
     if reconcile(study, Experiment.open(loc.local)):
         storage.push(loc, STUDY_DB)
 

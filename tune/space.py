@@ -88,6 +88,16 @@ class SearchSpace:
     def names(self) -> list[str]:
         return [p.name for p in self.params]
 
+    @property
+    def folds(self) -> int:
+        """K when every trial is K-fold cross-validated; 0 for a holdout (or a `cv: auto` not yet resolved)."""
+        return self.cv if isinstance(self.cv, int) and self.cv >= 2 else 0
+
+    @property
+    def split_seed(self) -> int:
+        """The split_seed of the fixed values (or the default): the split that planning and checks read."""
+        return int(self.fixed.get("split_seed", TrainConfig.split_seed))
+
     def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
         """Optuna distributions keyed by parameter name."""
         return {p.name: p.distribution() for p in self.params}

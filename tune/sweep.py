@@ -77,7 +77,7 @@ def budget(space: SearchSpace, n_train: int) -> str:
     why = (f"train_steps {base.train_steps}" if base.train_steps else
            f"one pass over {n_train} samples in batches of {'/'.join(map(str, sizes))}"
            + (f", at least min_steps_per_epoch {base.min_steps_per_epoch}" if base.min_steps_per_epoch else ""))
-    folds = f", for each of {space.cv} fold models" if isinstance(space.cv, int) and space.cv >= 2 else ""
+    folds = f", for each of {space.folds} fold models" if space.folds else ""
     return (f"budget per trial: {space.epochs} epochs x {span} optimizer steps ({why}) = up to "
             f"{space.epochs * steps[0]}" + (f"-{space.epochs * steps[-1]}" if len(steps) > 1 else "") + f" steps{folds}")
 
