@@ -68,7 +68,8 @@ def _seed_sd(exp: Experiment) -> tuple[float | None, str]:
 
 def _fold_sd(ranked: list[Trial], metric: str) -> tuple[float | None, str]:
     """The median over trials of the fold sd at the best epoch (CV trials report METRIC_sd)."""
-    sds = [t.best_result[f"{metric}_sd"] for t in ranked if t.best_result and is_finite(t.best_result.get(f"{metric}_sd"))]
+    key = f"{metric}_sd"
+    sds = [t.best_result[key] for t in ranked if t.best_result and is_finite(t.best_result.get(key))]
     if not sds:
         return None, "no fold sd reported"
     return statistics.median(sds), f"CV: median fold sd over {len(sds)} trial(s); the fold mean's sd is smaller"
@@ -85,8 +86,9 @@ def _binomial_sd(ranked: list[Trial], meta: dict[str, Any], metric: str) -> tupl
     return sd, f"binomial approximation on {counts[1]} val samples of the rarer class"
 
 
-def saturation_warnings(exp: Experiment) -> list[str]:
-    """Ties at the best value, the metric at its ceiling, a small val split, a runner-up inside the noise."""
+def saturation_warnings(exp: Experiment, est: Noise | None = None) -> list[str]:
+    """Ties at the best value, the metric at its ceiling, a small val split, a runner-up inside the noise (EST:
+    `noise(exp)`, when the caller has it already)."""
     ranked, metric = exp.ranked, exp.space.metric
     out = []
     if ranked:
@@ -106,7 +108,7 @@ def saturation_warnings(exp: Experiment) -> list[str]:
         out.append(f"the val split holds only {counts[1]} samples of its rarer class (of {counts[0]}): one sample "
                    f"moves {metric} by several points. Use cv: auto (K-fold when the rarer class is small), a "
                    "larger val.npz, or a larger val_fraction")
-    n = noise(exp)
+    n = est or noise(exp)
     if n.sd is not None and n.gaps and n.gaps[0] < n.sd:
         out.append(f"the runner-up is within the noise of the best ({metric} gap {n.gaps[0]:.4f} < sd "
                    f"{n.sd:.4f}, {n.source}): the sweep cannot tell them apart on this split")
@@ -115,4 +117,5 @@ def saturation_warnings(exp: Experiment) -> list[str]:
 
 def summary_entry(exp: Experiment) -> dict[str, Any]:
     """What summary.json records about noise: the estimate, the gaps, and the warnings."""
-    return {"noise": asdict(noise(exp)), "warnings": saturation_warnings(exp)}
+    est = noise(exp)
+    return {"noise": asdict(est), "warnings": saturation_warnings(exp, est)}

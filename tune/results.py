@@ -87,8 +87,9 @@ def recipe_note(space: SearchSpace, best: Trial) -> str:
     sd = next((r.get(f"{space.metric}_sd") for r in best.history if r.get("epoch") == best.best_epoch), None)
     return (f"# Estimated: {space.metric} {best.best_value:.4f}" + (f" +- {sd:.4f}" if isinstance(sd, float) else "")
             + f", the mean over {space.folds} CV folds of train.npz + val.npz at epoch {best.best_epoch} (the "
-            "fold-mean curve's best).\n# Trained by this recipe: one model on all of train.npz + val.npz for exactly that many "
-            "epochs (cv 0, val_fraction 0, patience 0); test.npz, if present, is evaluated once at the end.\n")
+            "fold-mean curve's best).\n# Trained by this recipe: one model on all of train.npz + val.npz for exactly "
+            "that many epochs (cv 0, val_fraction 0, patience 0); test.npz, if present, is evaluated once at the "
+            "end.\n")
 
 
 def export(exp_dir: str | Path, out: str | Path | None = None) -> dict[str, Any]:

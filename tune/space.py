@@ -108,7 +108,7 @@ class SearchSpace:
         if "head_dim" in params:
             values["d_model"] = int(values.get("nhead", TrainConfig.nhead)) * int(params["head_dim"])
         # An unresolved "auto" checks like a holdout; the sweep resolves it from the data before any trial.
-        values.update(epochs=self.epochs, monitor=self.metric, cv=self.cv if isinstance(self.cv, int) else 0)
+        values.update(epochs=self.epochs, monitor=self.metric, cv=self.folds)
         return build_config(values, source=f"{self.source} (trial)")
 
     def recipe(self, params: dict[str, Any], epochs: int) -> TrainConfig:
