@@ -140,13 +140,11 @@ def checkpoint_test_f1(state: dict[str, Any], data: Path) -> float:
     """Test F1 of a sweep checkpoint: its model, or the mean over a CV checkpoint's fold models."""
     import torch
 
-    from mmtune.data.npz import load_dataset
-    from mmtune.model.run import evaluate_splits, model_from_checkpoint
+    from mmtune.model.run import checkpoint_data, evaluate_splits, model_from_checkpoint
 
     f1s = []
     for s in state.get("folds") or [state]:
-        cfg = s["config"]
-        ds = load_dataset(data, cfg.get("val_fraction") or 0.2, cfg.get("split_seed", 0), stats=s["stats"])
+        ds = checkpoint_data(s, data)
         model, objective, _ = model_from_checkpoint(s, ds)
         f1s.append(evaluate_splits(model, objective, ds, ("test",), torch.device("cpu"))["test"]["f1"])
     return float(statistics.fmean(f1s))

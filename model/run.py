@@ -10,7 +10,7 @@ import torch
 
 from mmtune.data.batches import Batches
 from mmtune.data.io import finite, write_json
-from mmtune.data.npz import Dataset
+from mmtune.data.npz import Dataset, load_dataset
 from mmtune.model.checkpoint import save_checkpoint
 from mmtune.model.config import TrainConfig, build_config, save_config
 from mmtune.model.cv import cv_estimate
@@ -76,6 +76,13 @@ def evaluate_splits(model: torch.nn.Module, objective: Objective, data: Dataset,
     """Metrics of MODEL on each of SPLITS that DATA has, by split."""
     return {s: evaluate(model.to(device), objective, Batches(data.splits[s], device)) for s in splits
             if s in data.splits}
+
+
+def checkpoint_data(state: dict[str, Any], root: str | Path) -> Dataset:
+    """The data set at ROOT split and standardized as the checkpoint STATE's run had it (its split, its stats)."""
+    cfg = state["config"]
+    return load_dataset(root, cfg.get("val_fraction", TrainConfig.val_fraction),
+                        cfg.get("split_seed", TrainConfig.split_seed), stats=state["stats"])
 
 
 def model_from_checkpoint(state: dict[str, Any], data: Dataset) -> tuple[torch.nn.Module, Objective, TrainConfig]:

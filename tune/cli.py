@@ -107,11 +107,10 @@ def cmd_train(args: argparse.Namespace, kind: str = "classify") -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from mmtune.data.npz import load_dataset
     from mmtune.model.checkpoint import load_checkpoint
     from mmtune.model.config import build_config
     from mmtune.model.loop import pick_device
-    from mmtune.model.run import evaluate_splits, model_from_checkpoint
+    from mmtune.model.run import checkpoint_data, evaluate_splits, model_from_checkpoint
 
     state = load_checkpoint(args.checkpoint)
     if state["kind"] != "classify":
@@ -120,7 +119,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise CheckpointError(f"{args.checkpoint}: a {state['cv']}-fold CV checkpoint (K models, an estimate); "
                               "train the config with cv: 0 to get one model to evaluate")
     cfg = build_config(state["config"], source=f"{args.checkpoint} (config)")
-    data = load_dataset(args.data, cfg.val_fraction, cfg.split_seed, stats=state["stats"])
+    data = checkpoint_data(state, args.data)
     if args.split not in data.splits:
         raise DataError(f"{Path(args.data) / (args.split + '.npz')}: no such split; have {sorted(data.splits)}")
     model, objective, _ = model_from_checkpoint(state, data)

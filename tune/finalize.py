@@ -153,11 +153,10 @@ def collect(runs: Experiment, cands: list[Candidate], data_path: str) -> None:
 def checkpoint_metrics(t: Trial, data_path: str, cache: dict[tuple, Dataset]) -> dict[str, Any]:
     """The best-epoch checkpoint's path, a digest of its train split's statistics (which split it trained on)
     and its test metrics when the set has test.npz, on data standardized as that run's was."""
-    from mmtune.data.npz import load_dataset
     from mmtune.model.checkpoint import load_checkpoint
     from mmtune.model.loop import pick_device
     from mmtune.model.metrics import metric_name
-    from mmtune.model.run import evaluate_splits, model_from_checkpoint
+    from mmtune.model.run import checkpoint_data, evaluate_splits, model_from_checkpoint
     from mmtune.tune.results import best_checkpoint
 
     path, epoch = best_checkpoint(t)
@@ -171,8 +170,7 @@ def checkpoint_metrics(t: Trial, data_path: str, cache: dict[tuple, Dataset]) ->
     cfg = state["config"]
     key = (cfg.get("val_fraction"), cfg.get("split_seed"), digest)
     if key not in cache:
-        cache[key] = load_dataset(data_path, cfg.get("val_fraction", 0.2), cfg.get("split_seed", 0),
-                                  stats=state["stats"])
+        cache[key] = checkpoint_data(state, data_path)
     model, objective, tcfg = model_from_checkpoint(state, cache[key])
     by_split = evaluate_splits(model, objective, cache[key], ("test",), pick_device(tcfg.device))
     return {**found, **{metric_name(s, k): v for s, m in by_split.items() for k, v in m.items()}}
