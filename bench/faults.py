@@ -20,13 +20,13 @@ Exits 1 when a trial is lost or run twice. Run from the repository root (a few m
 
     .venv/bin/python bench/faults.py [--trials 20] [--epochs 3] [--out FILE] [--keep DIR]
 
---node-kill measures a lost node instead, on a two-node Ray cluster on loopback (head and worker, 1 CPU each,
-`ray start` in a private RAY_TMPDIR, fast node-death detection as in tests/test_node_loss.py): the same N configs
-without injected faults (longer epochs: `train_steps` 60), storage a file:// folder both nodes see. Once a trial
-on the worker has reported an epoch, the worker node is SIGKILLed (its process group, then every process carrying
-its MMTUNE_NODE tag), and a new worker node is started. The driver, on the head, survives: no resume. The clean run
-is the same sweep on a fresh two-node cluster. Same JSON, with "node_kill": the trials that were on the dead node
-(last epoch there, first epoch after, where they went on), trials the new node ran, failures Tune counted.
+--node-kill measures a lost node instead, on a two-node Ray cluster on loopback (bench/loopback.py, as in
+tests/test_node_loss.py: head and worker, 1 CPU each, fast node-death detection): the same N configs without
+injected faults (longer epochs: `train_steps` 60), storage a file:// folder both nodes see. Once a trial on the
+worker has reported an epoch, the worker node is SIGKILLed (every process of it), and a new worker node is
+started. The driver, on the head, survives: no resume. The clean run is the same sweep on a fresh two-node cluster.
+Same JSON, with "node_kill": the trials that were on the dead node (last epoch there, first epoch after, where they
+went on), trials the new node ran, failures Tune counted.
   trials_run_twice  also counts a trial that was on the dead node and did not continue from its last or
                     second-to-last reported epoch (Ray may not have registered the last one's checkpoint yet)
 
@@ -39,7 +39,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -47,20 +46,16 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
 from mmtune.tune.experiment import result_lines
 
 REPO = Path(__file__).resolve().parent.parent
-SMOKE = REPO / "search_spaces" / "smoke.yaml"
+if str(REPO) not in sys.path:  # run as a script: bench/ is on the path, the repository root is not
+    sys.path.insert(0, str(REPO))
+from bench.loopback import (FAST_DETECTION, LoopbackCluster, continued_once, failures,  # noqa: E402
+                            full_epochs_space, live_records, moved_off, poll, trials_on)
 CPUS = 2
 RAISE_EPOCH, NAN_EPOCH = 2, 1
 PHASE_TIMEOUT_S = 900
-RAY = str(Path(sys.executable).parent / "ray")
-NODE_VAR = "MMTUNE_NODE"  # in one node's environment only: how its processes are found (never by name)
-# Ray's node health checks, made fast (~3 s to declare a killed node dead instead of ~15 s); cluster/README.md
-FAST_DETECTION = {"RAY_health_check_initial_delay_ms": "1000", "RAY_health_check_period_ms": "1000",
-                  "RAY_health_check_timeout_ms": "1000", "RAY_health_check_failure_threshold": "3"}
 NODE_KILL_STEPS = 60  # batches per epoch under --node-kill: ~1 s epochs, so a trial is caught mid-training
 
 
@@ -76,14 +71,7 @@ def configs(n: int) -> list[dict[str, Any]]:
 
 def space_file(tmp: Path, n: int, epochs: int, train_steps: int | None = None) -> Path:
     """The smoke space with the N configs as starting points and ASHA out of the way."""
-    doc = yaml.safe_load(SMOKE.read_text())
-    doc.update(num_samples=n, epochs=epochs, start=configs(n), description="bench/faults.py")
-    doc["asha"] = {**doc.get("asha", {}), "grace_period": epochs}
-    if train_steps:
-        doc["fixed"] = {**doc.get("fixed", {}), "train_steps": train_steps}
-    path = tmp / "faults_space.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
+    return full_epochs_space(tmp / "faults_space.yaml", n, epochs, "bench/faults.py", train_steps, configs(n))
 
 
 def fault_plan(tmp: Path, n: int) -> Path:
@@ -144,7 +132,7 @@ def mentions(pid: int, marker: str) -> bool:
 class Phase:
     """One driver or resume subprocess with its own RAY_TMPDIR; always cleaned up on exit."""
 
-    def __init__(self, role: str, exp: Path, log: Path, extra: list[str], cluster: "Cluster | None" = None):
+    def __init__(self, role: str, exp: Path, log: Path, extra: list[str], cluster: LoopbackCluster | None = None):
         # A driver that joins a cluster shares the cluster's environment (its RAY_TMPDIR, token auth); the cluster
         # removes that folder, not the phase.
         self.owns_tmp = cluster is None
@@ -191,132 +179,12 @@ class Phase:
             raise RuntimeError(f"{self.log.name}: exit code {rc}\n{tail}")
 
 
-class Cluster:
-    """A two-node Ray cluster on loopback (head and workers, 1 CPU each) in a private RAY_TMPDIR.
-
-    Every process of a node carries NODE_VAR=<tag> in its environment: a node is killed by its `ray start`
-    process group and then by that tag, never by process name. Closing kills every process of the cluster.
-    """
-
-    def __init__(self, logs: Path, keep_logs: bool = False):
-        self.logs, self.keep_logs = logs, keep_logs
-        self.ray_tmp = tempfile.mkdtemp(prefix="rk", dir="/tmp")
-        self.env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-        self.env.update(RAY_TMPDIR=self.ray_tmp, PYTHONUNBUFFERED="1", RAY_AUTH_MODE="token", **FAST_DETECTION)
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.address = f"127.0.0.1:{sock.getsockname()[1]}"
-        self.workers: dict[str, subprocess.Popen] = {}
-        self.node_ids: dict[str, str] = {}
-
-    def __enter__(self) -> "Cluster":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for name in [*self.workers, "head"]:
-            self.kill(name)
-        from mmtune.tune.faults import kill_processes_of
-
-        kill_processes_of(self.ray_tmp)
-        ray_logs = Path(self.ray_tmp) / "ray/session_latest/logs"
-        if self.keep_logs and ray_logs.is_dir():  # Ray's own logs of every node (GCS, raylets, workers), to look closer
-            shutil.copytree(ray_logs, self.logs / f"ray-logs-{Path(self.ray_tmp).name}", ignore_dangling_symlinks=True,
-                            dirs_exist_ok=True)
-        shutil.rmtree(self.ray_tmp, ignore_errors=True)
-
-    def tag(self, name: str) -> str:
-        return f"{Path(self.ray_tmp).name}-{name}"
-
-    def start(self) -> None:
-        """The head and worker node 'worker1', both registered."""
-        subprocess.run([RAY, "start", "--head", f"--port={self.address.rsplit(':', 1)[1]}",
-                        "--node-ip-address=127.0.0.1", "--num-cpus=1", "--num-gpus=0", "--include-dashboard=false",
-                        "--disable-usage-stats"], env={**self.env, NODE_VAR: self.tag("head")}, check=True,
-                       capture_output=True, timeout=120)
-        self.node_ids["head"] = self._raylet_id("head")
-        self.add_worker("worker1")
-        deadline = time.time() + 60
-        while len(self.alive()) < 2:
-            if time.time() > deadline:
-                raise RuntimeError("worker1 did not join the cluster")
-            time.sleep(1)
-
-    def add_worker(self, name: str) -> str:
-        """Start worker node NAME (`ray start --block` in its own session); its node id."""
-        with open(self.logs / f"{name}.log", "ab") as log:
-            self.workers[name] = subprocess.Popen(
-                [RAY, "start", f"--address={self.address}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
-                 "--num-gpus=0", "--disable-usage-stats", "--block"], env={**self.env, NODE_VAR: self.tag(name)},
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.node_ids[name] = self._raylet_id(name)
-        return self.node_ids[name]
-
-    def _raylet_id(self, name: str) -> str:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            for pid in tagged_pids(self.tag(name)):
-                try:
-                    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-                except OSError:
-                    continue
-                if argv[0].endswith(b"/raylet"):
-                    return next(a.split(b"=", 1)[1].decode() for a in argv if a.startswith(b"--node_id="))
-            time.sleep(0.2)
-        raise RuntimeError(f"no raylet for node {name}")
-
-    def alive(self) -> list[str]:
-        """Ids of the nodes the cluster lists as alive (asked by a separate driver)."""
-        code = ("import json, ray; ray.init(address=%r, logging_level='ERROR');"
-                "print(json.dumps([n['NodeID'] for n in ray.nodes() if n['Alive']]))" % self.address)
-        out = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True, text=True, timeout=120)
-        return json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else []
-
-    def kill(self, name: str) -> None:
-        """SIGKILL node NAME, all but at once: its process group, then every process with its tag that left the
-        group (found before anything died, so they die microseconds later), then any that were forking."""
-        proc = self.workers.get(name)
-        escaped = tagged_pids(self.tag(name))
-        if proc is not None and proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        for _ in range(50):
-            for pid in escaped:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            if not (escaped := tagged_pids(self.tag(name))):
-                break
-            time.sleep(0.1)
-        if proc is not None:
-            proc.wait(timeout=30)
-
-
-def tagged_pids(tag: str) -> list[int]:
-    """Every process of the node tagged TAG (NODE_VAR=TAG in its environment)."""
-    from mmtune.tune.faults import pids_with_env
-
-    return pids_with_env(NODE_VAR, tag)
-
-
 # ----------------------------------------------------------------------------- observation
-
-
-def records_of(exp: Path) -> dict[str, dict[str, Any]]:
-    """The durable final records (read_all, tolerant of a record being renamed into place)."""
-    from mmtune.tune import records
-
-    try:
-        return records.read_all(exp)
-    except (OSError, json.JSONDecodeError):
-        return {}
 
 
 def kill_a_worker(exp: Path, epochs: int, spare: set[float], ray_tmp: str) -> dict[str, Any] | None:
     """SIGKILL the worker of a running, uninjected trial that has reported an epoch; what was killed."""
-    done = records_of(exp)
+    done = live_records(exp)
     for d in sorted(exp.glob("trial_*")):
         res = result_lines(d / "result.json")
         if not res or d.name.removeprefix("trial_") in done:
@@ -329,18 +197,6 @@ def kill_a_worker(exp: Path, epochs: int, spare: set[float], ray_tmp: str) -> di
             return {"trial": d.name.removeprefix("trial_"), "pid": last["pid"], "epoch": last["epoch"],
                     "dropout": last["config"].get("dropout")}
     return None
-
-
-def wait_until(proc: subprocess.Popen, done: Callable[[], bool], timeout: float = PHASE_TIMEOUT_S) -> bool:
-    """Poll DONE every 50 ms until it holds (True) or the process ends or time runs out (False)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if done():
-            return True
-        if proc.poll() is not None:
-            return done()
-        time.sleep(0.05)
-    return False
 
 
 def checkpoint_mtimes(exp: Path, trial_id: str) -> list[float]:
@@ -363,16 +219,16 @@ def driver_phase(ph: Phase, exp: Path, at_records: int, worker: Callable[[], boo
                  delay: float) -> dict[str, Any]:
     """Wait for AT_RECORDS records (and the worker kill, if asked), then DELAY s, then SIGKILL the driver."""
     def ready() -> bool:
-        worker_done = worker is None or worker() or len(records_of(exp)) >= at_records + 3
-        return worker_done and len(records_of(exp)) >= at_records
+        worker_done = worker is None or worker() or len(live_records(exp)) >= at_records + 3
+        return worker_done and len(live_records(exp)) >= at_records
 
-    reached = wait_until(ph.proc, ready)
-    wait_until(ph.proc, lambda: False, delay)
+    reached = poll(ready, ph.proc, PHASE_TIMEOUT_S) is not None
+    poll(lambda: False, ph.proc, delay)  # DELAY s, or less if the driver ends
     if ph.proc.poll() is not None:
-        return {"killed": False, "exit_code": ph.proc.returncode, "records": len(records_of(exp))}
+        return {"killed": False, "exit_code": ph.proc.returncode, "records": len(live_records(exp))}
     killed_at = time.time()
     ph.kill()
-    before = records_of(exp)
+    before = live_records(exp)
     return {"killed": True, "reached": reached, "at": killed_at, "records": len(before), "before": before,
             "ckpts": {t: checkpoint_mtimes(exp, t) for t in before}}
 
@@ -400,18 +256,11 @@ def run_faulty(args: argparse.Namespace, work: Path, data: Path, space: Path) ->
     return {"wall_s": wall, "exp": exp, "plan": plan, "victim": victim, "kills": kills}
 
 
-def cluster_results(exp: Path, cluster: Cluster) -> dict[str, list[dict[str, Any]]]:
-    """Each trial's results as the driver has them now: its own copy (the storage copy is synced later)."""
-    out = {}
-    for p in Path(cluster.ray_tmp).glob(f"ray/session_latest/artifacts/*/{exp.name}/driver_artifacts/trial_*"):
-        out[p.name.removeprefix("trial_")] = result_lines(p / "result.json")
-    return out
-
-
 def run_clean_cluster(args: argparse.Namespace, work: Path, data: Path, space: Path) -> float:
     """The sweep on a fresh two-node cluster, no fault; the driver's wall time."""
-    with Cluster(work, bool(args.keep)) as cluster:
-        cluster.start()
+    with LoopbackCluster(os.environ, work, keep_ray_logs=bool(args.keep)) as cluster:
+        cluster.start_head()
+        cluster.add_worker("worker1")
         t0 = time.perf_counter()
         with Phase("driver", work / "clean", work / "clean.log", ["--data", str(data), "--space", str(space)],
                    cluster) as ph:
@@ -422,74 +271,44 @@ def run_clean_cluster(args: argparse.Namespace, work: Path, data: Path, space: P
 def run_node_kill(args: argparse.Namespace, work: Path, data: Path, space: Path) -> dict[str, Any]:
     """Driver on the head; the worker node SIGKILLed once a trial on it has reported an epoch; a new worker."""
     exp = work / "faulty"
-    with Cluster(work, bool(args.keep)) as cluster:
-        cluster.start()
+    with LoopbackCluster(os.environ, work, keep_ray_logs=bool(args.keep)) as cluster:
+        cluster.start_head()
+        cluster.add_worker("worker1")
         t0 = time.perf_counter()
         with Phase("driver", exp, work / "faulty.log", ["--data", str(data), "--space", str(space)], cluster) as ph:
-            dead = cluster.node_ids["worker1"]
-
-            def on_worker() -> dict[str, Any] | None:
-                for tid, res in cluster_results(exp, cluster).items():
-                    if res and res[-1].get("node_id") == dead and 1 <= res[-1]["epoch"] < args.epochs:
-                        return {"trial": tid, "epoch": res[-1]["epoch"]}
-                return None
-
-            victim: dict[str, Any] = {}
-
-            def found() -> bool:
-                victim.update(victim or on_worker() or {})
-                return bool(victim)
-
-            wait_until(ph.proc, found)
-            if not victim:
+            worker = cluster.nodes["worker1"]
+            found = poll(lambda: cluster.running_on(exp.name, worker, 1, args.epochs - 1), ph.proc, PHASE_TIMEOUT_S)
+            if not found:
                 raise RuntimeError(f"no trial reported on worker1 before the sweep ended\n"
                                    f"{(work / 'faulty.log').read_text(errors='replace')[-3000:]}")
-            before, killed_at = records_of(exp), time.time()
-            cluster.kill("worker1")
+            victim, dead = {"trial": found[0], "epoch": found[1]["epoch"]}, worker.node_id
+            before, killed_at = live_records(exp), time.time()
+            cluster.kill(worker, check=False)
             kill_s = time.perf_counter() - t0
-            new = cluster.add_worker("worker2")
+            new = cluster.add_worker("worker2", registered=False).node_id
             ph.wait()
         wall = time.perf_counter() - t0
-        alive = cluster.alive()
+        alive = cluster.alive_nodes()
     return {"wall_s": wall, "exp": exp, "dead": dead, "new": new, "victim": {**victim, "killed_at_s": round(kill_s, 1)},
             "kills": [{"killed": True, "at": killed_at, "before": before}], "dead_declared": dead not in alive}
-
-
-def node_kill_victims(exp: Path, dead: str) -> dict[str, dict[str, Any]]:
-    """Trials that were running on the dead node: the last epoch it reported, the retry's first, where it went."""
-    out = {}
-    for d in sorted(exp.glob("trial_*")):
-        res = result_lines(d / "result.json")
-        on_dead = [r for r in res if r.get("node_id") == dead]
-        if not on_dead or len(on_dead) == len(res):
-            continue
-        rest = res[len(on_dead):]
-        error = d / "error.txt"
-        out[d.name.removeprefix("trial_")] = {
-            "last_epoch_on_dead_node": on_dead[-1]["epoch"], "first_epoch_after": rest[0]["epoch"],
-            "epochs_after": [r["epoch"] for r in rest], "retried_on": rest[0].get("node_id"),
-            "failures": error.read_text().count("Failure # ") if error.is_file() else 0}
-    return out
 
 
 def report_node_kill(args: argparse.Namespace, clean_s: float, f: dict[str, Any]) -> dict[str, Any]:
     """The JSON summary of the node-kill runs (the same keys as the default mode's, plus node_kill)."""
     exp = f["exp"]
-    after = records_of(exp)
-    victims = node_kill_victims(exp, f["dead"])
+    after = live_records(exp)
     twice = run_twice(exp, f["kills"], after)
-    for tid, v in victims.items():
-        # Continued from the last reported checkpoint (or the one before: Ray registers a checkpoint just after
-        # writing its result, and the kill may fall between), then each epoch once.
-        last, first = v["last_epoch_on_dead_node"], v["first_epoch_after"]
-        if first not in (last, last + 1) or v["epochs_after"] != list(range(first, args.epochs + 1)):
+    victims = {}
+    for tid, (there, rest) in moved_off(exp, f["dead"]).items():
+        victims[tid] = v = {"last_epoch_on_dead_node": there[-1]["epoch"], "first_epoch_after": rest[0]["epoch"],
+                            "epochs_after": [r["epoch"] for r in rest], "retried_on": rest[0].get("node_id"),
+                            "failures": failures(exp / f"trial_{tid}")}
+        if not continued_once(there, rest, args.epochs):
             twice.append({"trial": tid, "node_kill": v})
-    new_node_trials = sorted(d.name.removeprefix("trial_") for d in exp.glob("trial_*")
-                             if any(r.get("node_id") == f["new"] for r in result_lines(d / "result.json")))
     return {"mode": "node_kill", **outcome(args, clean_s, f, after, twice, failed_is_lost=True),
             "node_kill": {"killed": f["victim"], "dead_node": f["dead"], "declared_dead": f["dead_declared"],
                           "trials_on_dead_node": victims, "new_node": f["new"],
-                          "new_node_trials": new_node_trials, "health_checks": FAST_DETECTION}}
+                          "new_node_trials": trials_on(exp, f["new"]), "health_checks": FAST_DETECTION}}
 
 
 def outcome(args: argparse.Namespace, clean_s: float, f: dict[str, Any], after: dict[str, dict],
@@ -558,7 +377,7 @@ def retried(exp: Path) -> dict[str, list[int]]:
 def report(args: argparse.Namespace, clean_s: float, f: dict[str, Any]) -> dict[str, Any]:
     """The JSON summary of both runs."""
     exp = f["exp"]
-    after = records_of(exp)
+    after = live_records(exp)
     twice = run_twice(exp, f["kills"], after)
     if args.keep:  # the records as they were at each kill, for a closer look
         (Path(args.keep) / "records_at_kills.json").write_text(

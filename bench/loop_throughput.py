@@ -4,7 +4,7 @@ Both sides train the same MultimodalClassifier (same arguments, same seed) on th
 same batch size and number of steps, AdamW via `configure_optimizer`, the per-step cosine-restarts schedule,
 grad clipping at 1.0, and focal loss plus the auxiliary unimodal losses. Measured, in one process:
 
-  mmtune      `Trainer.train_epoch()` (training only, with its end-of-epoch train metrics)
+  mmtune      `Fold.train_epoch()` (training only, with its end-of-epoch train metrics)
   minimal     a plain loop: `torch.multinomial` over class-balanced weights, tensor indexing, no metrics
   mmtune_fit  `fit()` per epoch, validation included (for information; not part of the ratio)
 
@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from mmtune.data.demo import make_demo  # noqa: E402
 from mmtune.data.npz import Dataset, load_dataset  # noqa: E402
 from mmtune.model.config import TrainConfig  # noqa: E402
-from mmtune.model.loop import Trainer, build_scheduler, fit, make_objective  # noqa: E402
+from mmtune.model.loop import Trainer, build_scheduler, fit  # noqa: E402
 from mmtune.model.losses import build_loss  # noqa: E402
 from mmtune.model.transformer import MultimodalClassifier, configure_optimizer  # noqa: E402
 
@@ -126,7 +126,7 @@ def fit_seconds(cfg: TrainConfig, data: Dataset) -> Seconds:
 
 def runners(cfg: TrainConfig, data: Dataset) -> tuple[dict[str, Callable[[], Seconds]], int]:
     """Name -> a callable that runs cfg.epochs epochs and returns its seconds; and the steps per epoch."""
-    trainer = Trainer(cfg, data, make_objective(cfg, data))
+    (trainer,) = Trainer(cfg, data).folds  # a holdout: one fold, whose train_epoch is the loop's core
     minimal = Minimal(cfg, data, trainer.steps)
 
     def mmtune() -> Seconds:

@@ -84,19 +84,21 @@ class BudgetStopper(Stopper):
     """Tune Stopper: logs every epoch's result in arrival order and stops the experiment at BUDGET epochs.
 
     Tune hands a trial that ran to its end (FIFO: every trial) its last result twice, the second time as the
-    final `done` result; that repeat is not an epoch and is not counted (it was, before: FIFO lost 10 %).
+    final `done` result; that repeat is not an epoch and is not counted (counted, FIFO would lose 10 %). A
+    trial that a scheduler stops at its last epoch (ASHA at max_t) gets no repeat.
     """
 
     def __init__(self, budget: int, log_path: Path, metric: str):
         self.budget, self.log_path, self.metric = budget, str(log_path), metric
-        self.count, self.repeats, self.t0 = 0, 0, time.time()
+        self.count, self.t0 = 0, time.time()
         self.seen: set[tuple[str, Any]] = set()
+        self.repeated: list[str] = []  # trial ids whose last result came again
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
         """Count and log one reported epoch (repeats ignored); never stops a single trial."""
         key = (trial_id, result.get("training_iteration"))
         if key in self.seen:
-            self.repeats += 1
+            self.repeated.append(trial_id)
             return False
         self.seen.add(key)
         self.count += 1
@@ -165,8 +167,9 @@ def run_method(method: str, seed: int, data_dir: Path, space: Any, storage: Path
     events = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.exists() else []
     trials = exp.trials
     return {"method": method, "seed": seed, "exp_dir": str(exp.path), "wall_s": wall, "events": events,
-            "trials": len(trials), "epochs_reported": len(events), "repeats_ignored": stopper.repeats,
-            "epochs_on_disk": sum(t.epochs for t in trials)}
+            "trials": len(trials), "epochs_reported": len(events), "repeats_ignored": len(stopper.repeated),
+            "repeated_trials": stopper.repeated, "epochs_on_disk": sum(t.epochs for t in trials),
+            "trials_run_out": sorted(t.trial_id for t in trials if t.epochs == run_space.epochs)}
 
 
 # ----------------------------------------------------------------------------------------- statistics
@@ -430,7 +433,8 @@ def main(argv: list[str] | None = None) -> None:
                                   "pairwise_mannwhitney")},
         "runs": [{"method": r["method"], "seed": r["seed"], "best": r["best"], "trials": r["trials"],
                   "epochs_used": r["epochs_used"], "epochs_reported": r["epochs_reported"],
-                  "repeats_ignored": r["repeats_ignored"], "epochs_on_disk": r["epochs_on_disk"],
+                  "repeats_ignored": r["repeats_ignored"], "repeated_trials": r["repeated_trials"],
+                  "trials_run_out": r["trials_run_out"], "epochs_on_disk": r["epochs_on_disk"],
                   "epochs_to_target": _fin(r["epochs_to_target"]), "seconds_to_target": _fin(r["seconds_to_target"]),
                   "epochs_to_pooled": _fin(r["epochs_to_pooled"]),
                   "wall_s": r["wall_s"], "curve": [_fin(float(v)) for v in r["curve"]]} for r in runs],

@@ -138,21 +138,16 @@ def chosen(exp: Path, finalized: bool) -> tuple[Path, str]:
 
 def checkpoint_test_f1(state: dict[str, Any], data: Path) -> float:
     """Test F1 of a sweep checkpoint: its model, or the mean over a CV checkpoint's fold models."""
-    import torch
+    from mmtune.model.checkpoint import fold_models
+    from mmtune.model.run import checkpoint_data, evaluate_checkpoint
 
-    from mmtune.model.run import checkpoint_data, evaluate_splits, model_from_checkpoint
-
-    f1s = []
-    for s in state.get("folds") or [state]:
-        ds = checkpoint_data(s, data)
-        model, objective, _ = model_from_checkpoint(s, ds)
-        f1s.append(evaluate_splits(model, objective, ds, ("test",), torch.device("cpu"))["test"]["f1"])
+    f1s = [evaluate_checkpoint(s, checkpoint_data(s, data))["test"]["f1"] for s in fold_models(state)]
     return float(statistics.fmean(f1s))
 
 
 def oracle(exp: Path, data: Path) -> dict[str, Any]:
     """Every ranked trial's best-epoch checkpoint on test: per-trial F1, the oracle (best) and the fold count."""
-    from mmtune.model.checkpoint import load_checkpoint
+    from mmtune.model.checkpoint import fold_models, load_checkpoint
     from mmtune.tune.experiment import Experiment
     from mmtune.tune.results import best_checkpoint
 
@@ -164,7 +159,7 @@ def oracle(exp: Path, data: Path) -> dict[str, Any]:
         except Exception as err:  # noqa: BLE001 - a trial without a kept checkpoint is left out, and said
             print(f"# oracle: {t.trial_id} skipped ({err})", file=sys.stderr)
             continue
-        folds = len(state.get("folds") or [state])
+        folds = len(fold_models(state))
         per_trial[t.trial_id] = {"val": t.best_value, "test_f1": checkpoint_test_f1(state, data),
                                  "best_epoch": t.best_epoch, "checkpoint_epoch": epoch}
     best = max(per_trial.items(), key=lambda kv: kv[1]["test_f1"])
@@ -202,10 +197,10 @@ def sweep_method(method: str, data: Path, space: Path, trials: int, finalize: bo
             "finalize_epoch_folds": final_epoch_folds(sweep["exp"], orc["folds"])}
 
 
-def one_data_seed(ds: int, args: argparse.Namespace, work: Path) -> tuple[list[dict], list[str]]:
-    """Every method on data seed DS; returns the runs and the skip notes."""
+def one_data_seed(ds: int, args: argparse.Namespace, work: Path) -> tuple[list[dict], dict[str, str]]:
+    """Every method on data seed DS; returns the runs and the methods skipped, each with its reason."""
     data = make_data(work / "data", args, ds)
-    n, s, notes = args.num_samples, args.seeds, []
+    n, s, skipped = args.num_samples, args.seeds, {}
     extra = ["--epochs", str(args.default_epochs)] if args.default_epochs else []
     runs = [{**retrain(data, None, s, work / "defaults", extra), "method": "defaults", "sweep_wall_s": 0.0}]
     _say(ds, runs[-1])
@@ -223,8 +218,8 @@ def one_data_seed(ds: int, args: argparse.Namespace, work: Path) -> tuple[list[d
             raise RuntimeError(f"cv: {k} in the space file did not give CV trials (checkpoints hold one model)")
         runs.append(cv_on)
         _say(ds, runs[-1])
-    except RuntimeError as e:
-        notes.append(f"cv_on skipped: {e}")
+    except RuntimeError as e:  # a long run keeps the other methods' figures; "skipped" in the JSON says why
+        skipped["cv_on"] = str(e)
     runs.append(sweep_method("cv_off", data, write_space(work / "cv0.yaml", args, 0), k * n, True, s, work))
     _say(ds, runs[-1])
     runs.append(sweep_method("holdout_best_eq", data, work / "cv0.yaml", k * n, False, s, work,
@@ -232,7 +227,7 @@ def one_data_seed(ds: int, args: argparse.Namespace, work: Path) -> tuple[list[d
     _say(ds, runs[-1])
     for r in runs:
         r["data_seed"] = ds
-    return runs, notes
+    return runs, skipped
 
 
 def make_data(folder: Path, args: argparse.Namespace, seed: int) -> Path:
@@ -404,17 +399,18 @@ def main(argv: list[str] | None = None) -> None:
     t_start = time.time()
     work = Path(args.keep).resolve() if args.keep else Path(tempfile.mkdtemp(prefix="search_quality_"))
     work.mkdir(parents=True, exist_ok=True)
-    runs, notes = [], []
+    runs, skipped = [], []
     try:
         for ds in range(args.data_seeds):
-            r, n = one_data_seed(ds, args, work / f"ds{ds}")
+            r, s = one_data_seed(ds, args, work / f"ds{ds}")
             runs += r
-            notes += [f"data seed {ds}: {x}" for x in n]
+            skipped += [{"method": m, "data_seed": ds, "reason": why} for m, why in s.items()]
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     stats = analyse(runs, list(range(args.data_seeds)))
-    out = {"setting": setting(args), **stats, "notes": notes, "runs": [clean_run(r) for r in runs],
+    notes = [f"data seed {x['data_seed']}: {x['method']} skipped: {x['reason']}" for x in skipped]
+    out = {"setting": setting(args), **stats, "skipped": skipped, "notes": notes, "runs": [clean_run(r) for r in runs],
            "total_wall_s": time.time() - t_start}
     Path(args.out).write_text(json.dumps(out, indent=1, default=str) + "\n")
     if args.md:

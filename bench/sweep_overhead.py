@@ -128,7 +128,6 @@ def run_sweep(data_dir: Path, space: Path, storage: Path, concurrency: int) -> d
     import ray
 
     from mmtune.tune.ray_runtime import connect
-    from mmtune.tune.job import load_data
     from mmtune.tune.sweep import SweepOptions, sweep
     from mmtune.tune.space import load_space
 
@@ -142,7 +141,7 @@ def run_sweep(data_dir: Path, space: Path, storage: Path, concurrency: int) -> d
         sweep(opts)
         t_done = time.perf_counter()
     ray.shutdown()
-    data_mb = load_data(data_dir, load_space(space)).nbytes / 2**20
+    data_mb = load_space(space).validation.load(data_dir).nbytes / 2**20
     return {"wall_s": t_done - t0, "ray_init_s": t_ready - t_init, "tuner_s": t_done - t_ready,
             "peak_pss_mb": mem.peak / 2**20, "data_mb": data_mb}
 

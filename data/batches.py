@@ -5,10 +5,13 @@ import math
 import warnings
 from typing import Iterator
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
-from mmtune.data.npz import Split
+if TYPE_CHECKING:
+    from mmtune.data.npz import Split
 
 
 def as_tensor(a: np.ndarray) -> torch.Tensor:

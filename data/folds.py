@@ -141,6 +141,21 @@ class CVData:
         p = self.pool
         return sum(a.nbytes for a in [*p.x.values(), *p.mask.values(), p.y])
 
+    @property
+    def scored(self) -> tuple[np.ndarray, str]:
+        """The labels that score a config: every pool row, once, in its own fold."""
+        return self.pool.y, f"{self.k}-fold CV of {self.info['pool']}"
+
+    @property
+    def train_rows(self) -> int:
+        """Rows one fold model trains on (fold 1's training part)."""
+        return int((self.fold_of != 0).sum())
+
+    @property
+    def test(self) -> None:
+        """No test split: the folds estimate a config; its recipe makes the model to test."""
+        return None
+
     def fold(self, i: int) -> FoldData:
         """Fold I: trains on the other folds' rows, validates on its own; statistics from its training part."""
         parts = {}

@@ -55,9 +55,33 @@ class Dataset:
         """Bytes held by all arrays."""
         return sum(a.nbytes for s in self.splits.values() for a in [*s.x.values(), *s.mask.values(), s.y])
 
+    # A holdout is the one-fold case of `data.validation.TrainData`: these answer what a CV pool answers.
+    k = 1
+
+    def fold(self, i: int) -> "Dataset":
+        """The only fold view of a holdout: the data set itself."""
+        if i != 0:
+            raise IndexError(f"a holdout split has one fold, not fold {i}")
+        return self
+
+    @property
+    def scored(self) -> tuple[np.ndarray, str]:
+        """The labels that score a config (the val split) and where they come from."""
+        return self.splits["val"].y, str(self.info.get("val"))
+
+    @property
+    def train_rows(self) -> int:
+        """Rows the model trains on."""
+        return len(self.splits["train"])
+
+    @property
+    def test(self) -> "Dataset | None":
+        """The data set itself when it has test.npz: a holdout run's model is tested on it."""
+        return self if "test" in self.splits else None
+
     def batches(self, name: str, device: Any) -> Any:
         """Split NAME as `Batches` on DEVICE (a CV fold view answers the same call without copying)."""
-        from mmtune.data.batches import Batches  # late: batches imports this module
+        from mmtune.data.batches import Batches  # late: torch, which reading and checking data never needs
 
         return Batches(self.splits[name], device)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -116,6 +117,11 @@ def _problems(c: TrainConfig) -> list[str]:
          "validation split to stop on; set patience: 0 (train exactly `epochs` epochs)"),
     ]
     return [msg for ok, msg in checks if not ok]
+
+
+def steps_per_epoch(cfg: TrainConfig, n_train: int) -> int:
+    """Batches per epoch: train_steps, or one pass over N_TRAIN samples raised to min_steps_per_epoch."""
+    return cfg.train_steps or max(math.ceil(n_train / cfg.batch_size), cfg.min_steps_per_epoch)
 
 
 FIELD_TYPES: dict[str, type] = {f.name: typing.get_type_hints(TrainConfig)[f.name] for f in fields(TrainConfig)}

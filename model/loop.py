@@ -11,9 +11,10 @@ import torch
 from torch import nn
 
 from mmtune.data.batches import Batches
-from mmtune.data.npz import Dataset
-from mmtune.model.checkpoint import FORMAT, CheckpointError, load_checkpoint
-from mmtune.model.config import TrainConfig
+from mmtune.data.validation import TrainData, Validation
+from mmtune.model.checkpoint import FORMAT, CheckpointError, fold_models, load_checkpoint, with_folds
+from mmtune.model.config import TrainConfig, steps_per_epoch
+from mmtune.model.cv import fold_mean
 from mmtune.model.metrics import classification_metrics, is_better, metric_name
 from mmtune.model.objectives import Classification, MaskedPretraining, pretrained_encoder
 from mmtune.model.status import TrialStatus
@@ -74,37 +75,21 @@ def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
-def steps_per_epoch(cfg: TrainConfig, n_train: int) -> int:
-    """Batches per epoch: train_steps, or one pass over N_TRAIN samples raised to min_steps_per_epoch."""
-    return cfg.train_steps or max(math.ceil(n_train / cfg.batch_size), cfg.min_steps_per_epoch)
+class Fold:
+    """One model of a run on one fold view (a holdout is the only fold): weights, optimizer, schedule, batches."""
 
-
-class Trainer:
-    """Model, optimizer, schedule, sampler and early-stopping state: everything a checkpoint restores."""
-
-    def __init__(self, cfg: TrainConfig, data: Dataset, objective: Objective):
-        self.cfg, self.data, self.objective = cfg, data, objective
-        self.device = pick_device(cfg.device)
-        self.amp = self.device.type == "cuda"  # bf16 autocast; CPU autocast is slower for these sizes
-        torch.manual_seed(cfg.seed)
-        self.model = objective.build(data.modalities).to(self.device)
+    def __init__(self, cfg: TrainConfig, view: Any, objective: Objective, device: torch.device):
+        self.cfg, self.objective, self.stats, self.device = cfg, objective, view.stats, device
+        self.amp = device.type == "cuda"  # bf16 autocast; CPU autocast is slower for these sizes
+        torch.manual_seed(cfg.seed)  # every fold starts from cfg.seed: the fold sd measures the data, not the init
+        self.model = objective.build(view.modalities).to(device)
         self.opt = configure_optimizer(self.model, cfg.lr, cfg.weight_decay)
-        self.train = data.batches("train", self.device)
-        self.val = data.batches("val", self.device) if "val" in data.splits else None  # None: val_fraction=0
+        self.train = view.batches("train", device)
+        self.val = view.batches("val", device) if "val" in view.splits else None  # None: val_fraction=0
         self.steps = steps_per_epoch(cfg, len(self.train))
         self.sched = build_scheduler(cfg, self.opt, self.steps)
         self.gen = torch.Generator().manual_seed(cfg.seed)  # batch draws
-        self.epoch = 0
-        self.best: float | None = None
-        self.best_epoch: int | None = None
-        self.best_metrics: dict[str, Any] = {}
         self.best_state: dict[str, torch.Tensor] | None = None
-        self.bad_epochs = 0
-        self.history: list[dict[str, Any]] = []
-
-    @property
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
 
     def train_epoch(self) -> tuple[float, dict[str, float]]:
         """One epoch of optimizer steps; the mean loss (NaN/Inf when it diverged) and batch metrics."""
@@ -135,28 +120,83 @@ class Trainer:
         return mean, metrics
 
     def run_epoch(self) -> dict[str, Any]:
-        """Train one epoch, evaluate, update best and early-stopping state; return the epoch record."""
-        t0 = time.perf_counter()
-        self.epoch += 1
-        lr = self.opt.param_groups[0]["lr"]
+        """Train one epoch and evaluate: the fold's record (status NAN when the loss diverged, else RUNNING)."""
+        record: dict[str, Any] = {"lr": self.opt.param_groups[0]["lr"]}
         train_loss, train_metrics = self.train_epoch()
-        record: dict[str, Any] = {"epoch": self.epoch, "lr": lr, metric_name("train", "loss"): train_loss}
+        record[metric_name("train", "loss")] = train_loss
         if not math.isfinite(train_loss):
-            record.update(status=TrialStatus.NAN.value, improved=False, seconds=time.perf_counter() - t0)
-            return record
+            return {**record, "status": TrialStatus.NAN.value}
         record.update({metric_name("train", k): v for k, v in train_metrics.items()})
         if self.val is not None:
             record.update({metric_name("val", k): v for k, v in evaluate(self.model, self.objective, self.val).items()})
+        return {**record, "status": TrialStatus.RUNNING.value}
+
+    def state(self, weights: str) -> dict[str, Any]:
+        """This fold's part of a checkpoint: WEIGHTS 'current' or 'best', optimizer, schedule, sampler RNG, stats."""
+        model = self.model.state_dict() if weights == "current" or self.best_state is None else self.best_state
+        return {"model": {k: v.detach().cpu() for k, v in model.items()}, "stats": self.stats,
+                "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                "sampler_rng": self.gen.get_state()}
+
+    def load(self, state: dict[str, Any]) -> None:
+        """Continue from this fold's part of a 'current' checkpoint."""
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.gen.set_state(state["sampler_rng"])
+        self.best_state = None  # the best weights are not in a resume checkpoint: they live in the run's best.pt
+
+
+class Trainer:
+    """The folds of one run (K under CV, one for a holdout) and the run's best-epoch and patience bookkeeping.
+
+    The folds train in lockstep, epoch by epoch; K folds are judged on their fold-mean record, one on its own.
+    """
+
+    def __init__(self, cfg: TrainConfig, data: TrainData, kind: str = "classify"):
+        if data.k != Validation.of(cfg).k:
+            raise ValueError(f"cv={cfg.cv} but the data has {data.k} fold(s); load it with Validation.of(cfg).load")
+        self.cfg, self.data = cfg, data
+        self.device = pick_device(cfg.device)
+        views = [data.fold(i) for i in range(data.k)]
+        self.folds = [Fold(cfg, v, make_objective(cfg, v, kind), self.device) for v in views]
+        self.objective = self.folds[0].objective
+        self.epoch = 0
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self.best_metrics: dict[str, Any] = {}
+        self.bad_epochs = 0
+        self.history: list[dict[str, Any]] = []
+
+    @property
+    def num_params(self) -> int:
+        """Parameters of one model (a CV run holds K of them)."""
+        return sum(p.numel() for p in self.folds[0].model.parameters())
+
+    @property
+    def models(self) -> list[nn.Module]:
+        return [f.model for f in self.folds]
+
+    def run_epoch(self) -> dict[str, Any]:
+        """Train every fold one epoch, evaluate, update best and early-stopping state; return the epoch record."""
+        t0 = time.perf_counter()
+        self.epoch += 1
+        records = [f.run_epoch() for f in self.folds]
+        record = records[0] if len(records) == 1 else fold_mean(records, self.objective.monitor)
+        record = {"epoch": self.epoch, **record}
+        if record["status"] == TrialStatus.NAN.value:  # one diverged fold makes the whole estimate unusable
+            return {**record, "improved": False, "seconds": time.perf_counter() - t0}
         # Without an evaluation split (val_fraction=0, a recipe) the latest epoch is the model.
-        improved = self.val is None or is_better(record, self.best_metrics, self.objective.monitor)
+        evaluated = all(f.val is not None for f in self.folds)
+        improved = not evaluated or is_better(record, self.best_metrics, self.objective.monitor)
         if improved:
             self.best, self.best_epoch, self.bad_epochs = record.get(self.objective.monitor), self.epoch, 0
             self.best_metrics = dict(record)
-            self.best_state = snapshot(self.model)
+            for f in self.folds:
+                f.best_state = snapshot(f.model)
         else:
             self.bad_epochs += 1
-        record.update(status=TrialStatus.RUNNING.value, improved=improved, seconds=time.perf_counter() - t0)
-        return record
+        return {**record, "improved": improved, "seconds": time.perf_counter() - t0}
 
     @property
     def should_stop_early(self) -> bool:
@@ -172,58 +212,47 @@ class Trainer:
 
     def state_dict(self, weights: str = "current") -> dict[str, Any]:
         """A checkpoint (weights_only-safe): WEIGHTS 'current' for resuming, 'best' for using."""
-        model = self.model.state_dict() if weights == "current" or self.best_state is None else self.best_state
-        return {
+        common = {
             "format": FORMAT, "kind": self.objective.kind, "weights": weights,
             "config": self.cfg.to_dict(), "modalities": {m: list(s) for m, s in self.data.modalities.items()},
-            "stats": self.data.stats, "data_info": self.data.info,
-            "model": {k: v.detach().cpu() for k, v in model.items()},
-            "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-            "epoch": self.epoch, "best": self.best, "best_epoch": self.best_epoch,
+            "data_info": self.data.info, "epoch": self.epoch, "best": self.best, "best_epoch": self.best_epoch,
             "best_metrics": dict(self.best_metrics), "bad_epochs": self.bad_epochs,
             "history": [dict(r) for r in self.history],
-            "rng": {"torch": torch.get_rng_state(), "sampler": self.gen.get_state()},
+            # One global RNG (dropout) serves all folds in turn: saved once, restored last.
+            "torch_rng": torch.get_rng_state(),
         }
+        return with_folds(common, [f.state(weights) for f in self.folds])
 
     def load_state_dict(self, state: dict[str, Any], source: str = "checkpoint") -> None:
-        """Continue from a 'current' checkpoint: same weights, optimizer, schedule, RNG and epoch."""
+        """Continue from a 'current' checkpoint: same weights, optimizer, schedule, RNG and epoch in every fold."""
         if state.get("kind") != self.objective.kind:
             raise CheckpointError(f"{source}: a {state.get('kind')} checkpoint cannot resume {self.objective.kind}")
-        self.model.load_state_dict(state["model"])
-        self.opt.load_state_dict(state["optimizer"])
-        self.sched.load_state_dict(state["scheduler"])
+        folds = fold_models(state)
+        if len(folds) != len(self.folds):
+            raise CheckpointError(f"{source}: holds {len(folds)} fold state(s), this run (cv={self.cfg.cv}) trains "
+                                  f"{len(self.folds)}; resume with the config it was written with")
+        for f, fold_state in zip(self.folds, folds):
+            f.load(fold_state)
         self.epoch, self.best, self.best_epoch = state["epoch"], state["best"], state["best_epoch"]
         self.best_metrics, self.bad_epochs = dict(state["best_metrics"]), state["bad_epochs"]
         self.history = list(state["history"])
-        torch.set_rng_state(state["rng"]["torch"])
-        self.gen.set_state(state["rng"]["sampler"])
-        # The best weights themselves are not in a resume checkpoint: they live in best.pt of the run.
-        self.best_state = None
+        torch.set_rng_state(state["torch_rng"])
 
 
-def make_objective(cfg: TrainConfig, data: Dataset, kind: str = "classify") -> Objective:
-    """The objective of KIND ('classify' or 'pretrain')."""
+def make_objective(cfg: TrainConfig, data: Any, kind: str = "classify") -> Objective:
+    """The objective of KIND ('classify' or 'pretrain') on a fold view DATA."""
     if kind == "pretrain":
         return MaskedPretraining(cfg)
     return Classification(cfg, data.splits["train"].y)
 
 
-def make_trainer(cfg: TrainConfig, data: Any, kind: str = "classify") -> Any:
-    """The trainer `fit` drives: one `Trainer`, or K of them composed when cfg.cv >= 2 (DATA from load_cv)."""
-    if cfg.cv >= 2:
-        from mmtune.model.cv import CVTrainer  # late: model.cv builds on this module
-
-        return CVTrainer(cfg, data, kind)
-    return Trainer(cfg, data, make_objective(cfg, data, kind))
-
-
-def fit(cfg: TrainConfig, data: Dataset, callbacks: list[Callback] = (), kind: str = "classify",
+def fit(cfg: TrainConfig, data: TrainData, callbacks: list[Callback] = (), kind: str = "classify",
         resume: dict[str, Any] | None = None, pretrained: str | None = None) -> tuple[FitResult, Trainer]:
-    """Train CFG on DATA until epochs, early stopping, divergence or a callback says stop."""
-    trainer = make_trainer(cfg, data, kind)
+    """Train CFG on DATA (`Validation.of(cfg).load`) until epochs, early stopping, divergence or a callback says stop."""
+    trainer = Trainer(cfg, data, kind)
     if pretrained:
         encoder = load_checkpoint(pretrained)["model"]
-        for model in trainer.models if cfg.cv >= 2 else [trainer.model]:  # every fold starts from it
+        for model in trainer.models:  # every fold starts from it
             loaded = pretrained_encoder(model, encoder, pretrained)
         log.info("loaded %d encoder tensors from %s", len(loaded), pretrained)
     if resume is not None:

@@ -10,11 +10,12 @@ import torch
 
 from mmtune.data.batches import Batches
 from mmtune.data.io import finite, write_json
-from mmtune.data.npz import Dataset, load_dataset
-from mmtune.model.checkpoint import save_checkpoint
+from mmtune.data.npz import Dataset
+from mmtune.data.validation import TrainData, Validation
+from mmtune.model.checkpoint import save_checkpoint, single_model
 from mmtune.model.config import TrainConfig, build_config, save_config
 from mmtune.model.cv import cv_estimate
-from mmtune.model.loop import Callback, FitResult, Objective, Trainer, evaluate, fit, make_objective
+from mmtune.model.loop import Callback, FitResult, Objective, Trainer, evaluate, fit, make_objective, pick_device
 from mmtune.model.status import TrialStatus
 
 log = logging.getLogger(__name__)
@@ -41,21 +42,21 @@ class RunFolder:
             save_checkpoint(trainer.state_dict("current"), self.path / LAST)
 
 
-def train_run(cfg: TrainConfig, data: Dataset, run_dir: str | Path, kind: str = "classify",
+def train_run(cfg: TrainConfig, data: TrainData, run_dir: str | Path, kind: str = "classify",
               save_best_only: bool = False, pretrained: str | None = None,
               callbacks: list[Callback] = ()) -> dict[str, Any]:
-    """Train into RUN_DIR and return (and write) its summary, with test metrics of the best epoch.
-
-    With cfg.cv >= 2 (DATA from `load_cv`) the summary holds the CV estimate instead; test.npz is not used.
-    """
+    """Train into RUN_DIR and return (and write) its summary: the best epoch's test metrics when DATA has a test
+    split, the CV estimate when it has K folds (`Validation.of(cfg).load` decides both)."""
     folder = RunFolder(run_dir, cfg, save_best_only)
     result, trainer = fit(cfg, data, [folder, *callbacks], kind=kind, pretrained=pretrained)
     summary = summarize(result, trainer)
-    if cfg.cv >= 2:
-        summary["cv"] = cv_estimate(trainer)  # the estimate is the point: no test evaluation
-    elif "test" in data.splits and trainer.best_state is not None:
-        trainer.model.load_state_dict(trainer.best_state)
-        summary["test"] = evaluate_splits(trainer.model, trainer.objective, data, ("test",), trainer.device)["test"]
+    if data.k > 1:
+        summary["cv"] = cv_estimate(data.k, trainer.objective.monitor, trainer.best_epoch, trainer.best_metrics,
+                                    data.info)
+    fold = trainer.folds[0]  # a data set with a test split trains one model
+    if data.test is not None and fold.best_state is not None:
+        fold.model.load_state_dict(fold.best_state)
+        summary["test"] = evaluate_splits(fold.model, trainer.objective, data.test, ("test",), trainer.device)["test"]
     write_json(summary, folder.path / "summary.json")
     return summary
 
@@ -78,11 +79,11 @@ def evaluate_splits(model: torch.nn.Module, objective: Objective, data: Dataset,
             if s in data.splits}
 
 
-def checkpoint_data(state: dict[str, Any], root: str | Path) -> Dataset:
-    """The data set at ROOT split and standardized as the checkpoint STATE's run had it (its split, its stats)."""
-    cfg = state["config"]
-    return load_dataset(root, cfg.get("val_fraction", TrainConfig.val_fraction),
-                        cfg.get("split_seed", TrainConfig.split_seed), stats=state["stats"])
+def checkpoint_data(state: dict[str, Any], root: str | Path, source: str = "checkpoint") -> Dataset:
+    """The data set at ROOT split and standardized as the single-model checkpoint STATE's run had it (its split,
+    its stats)."""
+    single_model(state, source)
+    return Validation.of(state["config"]).one_model().load(root, stats=state["stats"])
 
 
 def model_from_checkpoint(state: dict[str, Any], data: Dataset) -> tuple[torch.nn.Module, Objective, TrainConfig]:
@@ -92,3 +93,10 @@ def model_from_checkpoint(state: dict[str, Any], data: Dataset) -> tuple[torch.n
     model = objective.build({m: tuple(s) for m, s in state["modalities"].items()})
     model.load_state_dict(state["model"])
     return model, objective, cfg
+
+
+def evaluate_checkpoint(state: dict[str, Any], data: Dataset, splits: tuple[str, ...] = ("test",)
+                        ) -> dict[str, dict[str, float]]:
+    """Metrics of the single-model checkpoint STATE on each of SPLITS of DATA (from `checkpoint_data`)."""
+    model, objective, cfg = model_from_checkpoint(state, data)
+    return evaluate_splits(model, objective, data, splits, pick_device(cfg.device))

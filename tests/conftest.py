@@ -115,6 +115,18 @@ def run_sweep(data: Path, storage: Path, name: str, space: str = SMOKE, callback
     return exp.path
 
 
+def resume_cli(exp: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`mmtune resume EXP` in a subprocess with ENV (a `subprocess_env`), its Ray processes cleaned up after; it must
+    succeed."""
+    from mmtune.tune.faults import kill_processes_of
+
+    proc = subprocess.run([sys.executable, "-m", "mmtune.tune", "resume", str(exp), "--num-cpus", "2"], env=env,
+                          capture_output=True, text=True, timeout=400)
+    kill_processes_of(env["RAY_TMPDIR"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
 def rows(exp: Path) -> list[dict]:
     """The rows of an experiment's trials.csv."""
     with open(exp / "trials.csv") as f:

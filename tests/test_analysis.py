@@ -10,7 +10,7 @@ from optuna.trial import TrialState
 from mmtune.model.status import TrialStatus
 from tests.fake_experiment import SPACE, FakeTrial, write_experiment
 from mmtune.tune import analysis, figures
-from mmtune.tune.analysis import Importance, analyze, asha_rungs, edge_warning, trial_table
+from mmtune.tune.analysis import Importance, analyze, edge_warning, trial_table
 from mmtune.tune.experiment import Experiment
 from mmtune.tune.report import write_report
 from mmtune.tune.space import Param, parse_space
@@ -123,10 +123,10 @@ def test_importance_needs_two_usable_trials(tmp_path):
     assert imp.note == "not computed: 1 full-budget trial(s) with a finite value; at least 2 needed"
 
 
-def test_asha_rungs():
-    assert asha_rungs(parse_space(SPACE, "fake.yaml")) == [1, 2, 4]
+def test_asha_rungs_are_the_epochs_where_trials_can_be_stopped():
+    assert parse_space(SPACE, "fake.yaml").rungs == [1, 2]  # a milestone at the budget (4) stops nothing
     space = {**SPACE, "epochs": 30, "asha": {"grace_period": 2, "reduction_factor": 3}}
-    assert asha_rungs(parse_space(space, "fake.yaml")) == [2, 6, 18]
+    assert parse_space(space, "fake.yaml").rungs == [2, 6, 18]
 
 
 def test_header_names_the_best_trial_and_counts_by_status(doc):

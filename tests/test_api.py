@@ -120,7 +120,7 @@ def test_best_configs_and_study(swept):
     handle, _ = swept
     assert isinstance(handle.best_config, TrainConfig)
     assert handle.best_config == load_config(handle.path / "best_config.yaml")
-    assert handle.best_config == load_config(handle.path / "final" / "best_config.yaml")
+    assert "Finalized winner" in (handle.path / "best_config.yaml").read_text()
     assert handle.best_trial_config == load_config(handle.path / "best_trial_config.yaml")
     study = handle.study
     assert len(study.trials) == len(rows(handle.path))
@@ -134,7 +134,8 @@ def test_report_and_finalize_from_the_handle(swept, capsys):
     final = handle.finalize(top_k=1, seeds=1)  # quiet by default, as in a notebook
     assert capsys.readouterr().out == ""
     assert final["top_k"] == 1 and final["winner"]["trial_id"] == handle.summary["finalized_winner"]
-    assert handle.best_config == load_config(handle.path / "final" / "best_config.yaml")
+    assert handle.best_config == load_config(handle.path / "best_config.yaml")
+    assert "Finalized winner" in (handle.path / "best_config.yaml").read_text()
     assert api.open_experiment(handle.location).trials.equals(handle.trials)
 
 

@@ -21,15 +21,16 @@ def test_search_efficiency_smoke(tmp_path, subprocess_env):
     res = json.loads(out.read_text())
     setting = res["setting"]
     methods, seeds, budget = setting["methods"], setting["seeds"], setting["budget"]
-    assert setting["smoke"] and seeds == 2 and len(methods) >= 2
+    assert setting["smoke"] and seeds == 2 and methods == ["tpe_asha", "random_asha", "random_fifo"]
     assert set(res["per_method"]) == set(methods)
     for m in methods:
         runs = [r for r in res["runs"] if r["method"] == m]
         assert sorted(r["seed"] for r in runs) == list(range(seeds))
         for r in runs:
             assert 0 < r["epochs_used"] <= budget and r["epochs_reported"] <= budget
-            assert r["trials"] >= 1 and len(r["curve"]) == budget and r["repeats_ignored"] >= 0
-            assert r["best"] <= res["global_best"]
+            assert r["trials"] >= 1 and len(r["curve"]) == budget and r["best"] <= res["global_best"]
+            assert r["epochs_reported"] == r["epochs_on_disk"]  # every epoch counted once, repeats left out
+            check_repeats(r, setting)
         v = res["per_method"][m]
         assert v["runs"] == seeds and 0 <= v["reached"] <= seeds
         lo, hi = v["best_ci"]
@@ -39,5 +40,32 @@ def test_search_efficiency_smoke(tmp_path, subprocess_env):
             lo_e, e, hi_e = (float("inf") if x is None else x for x in (lo_e, e, hi_e))
             assert lo_e <= e <= hi_e, (m, key, v)
     assert any(v["reached"] > 0 for v in res["per_method"].values())  # the global best is some run's best
-    assert res["targets"]  # computed, met or not
+    check_targets(res)
     assert md.read_text().startswith("Setting:") and png.stat().st_size > 0
+
+
+def check_repeats(r: dict, setting: dict) -> None:
+    """Only a trial that ran all its epochs gets its last result again, once; ASHA stops such a trial (no repeat),
+    FIFO lets it end, and only a trial still holding its slot when the budget runs out can miss its repeat."""
+    repeated, run_out = r["repeated_trials"], r["trials_run_out"]
+    assert r["repeats_ignored"] == len(repeated) == len(set(repeated)) and set(repeated) <= set(run_out), r
+    if r["method"] == "random_fifo":
+        assert len(run_out) - setting["concurrency"] <= len(repeated), r
+    else:
+        assert repeated == [], r
+
+
+def check_targets(res: dict) -> None:
+    """Both targets of the smoke methods, each a bool verdict that follows from its own numbers."""
+    t, per = res["targets"], res["per_method"]
+    assert set(t) == {"a_reaches_c_final_with_third_of_epochs", "a_best_above_b_and_c_ci_disjoint"}
+    one, two = t["a_reaches_c_final_with_third_of_epochs"], t["a_best_above_b_and_c_ci_disjoint"]
+    assert type(one["met"]) is bool and type(two["met"]) is bool
+    assert one["value_c"] == per["random_fifo"]["median_best"] and one["budget"] == res["setting"]["budget"]
+    e_a, e_c = (float("inf") if one[k] is None else one[k] for k in ("epochs_a", "epochs_c"))  # None: not reached
+    assert all(isinstance(v, (int, float)) for v in (e_a, e_c, one["value_c"]))
+    assert one["met"] == (e_a < float("inf") and e_a <= e_c / 3), one
+    for key, m in (("a", "tpe_asha"), ("b", "random_asha"), ("c", "random_fifo")):
+        assert two[key] == [per[m]["median_best"], per[m]["best_ci"]], (key, two)
+    (a, (a_lo, _)), (b, (_, b_hi)), (c, (_, c_hi)) = two["a"], two["b"], two["c"]
+    assert two["met"] == (a > max(b, c) and a_lo > max(b_hi, c_hi)), two

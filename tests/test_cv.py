@@ -191,15 +191,16 @@ def test_sweep_cv_flag_is_checked_before_ray():
 
 def test_cv_auto_picks_folds_for_a_small_holdout_and_holdout_for_a_large_one(demo_dir, tmp_path):
     from mmtune.data.demo import make_demo
-    from mmtune.tune.job import load_data, resolve_cv
+    from mmtune.data.validation import resolve
 
-    space, why = resolve_cv(demo_dir, tiny_space(cv="auto"))  # val.npz: 80 samples, ~20 positives
-    assert space.cv == 5 and why.startswith("5-fold CV (cv: auto; val.npz would hold") and "positives < 50" in why
-    assert load_data(demo_dir, space).k == 5
+    v = resolve(demo_dir, "auto", 0, 0.2)  # val.npz: 80 samples, ~20 positives
+    assert v.folds == 5 and v.describe().startswith("5-fold CV (cv: auto; val.npz would hold")
+    assert "positives < 50" in v.describe() and v.load(demo_dir).k == 5
     big = make_demo(tmp_path / "big", n_train=200, n_val=500, n_test=10, seed=0)
-    space, why = resolve_cv(big, tiny_space(cv="auto"))
-    assert space.cv == 0 and why.startswith("holdout (cv: auto; val.npz holds") and ">= 50" in why
-    assert resolve_cv(demo_dir, tiny_space(cv=3))[1] == "3-fold CV (cv: 3)"
+    v = resolve(big, "auto", 0, 0.2)
+    assert v.folds == 0 and v.describe().startswith("holdout (cv: auto; val.npz holds") and ">= 50" in v.describe()
+    assert v.load(big).k == 1 and v.load(big).test is not None  # a holdout is one fold, tested on test.npz
+    assert resolve(demo_dir, 3, 0, 0.2).describe() == "3-fold CV (cv: 3)"
 
 
 def test_plan_names_the_validation_and_counts_k_models():
@@ -220,8 +221,15 @@ def test_recipe_round_trips_and_trains_on_all_data(demo_dir, tmp_path, capsys):
     from mmtune.model.config import load_config, save_config
     from mmtune.tune.cli import run
 
-    recipe = tiny_space(cv=3).recipe({"lr": 2e-3}, epochs=2)
+    from mmtune.tune.recipe import recipe_config
+
+    space = tiny_space(cv=3)
+    recipe, note = recipe_config(space, space.validation, {"lr": 2e-3}, best_epochs=[1, 2, 4])  # median: 2
     assert (recipe.cv, recipe.val_fraction, recipe.patience, recipe.epochs) == (0, 0.0, 0, 2)
+    assert "for exactly 2 epochs, the median best epoch of 3 run(s)" in note
+    holdout = tiny_space(cv=0)
+    as_trained, none = recipe_config(holdout, holdout.validation, {"lr": 2e-3}, best_epochs=[1])
+    assert as_trained == holdout.train_config({"lr": 2e-3}) and none == ""  # a holdout config deploys as it trained
     save_config(recipe, tmp_path / "recipe.yaml")
     assert load_config(tmp_path / "recipe.yaml") == recipe
     assert run(["train", "--config", str(tmp_path / "recipe.yaml"), "--data", str(demo_dir),
@@ -248,7 +256,8 @@ def test_cv_sweep_reports_fold_means_and_exports_a_recipe(ray_session, demo_dir,
         results = [json.loads(x) for x in (exp / f"trial_{row['trial_id']}" / "result.json").read_text().splitlines()]
         assert all("val/f1" in r and "val/f1_sd" in r for r in results), results[-1].keys()
     text = (exp / "best_config.yaml").read_text()
-    assert "# Estimated: val/f1" in text and "mean over 2 CV folds" in text
+    assert "over its folds at epoch" in text and "(2-fold CV (cv: 2))" in text  # the fold mean +- fold sd
+    assert "for exactly" in text and "median best epoch of 1 run(s)' fold-mean curves" in text
     summary = json.loads((exp / "summary.json").read_text())
     recipe = load_config(exp / "best_config.yaml")
     assert (recipe.cv, recipe.val_fraction, recipe.patience) == (0, 0.0, 0)

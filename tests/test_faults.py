@@ -14,7 +14,7 @@ import pytest
 import torch
 from ray import tune
 
-from mmtune.model.checkpoint import save_checkpoint
+from mmtune.model.checkpoint import FORMAT, save_checkpoint
 from tests.conftest import run_sweep, study_matches_trials_csv
 from mmtune.tune import records
 from mmtune.tune.cli import run
@@ -95,7 +95,7 @@ def test_worker_killed_with_sigkill_is_retried(ray_session, demo_dir, tmp_path):
 
 
 def _state(epoch: int) -> dict:
-    return {"format": 1, "epoch": epoch, "weights": torch.zeros(3)}
+    return {"format": FORMAT, "epoch": epoch, "weights": torch.zeros(3)}
 
 
 def test_corrupt_latest_checkpoint_falls_back_to_an_older_one(tmp_path, caplog):
@@ -142,3 +142,28 @@ def test_tuner_state_cut_by_a_driver_kill_starts_over_or_says_why(tmp_path):
         tune_state_saved(tmp_path)
     (tmp_path / "tuner.pkl").write_bytes(state)
     assert tune_state_saved(tmp_path)
+
+
+def test_state_files_cut_by_a_driver_kill_are_put_back_from_rays_staging_copy(tmp_path):
+    """Ray copies its state files into the experiment without a rename: a kill mid-copy leaves them cut, and Ray
+    would restart a 1-trial sweep. The resume takes the whole staging copy, or sets a cut file aside."""
+    from mmtune.tune.resume import repair_cut_state, whole_state
+
+    exp, root = tmp_path / "res" / "swept", tmp_path / "ray"
+    staged = root / "session_1" / "artifacts" / "t0" / "swept" / "driver_artifacts"
+    for folder in (exp, staged):
+        folder.mkdir(parents=True)
+    state, search = {"runner_data": {}, "trial_data": []}, pickle.dumps({"counter": 3, "total_samples": 6})
+    (staged / "experiment_state-b.json").write_text(json.dumps(state))
+    (staged / "search_gen_state-b.json").write_bytes(search)
+    (exp / "experiment_state-a.json").write_text(json.dumps(state))  # an earlier run's, whole
+    (exp / "experiment_state-b.json").write_text("")  # cut at its first byte
+    (exp / "search_gen_state-b.json").write_bytes(search[:-3])  # cut before its STOP
+    (exp / "search_gen_state-c.json").write_bytes(search[:5])  # cut, with no staging copy
+    assert not whole_state(exp / "experiment_state-b.json") and not whole_state(exp / "search_gen_state-b.json")
+    done = repair_cut_state(exp, [root])
+    assert set(done) == {"experiment_state-b.json", "search_gen_state-b.json", "search_gen_state-c.json"}
+    assert json.loads((exp / "experiment_state-b.json").read_text()) == state
+    assert (exp / "search_gen_state-b.json").read_bytes() == search
+    assert not (exp / "search_gen_state-c.json").exists() and (exp / "search_gen_state-c.json.cut").is_file()
+    assert "set aside" in done["search_gen_state-c.json"] and repair_cut_state(exp, [root]) == {}

@@ -2,7 +2,6 @@
 and writes the winner as best_config.yaml; `mmtune finalize` does the same on its own."""
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
@@ -20,6 +19,7 @@ from mmtune.model.checkpoint import load_checkpoint
 from mmtune.model.config import build_config, load_config
 from mmtune.model.loop import evaluate, make_objective
 from tests.conftest import SMOKE
+from mmtune.tune import candidates, leaderboard
 from mmtune.tune import finalize as fin
 from mmtune.tune.errors import ResultsError
 from mmtune.tune.experiment import Experiment, load_trials, space_of
@@ -90,17 +90,22 @@ def test_winner_follows_the_selection_rule(exp):
     mean = sum(r["val/f1"] for r in runs) / SEEDS
     assert s["winner"]["mean"]["val/f1"] == pytest.approx(mean)
     assert s["winner"]["bound"] == pytest.approx(mean - s["winner"]["std"]["val/f1"] / math.sqrt(SEEDS))
-    leader = max(s["configs"], key=lambda c: c["bound"])
-    assert s["leader"] == leader["trial_id"] and s["winner"]["trial_id"] in s["tied"]
-    if s["winner"]["trial_id"] != leader["trial_id"]:  # won a tie: no larger than the leader
-        assert s["winner"]["num_params"] <= leader["num_params"] and "tied within one SE" in s["choice"]
+    leader = next(c for c in s["configs"] if c["trial_id"] == s["leader"])
+    assert leader["bound"] == max(c["bound"] for c in s["configs"])
+    # The tie set is every config within one SE of the leader's mean; its smallest model wins (tests/test_selection.py
+    # builds ties on purpose: whether this small sweep ties is up to its numbers).
+    tied = [c for c in s["configs"] if c["failed_seeds"] == leader["failed_seeds"]
+            and abs(c["mean"]["val/f1"] - leader["mean"]["val/f1"]) <= leader["se"] + 1e-12]
+    assert sorted(s["tied"]) == sorted(c["trial_id"] for c in tied) and s["winner"]["trial_id"] in s["tied"]
+    assert s["winner"]["num_params"] == min(c["num_params"] for c in tied)
+    assert ("tied within one SE" in s["choice"]) == (len(tied) > 1), s["choice"]
     assert all(int(r["num_params"]) > 0 and r["val/f1 bound"] != "" for r in lb)
 
 
 def test_sweep_writes_the_finalized_winner_as_best_config(exp, capsys):
     s, export_summary = summary(exp), json.loads((exp / "summary.json").read_text())
     cfg = load_config(exp / "best_config.yaml")
-    assert cfg == load_config(exp / "final" / "best_config.yaml")
+    assert not (exp / "final" / "best_config.yaml").exists()  # written once, where it is deployed from
     assert cfg == replace(space_of(exp).train_config(s["winner"]["params"]), seed=0, split_seed=0)
     head = (exp / "best_config.yaml").read_text().split("\n", 3)
     assert "Finalized winner" in head[0] and "Chosen by: " + s["choice"] in head[1]
@@ -141,14 +146,14 @@ def test_seeds_vary_the_split_seed_from_the_sweeps_own():
     from mmtune.tune.space import load_space
 
     space = load_space(SMOKE)
-    assert fin.seeds_for(space, 3) == [(0, 0), (1, 1), (2, 2)]
+    assert candidates.seeds_for(space, 3) == [(0, 0), (1, 1), (2, 2)]
     moved = replace(space, fixed={**space.fixed, "seed": 7, "split_seed": 3})
-    assert fin.seeds_for(moved, 2) == [(7, 3), (8, 4)]
+    assert candidates.seeds_for(moved, 2) == [(7, 3), (8, 4)]
 
 
 def test_best_config_is_the_winners_config(exp):
     s = summary(exp)
-    cfg = load_config(exp / "final" / "best_config.yaml")
+    cfg = load_config(exp / "best_config.yaml")
     expected = space_of(exp).train_config(s["winner"]["params"])
     assert cfg.seed == 0 and cfg.split_seed == 0 and cfg == expected
     assert cfg.epochs == space_of(exp).epochs
@@ -181,7 +186,7 @@ def test_winner_checkpoints_hold_the_best_epoch_weights(exp, demo_dir):
 
 def test_leaderboard_table_lists_the_winner_first(exp):
     s = summary(exp)
-    lines = fin.leaderboard_table(s).splitlines()
+    lines = leaderboard.leaderboard_table(s).splitlines()
     assert len(lines) == 1 + TOP_K and "val/f1 mean ± std" in lines[0] and "LCB" in lines[0] and "params" in lines[0]
     assert s["winner"]["trial_id"] in lines[1] and "±" in lines[1]
 
@@ -221,13 +226,13 @@ def test_not_an_experiment_or_no_usable_trial_raises(exp, tmp_path):
 
 
 def test_cli_parser_and_bad_flag(exp):
-    p = argparse.ArgumentParser()
-    fin.add_parser(p.add_subparsers(dest="cmd"))
-    args = p.parse_args(["finalize", str(exp), "--top-k", "0", "--seeds", "4"])
+    from mmtune.tune.cli import build_parser
+    from mmtune.tune.commands import HANDLERS
+
+    args = build_parser().parse_args(["finalize", str(exp), "--top-k", "0", "--seeds", "4"])
     assert (args.top_k, args.seeds, args.address, args.num_cpus) == (0, 4, None, None)
-    assert args.handler is fin.cmd_finalize
     with pytest.raises(ResultsError, match="--top-k 0"):
-        args.handler(args)
+        HANDLERS[args.cmd](args)
 
 
 def test_select_top_uses_what_exists_and_skips_duplicates(exp, caplog):
@@ -237,7 +242,7 @@ def test_select_top_uses_what_exists_and_skips_duplicates(exp, caplog):
     top = max(t.best_value for t in usable) + 1
     clone = replace(usable[0], trial_id="clone", best_value=top, best_result={**usable[0].best_result, "val/f1": top})
     with caplog.at_level(logging.WARNING, logger="mmtune.tune.finalize"):
-        picked = fin.select_top([*trials, clone], space, 10)
+        picked = candidates.select_top([*trials, clone], space, 10)
     assert picked[0].trial.trial_id == "clone" and len(picked) == len(usable)  # the original is a duplicate
     assert [c.rank for c in picked] == list(range(len(picked)))
     assert "only" in caplog.text and "--top-k 10" in caplog.text
@@ -251,8 +256,7 @@ def test_finalize_command_end_to_end(exp, tmp_path, capsys):
     assert run(["finalize", str(copy), "--top-k", "1", "--seeds", "1"]) == 0
     out = capsys.readouterr().out
     assert str(copy / "best_config.yaml") in out and "winner: sweep trial" in out
-    assert len(rows(copy)) == 1 and load_config(copy / "final" / "best_config.yaml")
-    assert load_config(copy / "best_config.yaml") == load_config(copy / "final" / "best_config.yaml")
+    assert len(rows(copy)) == 1 and "Finalized winner" in (copy / "best_config.yaml").read_text()
     assert run(["finalize", str(copy), "--top-k", "0"]) == 2
 
 
@@ -264,12 +268,12 @@ def test_each_split_seed_gets_its_own_split_unless_val_npz_fixes_it(demo_dir, tm
     from mmtune.tune.space import load_space
 
     space = load_space(SMOKE)
-    fixed = load_variants(demo_dir, space, (1, 2))
+    fixed = load_variants(demo_dir, space.validation, space, (1, 2))
     assert sorted(fixed) == [0, 1, 2] and fixed[0] is fixed[1] is fixed[2]  # val.npz: one split, stored once
     no_val = tmp_path / "no_val"
     shutil.copytree(demo_dir, no_val)
     (no_val / "val.npz").unlink()
-    split = load_variants(no_val, space, (1, 2))
+    split = load_variants(no_val, space.validation, space, (1, 2))
     held_out = [tuple(d.splits["val"].y[:50]) + (len(d.splits["val"]),) for d in split.values()]
     stats = [d.stats[next(iter(d.stats))]["mean"][0] for d in split.values()]
     assert len(set(held_out)) == 3 and len(set(stats)) == 3  # another holdout, standardized on its own train part

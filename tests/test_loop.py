@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from mmtune.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from mmtune.model.checkpoint import FORMAT, CheckpointError, load_checkpoint, save_checkpoint
 from mmtune.model.loop import fit, pick_device
 from mmtune.model.run import BEST, LAST, evaluate_splits, model_from_checkpoint, train_run
 
@@ -128,11 +128,11 @@ def test_checkpoint_refuses_pickles_and_names_bad_files(tmp_path):
             return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
 
     path = tmp_path / "evil.pt"
-    torch.save({"format": 1, "payload": Evil()}, path)
+    torch.save({"format": FORMAT, "payload": Evil()}, path)
     with pytest.raises(CheckpointError, match="evil.pt"):
         load_checkpoint(path)
     assert not (tmp_path / "pwned").exists()
-    good = save_checkpoint({"format": 1, "x": torch.ones(100)}, tmp_path / "good.pt")
+    good = save_checkpoint({"format": FORMAT, "x": torch.ones(100)}, tmp_path / "good.pt")
     good.write_bytes(good.read_bytes()[:200])  # truncated on disk
     with pytest.raises(CheckpointError, match="good.pt"):
         load_checkpoint(good)
@@ -149,7 +149,8 @@ def test_pretrain_then_load_encoder(tiny_cfg, demo, tmp_path):
     assert state["kind"] == "pretrain"
     result, trainer = fit(replace(tiny_cfg, epochs=1, lr=1e-12, eta_min=0.0, dropout=0.0), demo,
                           pretrained=str(ckpt))
-    own = trainer.model.state_dict()
+    (own_model,) = trainer.models
+    own = own_model.state_dict()
     enc = [k for k in own if k.startswith("encoder.")]
     # With a vanishing learning rate the encoder still holds the pretrained weights.
     assert all(torch.allclose(own[k], state["model"][k], atol=1e-6) for k in enc)
@@ -158,12 +159,12 @@ def test_pretrain_then_load_encoder(tiny_cfg, demo, tmp_path):
 
 
 def test_small_data_sets_get_at_least_min_steps_per_epoch(tiny_cfg, demo):
-    from mmtune.model.loop import Trainer, make_objective, steps_per_epoch
+    from mmtune.model.loop import Trainer, steps_per_epoch
 
     one_pass = replace(tiny_cfg, train_steps=0, batch_size=64, min_steps_per_epoch=0)
     assert steps_per_epoch(one_pass, 216) == 4  # a handful of optimizer steps per epoch
     raised = replace(one_pass, min_steps_per_epoch=25)
     assert steps_per_epoch(raised, 216) == 25 and steps_per_epoch(raised, 5000) == 79  # a longer pass is kept
     assert steps_per_epoch(replace(raised, train_steps=3), 216) == 3  # an explicit train_steps wins
-    trainer = Trainer(raised, demo, make_objective(raised, demo))
-    assert trainer.steps == max(25, -(-len(demo.splits["train"]) // 64))
+    (fold,) = Trainer(raised, demo).folds  # a holdout is one fold
+    assert fold.steps == max(25, -(-len(demo.splits["train"]) // 64))

@@ -1,11 +1,10 @@
 """Node loss: a worker node of a real two-node Ray cluster on loopback dies mid-sweep, and nothing is lost.
 
-The cluster is started as `tests/test_cluster.py` starts one (`ray start --head` / `ray start --address`, private
-RAY_TMPDIR, token auth), with Ray's node health checks made fast (FAST_DETECTION). Each worker node is a
-`ray start --block` in its own session, and every process of it carries MMTUNE_NODE=<its tag> in its
-environment: the node is killed with SIGKILL to its process group, then to every process with its tag that left the
-group (never by name). The sweep is a separate `python -m mmtune.tune sweep --address ...` on the head, on shared storage
-(the local S3 server, or a file:// folder that both nodes see).
+The cluster is bench/loopback.py's (the one bench/faults.py --node-kill uses): `ray start --head` / `ray start
+--address` as a user starts one, private RAY_TMPDIR, token auth, Ray's node health checks made fast. Each worker
+node is a `ray start --block` in its own session, killed by SIGKILL to every process of it (found by a tag in its
+environment, never by name). The sweep is a separate `python -m mmtune.tune sweep --address ...` on the head, on
+shared storage (the local S3 server, or a file:// folder that both nodes see).
 
 What Ray guarantees, and so what is asserted, for a trial that was running on the dead node: Tune learns of a
 trial's checkpoint in two steps. The trial uploads the checkpoint to storage *before* its report leaves the node,
@@ -18,154 +17,32 @@ end once. The epoch that was in flight on the dead node (never reported) is the 
 """
 from __future__ import annotations
 
-import glob
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
-import yaml
 
+from bench.loopback import (LoopbackCluster, Node, continued_once, failures, full_epochs_space, live_records,
+                            moved_off, poll, tagged_pids, trials_on)
 from mmtune.tune.experiment import result_lines
-from mmtune.tune.faults import kill_processes_of
-from tests.conftest import REPO, SMOKE, rows, study_matches_trials_csv
+from tests.conftest import REPO, rows, study_matches_trials_csv
 
-RAY = str(Path(sys.executable).parent / "ray")
-NODE_VAR = "MMTUNE_NODE"  # set only in one node's environment: how its processes are found, never by name
-# Ray's defaults take ~15 s to declare a killed node dead (5 missed checks, 3 s apart, after a 5 s delay; longer
-# when the machine vanishes and checks time out). These make it ~3 s; cluster/README.md has values for real clusters.
-FAST_DETECTION = {"RAY_health_check_initial_delay_ms": "1000", "RAY_health_check_period_ms": "1000",
-                  "RAY_health_check_timeout_ms": "1000", "RAY_health_check_failure_threshold": "3"}
 SAMPLES, EPOCHS, STEPS = 6, 8, 60  # ~1 s per epoch on a busy 2-core machine: trials are long enough to be caught
 NAME = "nodeloss"
 TIMEOUT_S = 400
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class SweepCluster(LoopbackCluster):
+    """The loopback cluster with the test's `mmtune sweep` on its head."""
 
-
-def tagged_pids(tag: str) -> list[int]:
-    """Every process of the node tagged TAG (NODE_VAR=TAG in its environment)."""
-    from mmtune.tune.faults import pids_with_env
-
-    return pids_with_env(NODE_VAR, tag)
-
-
-def raylet_node_id(tag: str) -> str | None:
-    """The node id of the raylet with NODE_VAR=TAG (from its command line), or None while it is not up."""
-    for pid in tagged_pids(tag):
-        try:
-            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if args and args[0].endswith(b"/raylet"):
-            return next((a.split(b"=", 1)[1].decode() for a in args if a.startswith(b"--node_id=")), None)
-    return None
-
-
-@dataclass
-class Node:
-    name: str
-    tag: str
-    proc: subprocess.Popen | None  # `ray start --block` of a worker (the head's `ray start` has returned)
-    node_id: str = ""
-
-
-@dataclass
-class LoopbackCluster:
-    """A head (1 CPU) and worker nodes (1 CPU each) on 127.0.0.1 in one private RAY_TMPDIR."""
-
-    env: dict[str, str]
-    logs: Path
-    nodes: list[Node] = field(default_factory=list)
     sweep_proc: subprocess.Popen | None = None
-
-    def __post_init__(self) -> None:
-        self.env = {**self.env, "RAY_AUTH_MODE": "token", **FAST_DETECTION}
-        self.address = f"127.0.0.1:{free_port()}"
-        self.uid = Path(self.env["RAY_TMPDIR"]).name  # unique per test: node tags never match another test's
-
-    def start_head(self) -> Node:
-        node = Node("head", f"{self.uid}-head", None)
-        self.nodes.append(node)
-        subprocess.run([RAY, "start", "--head", f"--port={self.address.rsplit(':', 1)[1]}",
-                        "--node-ip-address=127.0.0.1", "--num-cpus=1", "--num-gpus=0", "--include-dashboard=false",
-                        "--disable-usage-stats"], env={**self.env, NODE_VAR: node.tag}, check=True,
-                       capture_output=True, timeout=120)
-        node.node_id = self._wait_for_raylet(node)
-        return node
-
-    def add_worker(self, name: str, registered: bool = True) -> Node:
-        """Start a worker node; with REGISTERED, wait until the cluster lists it as alive."""
-        tag = f"{self.uid}-{name}"
-        with open(self.logs / f"{name}.log", "wb") as log:
-            proc = subprocess.Popen([RAY, "start", f"--address={self.address}", "--node-ip-address=127.0.0.1",
-                                     "--num-cpus=1", "--num-gpus=0", "--disable-usage-stats", "--block"],
-                                    env={**self.env, NODE_VAR: tag}, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
-        node = Node(name, tag, proc)
-        self.nodes.append(node)
-        node.node_id = self._wait_for_raylet(node)
-        deadline = time.time() + 60
-        while registered and node.node_id not in self.alive_nodes():
-            assert time.time() < deadline, f"{name} did not join the cluster"
-            time.sleep(1)
-        return node
-
-    def _wait_for_raylet(self, node: Node) -> str:
-        deadline = time.time() + 60
-        while (node_id := raylet_node_id(node.tag)) is None:
-            assert time.time() < deadline, f"no raylet for {node.name}"
-            assert node.proc is None or node.proc.poll() is None, (self.logs / f"{node.name}.log").read_text()[-2000:]
-            time.sleep(0.2)
-        return node_id
-
-    def alive_nodes(self) -> set[str]:
-        """Ids of the nodes the cluster lists as alive, asked by a separate driver."""
-        code = ("import json, ray; ray.init(address=%r, logging_level='ERROR');"
-                "print(json.dumps([n['NodeID'] for n in ray.nodes() if n['Alive']]))" % self.address)
-        out = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True, text=True, timeout=120)
-        assert out.returncode == 0, out.stderr[-2000:]
-        return set(json.loads(out.stdout.strip().splitlines()[-1]))
-
-    def kill(self, node: Node, check: bool = True, first: int | None = None) -> None:
-        """SIGKILL the node, all but at once: process FIRST (one we froze), its process group, then every process
-        that left the group (found before anything died, so they die microseconds later, not after a scan).
-
-        A frozen (SIGSTOPped) process goes first: when its parent dies, its orphaned process group gets SIGHUP and
-        SIGCONT from the kernel, and it would run on (finish an upload, send a report) until killed.
-        """
-        escaped = tagged_pids(node.tag)
-        for pid in ([first] if first in escaped else []):
-            os.kill(pid, signal.SIGKILL)
-        if node.proc is not None:
-            try:
-                os.killpg(node.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        for _ in range(50):  # then look again until none is left (a process may have been forking)
-            for pid in escaped:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            if not (escaped := tagged_pids(node.tag)):
-                break
-            time.sleep(0.1)
-        if node.proc is not None:
-            node.proc.wait(timeout=30)
-        assert not check or not tagged_pids(node.tag), f"processes of {node.name} survived SIGKILL"
 
     def sweep(self, *args: str) -> subprocess.Popen:
         """`mmtune sweep` joining this cluster, as a separate process on the head (no node tag in its environment)."""
@@ -178,14 +55,11 @@ class LoopbackCluster:
         return self.sweep_proc
 
     def close(self) -> None:
-        """Kill everything this cluster started, by our own pids and tags, then what is left of its RAY_TMPDIR."""
+        """The sweep first (by its own pid), then the cluster."""
         if self.sweep_proc is not None and self.sweep_proc.poll() is None:
             self.sweep_proc.kill()
             self.sweep_proc.wait(timeout=30)
-        for node in self.nodes:
-            self.kill(node, check=False)
-        kill_processes_of(self.env["RAY_TMPDIR"])
-        shutil.rmtree(self.env["RAY_TMPDIR"], ignore_errors=True)
+        super().close()
 
 
 @dataclass
@@ -205,10 +79,11 @@ def shared(request, tmp_path) -> Storage:
 
 @pytest.fixture
 def cluster(shared, subprocess_env, tmp_path):
-    """A head and one worker; every process started here is killed at the end, also on failure."""
+    """The head of a loopback cluster (a test adds its workers); every process it starts is killed at the end, also
+    on failure."""
     env = {**subprocess_env, **{k: v for k, v in os.environ.items() if k.startswith("AWS_")},
            "MMTUNE_CACHE": str(tmp_path / "mirror")}
-    c = LoopbackCluster(env, tmp_path)
+    c = SweepCluster(env, tmp_path, ray_tmp=env["RAY_TMPDIR"])
     try:
         c.start_head()
         yield c
@@ -216,55 +91,20 @@ def cluster(shared, subprocess_env, tmp_path):
         c.close()
 
 
-def space_file(tmp: Path) -> str:
-    """The smoke space with longer trials and ASHA out of the way (every trial runs all epochs)."""
-    doc = yaml.safe_load(Path(SMOKE).read_text())
-    doc.update(num_samples=SAMPLES, epochs=EPOCHS, description="tests/test_node_loss.py")
-    doc["asha"] = {**doc.get("asha", {}), "grace_period": EPOCHS}
-    doc["fixed"] = {**doc.get("fixed", {}), "train_steps": STEPS}
-    path = tmp / "space.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return str(path)
-
-
 # ----------------------------------------------------------------------------- observing the sweep
 
 
-def live_results(c: LoopbackCluster) -> dict[str, list[dict[str, Any]]]:
-    """Each trial's results as the driver has them now (its own copy, written as results arrive; the storage copy
-    is synced later)."""
-    pattern = f"{c.env['RAY_TMPDIR']}/ray/session_latest/artifacts/*/{NAME}/driver_artifacts/trial_*/result.json"
-    return {Path(p).parent.name.removeprefix("trial_"): result_lines(p) for p in glob.glob(pattern)}
-
-
-def live_records(exp: Path) -> dict[str, dict]:
-    from mmtune.tune import records
-
-    try:
-        return records.read_all(exp)
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
-def wait_until(c: LoopbackCluster, what: str, done, timeout: float = TIMEOUT_S, every: float = 0.1):
-    """Poll DONE until it returns something truthy; fail with the sweep's output if the sweep ends or time runs out."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if found := done():
-            return found
-        if c.sweep_proc.poll() is not None:
-            break
-        time.sleep(every)
+def wait_until(c: SweepCluster, what: str, done: Callable[[], Any], timeout: float = TIMEOUT_S, every: float = 0.1):
+    """DONE's first truthy value; fail with the sweep's output if the sweep ends or time runs out first."""
+    if found := poll(done, c.sweep_proc, timeout, every):
+        return found
     pytest.fail(f"{what}: not seen (sweep exit {c.sweep_proc.poll()})\n"
                 + (c.logs / "sweep.err").read_text(errors="replace")[-3000:])
 
 
-def running_on(c: LoopbackCluster, node: Node, min_epoch: int, max_epoch: int = EPOCHS - 2) -> tuple[str, dict] | None:
-    """A trial on NODE whose last report is of epoch MIN_EPOCH..MAX_EPOCH: (trial id, its last result)."""
-    for trial, res in sorted(live_results(c).items()):
-        if res and res[-1]["node_id"] == node.node_id and min_epoch <= res[-1]["epoch"] <= max_epoch:
-            return trial, res[-1]
-    return None
+def running_on(c: SweepCluster, node: Node, min_epoch: int, max_epoch: int = EPOCHS - 2) -> tuple[str, dict] | None:
+    """A trial of the sweep on NODE whose last report is of epoch MIN_EPOCH..MAX_EPOCH: (trial id, that result)."""
+    return c.running_on(NAME, node, min_epoch, max_epoch)
 
 
 def storage_fs(shared: Storage):
@@ -274,7 +114,7 @@ def storage_fs(shared: Storage):
     return fs, f"{root}/{NAME}"
 
 
-def catch_checkpoint_upload(c: LoopbackCluster, node: Node, shared: Storage) -> dict[str, Any]:
+def catch_checkpoint_upload(c: SweepCluster, node: Node, shared: Storage) -> dict[str, Any]:
     """Freeze (SIGSTOP) a trial of NODE the moment the folder of its next checkpoint appears in storage, and keep it
     frozen if that checkpoint file is not there yet (or is short): the upload is cut, so its report cannot have
     left the node. The node is then killed, that process first, as a node dies mid-upload; the freeze only fixes
@@ -310,7 +150,7 @@ def catch_checkpoint_upload(c: LoopbackCluster, node: Node, shared: Storage) -> 
         os.kill(last["pid"], signal.SIGCONT)
 
 
-def wait_for_folder(c: LoopbackCluster, fs, folder: str, trial: str, epoch: int) -> bool:
+def wait_for_folder(c: SweepCluster, fs, folder: str, trial: str, epoch: int) -> bool:
     """Poll (every few ms) until FOLDER exists in storage: True; False once the trial reported past EPOCH."""
     import pyarrow.fs as pafs
 
@@ -319,7 +159,7 @@ def wait_for_folder(c: LoopbackCluster, fs, folder: str, trial: str, epoch: int)
         if fs.get_file_info(folder).type != pafs.FileType.NotFound:
             return True
         n += 1
-        if n % 100 == 0 and live_results(c).get(trial, [{}])[-1].get("epoch") != epoch:
+        if n % 100 == 0 and c.live_results(NAME).get(trial, [{}])[-1].get("epoch") != epoch:
             return False
         time.sleep(0.001)
     return False
@@ -328,13 +168,7 @@ def wait_for_folder(c: LoopbackCluster, fs, folder: str, trial: str, epoch: int)
 # ----------------------------------------------------------------------------- what must hold afterwards
 
 
-def failures(trial_dir: Path) -> int:
-    """How many times Tune recorded the trial as failed (error.txt has one 'Failure #' per failure)."""
-    p = trial_dir / "error.txt"
-    return p.read_text().count("Failure # ") if p.is_file() else 0
-
-
-def check_nothing_lost(c: LoopbackCluster, shared: Storage, dead: Node, new: Node,
+def check_nothing_lost(c: SweepCluster, shared: Storage, dead: Node, new: Node,
                        before: dict[str, dict]) -> dict[str, Any]:
     """The sweep's end state after the node loss; returns what the victims did (for the caller's own checks)."""
     out, err = (c.logs / "sweep.out").read_text(), (c.logs / "sweep.err").read_text(errors="replace")
@@ -342,7 +176,8 @@ def check_nothing_lost(c: LoopbackCluster, shared: Storage, dead: Node, new: Nod
     assert "cluster: 2 node(s), 2 CPUs" in out and "concurrent trials: 2" in out, out[:2000]
     assert "retried up to 2 time(s)" in out, out[:2000]  # the plan says how many node losses a trial survives
 
-    export = subprocess.run([sys.executable, "-m", "mmtune.tune", "export", f"{shared.uri.removeprefix('file://')}/{NAME}"],
+    export = subprocess.run([sys.executable, "-m", "mmtune.tune", "export",
+                             f"{shared.uri.removeprefix('file://')}/{NAME}"],
                             env=c.env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert export.returncode == 0, export.stderr[-3000:]
     exp = shared.exp
@@ -360,25 +195,23 @@ def check_nothing_lost(c: LoopbackCluster, shared: Storage, dead: Node, new: Nod
     for tid, rec in before.items():
         assert after[tid] == rec, f"trial {tid} ended before the kill, and its record changed"
 
-    victims = {}
+    victims, moved = {}, moved_off(exp, dead.node_id)
     for r in table:
         tid = r["trial_id"]
         res = result_lines(exp / f"trial_{tid}" / "result.json")
         assert [x["training_iteration"] for x in res] == [x["epoch"] for x in res], tid
-        on_dead = [x for x in res if x["node_id"] == dead.node_id]
-        if not on_dead or on_dead[-1]["epoch"] == EPOCHS:
+        if tid not in moved:
             # Not hit by the kill: each epoch once, from one worker, and never a failure.
             assert [x["epoch"] for x in res] == list(range(1, EPOCHS + 1)), (tid, [x["epoch"] for x in res])
             assert len({x["pid"] for x in res}) == 1 and failures(exp / f"trial_{tid}") == 0, tid
             continue
         # Running on the dead node when it died: continued on a surviving node from its last checkpoint.
-        last = on_dead[-1]["epoch"]
+        on_dead, rest = moved[tid]
+        last, first = on_dead[-1]["epoch"], rest[0]["epoch"]
         assert [x["epoch"] for x in on_dead] == list(range(1, last + 1)), (tid, on_dead)
-        rest = res[len(on_dead):]
-        assert rest and all(x["node_id"] != dead.node_id for x in rest), (tid, "dead node's reports after others'")
-        first = rest[0]["epoch"]
-        assert first in (last, last + 1), f"trial {tid}: retry began at epoch {first}, the dead node reported {last}"
-        assert [x["epoch"] for x in rest] == list(range(first, EPOCHS + 1)), (tid, [x["epoch"] for x in rest])
+        assert all(x["node_id"] != dead.node_id for x in rest), (tid, "dead node's reports after others'")
+        assert continued_once(on_dead, rest, EPOCHS), \
+            f"trial {tid}: the dead node reported up to epoch {last}, the retry {[x['epoch'] for x in rest]}"
         assert rest[0]["iterations_since_restore"] == 1, rest[0]
         if first == last:  # the kill cut the checkpoint's registration: epoch `last` replayed, identically
             assert rest[0]["val/f1"] == on_dead[-1]["val/f1"] and rest[0]["val/loss"] == on_dead[-1]["val/loss"]
@@ -387,9 +220,7 @@ def check_nothing_lost(c: LoopbackCluster, shared: Storage, dead: Node, new: Nod
     assert len(victims) == 1, victims  # the dead node had one CPU: one trial was running there
 
     # The node started after the kill joined and ran trials.
-    on_new = [r["trial_id"] for r in table
-              if any(x["node_id"] == new.node_id
-                     for x in result_lines(exp / f"trial_{r['trial_id']}" / "result.json"))]
+    on_new = trials_on(exp, new.node_id)
     assert on_new, "the new worker node got no trial"
     alive = c.alive_nodes()
     assert dead.node_id not in alive and new.node_id in alive, "the cluster did not declare the killed node dead"
@@ -408,9 +239,10 @@ def check_nothing_lost(c: LoopbackCluster, shared: Storage, dead: Node, new: Nod
 # ----------------------------------------------------------------------------- the tests
 
 
-def start(cluster: LoopbackCluster, shared: Storage, demo_dir: Path, tmp_path: Path) -> Node:
+def start(cluster: SweepCluster, shared: Storage, demo_dir: Path, tmp_path: Path) -> Node:
     worker = cluster.add_worker("worker1")
-    cluster.sweep("--data", str(demo_dir), "--space", space_file(tmp_path), "--storage", shared.uri)
+    space = full_epochs_space(tmp_path / "space.yaml", SAMPLES, EPOCHS, "tests/test_node_loss.py", STEPS)
+    cluster.sweep("--data", str(demo_dir), "--space", str(space), "--storage", shared.uri)
     return worker
 
 
@@ -458,11 +290,11 @@ def test_restore_never_picks_a_checkpoint_newer_than_the_latest(tmp_path):
     """
     from ray import tune
 
-    from mmtune.model.checkpoint import save_checkpoint
+    from mmtune.model.checkpoint import FORMAT, save_checkpoint
     from mmtune.tune.trainable import restore
 
     for index in range(3):
-        save_checkpoint({"format": 1, "epoch": index + 1}, tmp_path / f"checkpoint_{index:06d}" / "checkpoint.pt")
+        save_checkpoint({"format": FORMAT, "epoch": index + 1}, tmp_path / f"checkpoint_{index:06d}" / "checkpoint.pt")
     (tmp_path / "checkpoint_000001" / "checkpoint.pt").write_bytes(b"cut short")  # the latest Tune knows of
     state = restore(tune.Checkpoint.from_directory(str(tmp_path / "checkpoint_000001")))
     assert state["epoch"] == 1, f"restored epoch {state['epoch']} from a checkpoint newer than the latest"

@@ -62,7 +62,8 @@ def test_wheel_installs_under_mmtune_and_leaves_a_users_data_package_alone(tmp_p
     env = {**subprocess_env, "PYTHONPATH": ""}
     sweep = subprocess.run(
         [str(bin_dir / "mmtune"), "sweep", "--data", str(demo_dir), "--num-samples", "1", "--epochs", "4",
-         "--finalize-top-k", "0", "--storage", str(tmp_path / "results"), "--name", "pkg", "--num-cpus", "1"],
+         "--finalize-top-k", "0", "--cv", "0", "--storage", str(tmp_path / "results"), "--name", "pkg",
+         "--num-cpus", "1"],  # --cv 0: the wheel is under test, not cross-validation (5x the training)
         cwd=project, env=env, capture_output=True, text=True, timeout=600)
     assert sweep.returncode == 0, sweep.stdout[-2000:] + sweep.stderr[-3000:]
     meta = json.loads((tmp_path / "results" / "pkg" / "mmtune.json").read_text())

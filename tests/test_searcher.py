@@ -116,3 +116,30 @@ def test_a_searcher_state_cut_by_a_kill_is_rebuilt_from_the_study(tmp_path):
     restored.on_trial_complete("ray_b", {"val/f1": 0.7, "training_iteration": 2, "trial_status": "completed"})
     study = load_study(exp)
     assert [(t.params, t.value) for t in study.get_trials()] == [(first, 0.5), (second, 0.7)]
+
+
+def test_a_result_re_reported_for_a_trial_told_before_a_driver_kill_changes_nothing(tmp_path):
+    """A driver killed after telling a trial but before Tune saved that: on resume Tune re-runs the trial, whose
+    trainable re-reports its last result from its durable record; the study keeps what it was told."""
+    from mmtune.tune import storage
+    from mmtune.tune.searcher import StudySearch
+
+    space = parse_space({"params": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
+                         "num_samples": 2}, "space.yaml")
+    exp = write_experiment(tmp_path, [FakeTrial({"lr": 1e-3}, [0.5])], space={**space.raw, "metric": "val/f1"})
+    searcher = StudySearch(space, storage.Location(exp))
+    searcher.set_search_properties(None, None, {})
+    searcher.suggest("ray_a")
+    last = {"val/f1": 0.5, "training_iteration": 1, "trial_status": "completed"}
+    searcher.on_trial_result("ray_a", last)
+    searcher.on_trial_complete("ray_a", last)
+    saved = pickle.loads(pickle.dumps({**searcher.__getstate__(), "_completed_trials": set()}))  # before the tell
+    restored = pickle.loads(pickle.dumps(searcher))
+    restored.__dict__.update(saved)
+    restored.rebind(storage.Location(exp))
+    # The re-report: Tune numbers it after the iteration its saved state had, which need not be the last told.
+    again = {**last, "training_iteration": 2}
+    restored.on_trial_result("ray_a", again)
+    restored.on_trial_complete("ray_a", again)
+    (trial,) = load_study(exp).get_trials()
+    assert (trial.state, trial.value, trial.intermediate_values) == (TrialState.COMPLETE, 0.5, {1: 0.5})

@@ -71,6 +71,28 @@ def test_just_outside_one_se_is_not_a_tie():
     assert choice.winner is big and choice.tied == [big]
 
 
+@pytest.mark.parametrize("gap_in_se, tie", [(0.5, True), (1.5, False)])
+def test_the_smaller_model_wins_only_within_one_se_of_the_leader(gap_in_se, tie):
+    big = cand("big", [0.80, 0.84, 0.82], params=900_000)
+    # The same spread, shifted down by a multiple of the leader's SE: only the gap decides.
+    small = cand("small", [f - gap_in_se * big.se(F1) for f in (0.80, 0.84, 0.82)], params=40_000)
+    assert big.mean[F1] - small.mean[F1] == pytest.approx(gap_in_se * big.se(F1))
+    choice = choose([small, big], F1)
+    assert choice.leader is big and names(choice.tied) == (["big", "small"] if tie else ["big"])
+    assert choice.winner is (small if tie else big)
+    assert names(choice.ordered) == (["small", "big"] if tie else ["big", "small"])
+    assert choice.reason == ("tied within one SE (2 configs): chose the smaller model (40,000 params vs 900,000)"
+                             if tie else "best lower bound mean - sd/sqrt(n) of val/f1")
+
+
+def test_a_tied_leader_that_is_the_smaller_model_keeps_the_win():
+    small = cand("small", [0.80, 0.84, 0.82], params=40_000)  # leader by bound
+    big = cand("big", [0.79, 0.83, 0.81], params=900_000)  # within one SE, larger
+    choice = choose([big, small], F1)
+    assert choice.leader is small and choice.winner is small and names(choice.tied) == ["small", "big"]
+    assert choice.reason == "tied within one SE (2 configs): chose the smaller model (40,000 params vs 900,000)"
+
+
 def test_equal_sizes_tied_go_to_the_second_key_never_the_sweep_rank():
     # Same F1 over seeds (F1 saturates on a small val set); the loss tells them apart.
     first = cand("first", [1.0, 1.0, 1.0], loss=[0.30, 0.31, 0.29], sweep_rank=1)

@@ -114,6 +114,88 @@ def test_the_plan_states_the_budget_in_optimizer_steps():
     from mmtune.tune.sweep import budget
 
     space = load_space(REPO / "search_spaces/default.yaml")
-    line = budget(space, 216)
+    line = budget(space, space.validation, 216)
     assert line.startswith(f"budget per trial: {space.epochs} epochs x 25 optimizer steps") and "min_steps" in line
     assert f"up to {space.epochs * 25} steps" in line
+
+
+DEFAULT = REPO / "search_spaces/default.yaml"  # epochs 12, asha.grace_period 4, reduction_factor 3
+
+
+@pytest.mark.parametrize("epochs, grace, rungs, words", [
+    (None, 4, [4], "ASHA stops trials outside the best 1/3 at epoch 4 of 12"),
+    (12, 4, [4], "ASHA stops trials outside the best 1/3 at epoch 4 of 12"),
+    (6, 2, [2], "at epoch 2 of 6 (the file's first rung at epoch 4 of 12, scaled for --epochs 6)"),
+    (3, 1, [1], "at epoch 1 of 3 (the file's first rung at epoch 4 of 12, scaled for --epochs 3)"),
+    (24, 8, [8], "at epoch 8 of 24 (the file's first rung at epoch 4 of 12, scaled for --epochs 24)"),
+    (1, 1, [], "none: --epochs 1 leaves no ASHA rung below the budget (the file's first rung at epoch 4 of 12)"),
+])
+def test_an_epochs_override_scales_the_asha_rungs(epochs, grace, rungs, words):
+    space = load_space(DEFAULT).with_overrides(epochs=epochs)
+    assert (space.grace_period, space.rungs) == (grace, rungs)
+    assert words in space.early_stopping()
+
+
+def test_rungs_are_the_epochs_where_ray_can_stop_a_trial():
+    """Ray's milestones are grace_period * reduction_factor**k; one at the budget stops nothing."""
+    from mmtune.tune.space import rung_epochs
+
+    assert rung_epochs(1, 3.0, 27) == [1, 3, 9] and rung_epochs(1, 3.0, 28) == [1, 3, 9, 27]
+    assert rung_epochs(2, 2.5, 20) == [2, 5, 13]  # 12.5 is first met at epoch 13
+    assert rung_epochs(1, 1.2, 3) == [1, 2]  # 1.2 and 1.44 are both met at epoch 2
+    assert rung_epochs(5, 2.0, 5) == []
+
+
+def test_asha_off_in_the_file_is_said_as_such(tmp_path):
+    space = load_space(_write(tmp_path, {**BASE, "epochs": 5, "asha": {"grace_period": 5}}))
+    assert space.rungs == [] and space.with_overrides(epochs=2).rungs == []
+    assert space.early_stopping() == "none: asha.grace_period 5 = epochs 5 leaves no ASHA rung below the budget"
+
+
+def test_a_file_grace_period_beyond_its_epochs_is_an_error_an_override_is_not(tmp_path):
+    path = _write(tmp_path, {**BASE, "epochs": 3, "asha": {"grace_period": 4}})
+    with pytest.raises(SpaceError) as e:
+        load_space(path)
+    assert str(path) in str(e.value) and "key 'asha.grace_period' must be in [1, epochs=3], not 4" in str(e.value)
+    assert "lower it or raise epochs" in str(e.value)
+    fits = load_space(_write(tmp_path, {**BASE, "epochs": 12, "asha": {"grace_period": 4}}))
+    assert fits.with_overrides(epochs=3).grace_period == 1
+
+
+def test_make_scheduler_stops_trials_only_at_the_rungs():
+    """The scheduler a sweep runs (Ray's, no runtime): a trial that turns bad at epoch E stops at the first rung
+    at or after E, so the epochs where trials stop are exactly the rungs; none before the budget without rungs."""
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from mmtune.tune.tuner import make_scheduler
+
+    for epochs in (1, 3, 6, 12, 13, 40):  # 13: rungs 4 and 12; 40: grace 13, rungs 13 and 39
+        space = load_space(DEFAULT).with_overrides(epochs=epochs)
+        scheduler = make_scheduler(space)
+        scheduler.set_search_properties(space.metric, space.mode)
+
+        def run(name: str, value_at) -> int | None:
+            """The epoch before the budget at which the scheduler stops trial NAME, or None."""
+            trial = SimpleNamespace(trial_id=name)
+            scheduler.on_trial_add(None, trial)
+            for epoch in range(1, epochs):
+                result = {"training_iteration": epoch, space.metric: value_at(epoch)}
+                if scheduler.on_trial_result(None, trial, result) == TrialScheduler.STOP:
+                    return epoch
+            return None
+
+        assert [run(f"warm{i}", lambda e, i=i: 0.1 * i) for i in range(1, 4)] == [None] * 3  # each the best so far
+        stops = {run(f"bad_from_{e}", lambda epoch, e=e: 1.0 if epoch < e else 0.0) for e in range(1, epochs)}
+        assert sorted(stops - {None}) == space.rungs, epochs
+
+
+def test_the_plan_says_where_trials_may_stop_early():
+    from mmtune.tune.resources import Plan
+
+    for epochs, line in [(None, "early stopping: ASHA stops trials outside the best 1/3 at epoch 4 of 12"),
+                         (1, "early stopping: none: --epochs 1 leaves no ASHA rung below the budget")]:
+        space = load_space(DEFAULT).with_overrides(epochs=epochs)
+        lines = Plan(1, 2, 0, 1, 0, 1, early_stopping=space.early_stopping()).describe().splitlines()
+        assert any(text.startswith(line) for text in lines), lines

@@ -16,7 +16,7 @@ import yaml
 
 from mmtune.model.config import load_config
 from mmtune.model.loop import fit
-from tests.conftest import REPO, SMOKE, rows, run_sweep, study_matches_trials_csv
+from tests.conftest import REPO, SMOKE, resume_cli, rows, run_sweep, study_matches_trials_csv
 from mmtune.model.status import TrialStatus
 from mmtune.tune import records
 from mmtune.tune.cli import run
@@ -254,10 +254,7 @@ def test_sigkill_driver_then_resume_loses_nothing(demo_dir, tmp_path, subprocess
         _kill_tree(proc, subprocess_env["RAY_TMPDIR"])
     before = records.read_all(exp)
     assert len(before) < n, "the sweep should be killed before it ends"
-    proc = subprocess.run([sys.executable, "-m", "mmtune.tune", "resume", str(exp), "--num-cpus", "2"],
-                          env=subprocess_env, capture_output=True, text=True, timeout=400)
-    kill_processes_of(subprocess_env["RAY_TMPDIR"])
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = resume_cli(exp, subprocess_env)
     after = records.read_all(exp)
     assert len(after) == n and len(rows(exp)) == n  # exactly num_samples trials
     assert {r["status"] for r in after.values()} <= {"completed", "pruned"}, after  # none lost to the kill
@@ -336,3 +333,16 @@ def test_embedded_ray_listens_on_loopback_only(subprocess_env):
     assert seen["gcs"].startswith("127.0.0.1:") and seen["node_ip"] == "127.0.0.1"
     assert seen["listening"], "found no listening socket at all: the check itself is broken"
     assert all(a in ("127.0.0.1", "::ffff:127.0.0.1", "::1") for a in seen["listening"]), seen["listening"]
+
+
+def test_default_space_with_epochs_below_its_first_rung_runs(ray_session, demo_dir, tmp_path):
+    """`mmtune sweep --epochs 1` on the shipped default space (first rung at epoch 4): no rung fits the budget, so
+    the sweep runs without early stopping and says so, and the recorded space reads back for resume and export."""
+    from mmtune.tune.experiment import Experiment
+
+    exp = run_sweep(demo_dir, tmp_path, "epochs1", space="default", num_samples=1, epochs=1, cv="0")
+    plan = json.loads((exp / "mmtune.json").read_text())["plan"]
+    assert plan["early_stopping"].startswith("none: --epochs 1 leaves no ASHA rung below the budget")
+    (row,) = rows(exp)
+    assert row["status"] == "completed" and row["epochs"] == "1"
+    assert Experiment.open(exp).space.rungs == []

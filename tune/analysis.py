@@ -15,6 +15,8 @@ from mmtune.model.metrics import is_finite
 from mmtune.model.status import TrialStatus
 from mmtune.tune.errors import ResultsError
 from mmtune.tune.experiment import STUDY_DB, Experiment, Trial, counts, load_study
+from mmtune.tune.noise import noise, saturation_warnings
+from mmtune.tune.results import BEST_CONFIG
 from mmtune.tune.space import Param, SearchSpace
 
 if TYPE_CHECKING:
@@ -62,8 +64,6 @@ def analyze(exp: Experiment, top_k: int = 5) -> Document:
     """The document of EXP: study read, importance and warnings computed."""
     if not exp.trials:
         raise ResultsError(f"{exp.path}: no trial has started yet; nothing to report")
-    from mmtune.tune.noise import saturation_warnings
-
     study = study_of(exp)
     imp = importance(study)
     warned = [*saturation_warnings(exp), *edge_warnings(exp), *failure_warnings(exp), *importance_warnings(imp),
@@ -198,14 +198,6 @@ def progress_warnings(exp: Experiment) -> list[str]:
             f"unfinished): it is still running or was interrupted (continue it with `mmtune resume {exp.path}`)"]
 
 
-def asha_rungs(space: SearchSpace) -> list[int]:
-    """Epochs at which ASHA compares trials: grace_period * reduction_factor**k <= epochs."""
-    rungs: list[int] = []
-    while (r := space.grace_period * space.reduction_factor ** len(rungs)) <= space.epochs:
-        rungs.append(int(round(r)))
-    return rungs
-
-
 # ---------------------------------------------------------------- text
 
 
@@ -221,8 +213,6 @@ def fmt_value(v: float | None) -> str:
 
 def header_rows(doc: Document) -> list[tuple[str, str]]:
     """The header facts as (label, text) pairs."""
-    from mmtune.tune.noise import noise
-
     exp, best = doc.experiment, doc.experiment.ranked[:1]
     s = exp.space
     by_status = ", ".join(f"{n} {TrialStatus(k).label}" for k, n in counts(exp.trials).items())
@@ -247,8 +237,6 @@ def header_rows(doc: Document) -> list[tuple[str, str]]:
 
 def best_config_text(exp: Experiment) -> str:
     """Where best_config.yaml is, and whether it still names the current best trial."""
-    from mmtune.tune.results import BEST_CONFIG
-
     summary = exp.summary
     path = summary.get("best_config") or str(exp.path / BEST_CONFIG)
     if not Path(path).is_file():

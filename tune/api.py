@@ -2,6 +2,8 @@
 
 `run_sweep` takes the CLI's options as keywords (the fields of `SweepOptions`) and goes through the same code path
 as the CLI (`tune.pipeline.run`: `sweep()`, export, finalize as asked, export). It is quiet unless `progress` is set.
+A Ctrl-C (Jupyter's "interrupt") stops the sweep or its finalize run as Tune does and raises
+`tune.errors.SweepInterrupted`, a KeyboardInterrupt that says how to continue, instead of returning a half-done handle.
 Ray and torch are imported only when a sweep or finalize runs; pandas when `.trials` is read.
 """
 from __future__ import annotations
@@ -13,9 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from mmtune.tune import pipeline, storage
+from mmtune.model.config import TrainConfig, load_config
+from mmtune.tune import finalize as finalizing, pipeline, storage
 from mmtune.tune.errors import ResultsError
 from mmtune.tune.experiment import SUMMARY, Experiment, load_study
+from mmtune.tune.job import SweepOptions
+from mmtune.tune.report import ReportResult, write_report
 from mmtune.tune.results import BEST_CONFIG, BEST_TRIAL_CONFIG, trial_rows
 from mmtune.tune.space import SearchSpace
 
@@ -23,9 +28,6 @@ if TYPE_CHECKING:
     import optuna
     import pandas as pd
 
-    from mmtune.model.config import TrainConfig
-    from mmtune.tune.job import SweepOptions
-    from mmtune.tune.report import ReportResult
 
 DEFAULT_SPACE = "default"  # as the CLI's --space: the shipped default.yaml
 POSITIONAL = ("data", "space")
@@ -79,21 +81,16 @@ class ExperimentHandle:
 
     def report(self, **kw: Any) -> ReportResult:
         """Write report.html and report.md as `mmtune report` does (keywords of `write_report`, e.g. top_k)."""
-        from mmtune.tune.report import write_report
-
         with storage.synced(self.location, checkpoints=False) as folder:
             return write_report(folder, **kw)
 
     def finalize(self, top_k: int = 3, seeds: int = 3, *, progress: Progress = False, address: str | None = None,
                  num_cpus: int | None = None) -> dict[str, Any]:
         """Retrain the top TOP_K configs with SEEDS seeds each as `mmtune finalize` does; its summary."""
-        from mmtune.tune.finalize import finalize
-
-        return finalize(self.location, top_k, seeds, address, num_cpus, out=_stream(progress))
+        with pipeline.interrupted_finalize(self.location, top_k, seeds):
+            return finalizing.finalize(self.location, top_k, seeds, address, num_cpus, out=_stream(progress))
 
     def _config(self, name: str) -> TrainConfig:
-        from mmtune.model.config import load_config
-
         return load_config(self._file(name))
 
     def _file(self, name: str) -> Path:
@@ -115,8 +112,6 @@ def run_sweep(data: str | Path, space: str | Path | SearchSpace = DEFAULT_SPACE,
 def resume_sweep(location: str | Path, *, progress: Progress = False, address: str | None = None,
                  num_cpus: int | None = None) -> ExperimentHandle:
     """Continue an interrupted sweep as `mmtune resume` does, and finalize it as its start asked."""
-    from mmtune.tune.job import SweepOptions
-
     opts = SweepOptions.for_experiment(location, address=address, num_cpus=num_cpus)
     pipeline.run(opts, _stream(progress))
     return open_experiment(location)
@@ -131,8 +126,6 @@ def open_experiment(location: str | Path) -> ExperimentHandle:
 
 def sweep_options(data: str | Path, space: str | Path | SearchSpace = DEFAULT_SPACE, **options: Any) -> SweepOptions:
     """SweepOptions from DATA, SPACE and keyword OPTIONS (its field names); a TypeError names any unknown one."""
-    from mmtune.tune.job import SweepOptions  # late: torch
-
     known = [f.name for f in dataclasses.fields(SweepOptions) if f.name not in POSITIONAL]
     unknown = sorted(set(options) - set(known))
     if unknown:

@@ -1,4 +1,4 @@
-"""The `mmtune` command line. Exit codes: 0 success, 2 bad input, 1 anything else."""
+"""The `mmtune` command line. Exit codes: 0 success, 2 bad input, 130 interrupted (Ctrl-C), 1 anything else."""
 from __future__ import annotations
 
 import argparse
@@ -11,10 +11,14 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable
 
-from mmtune.data.npz import DataError
-from mmtune.model.checkpoint import CheckpointError
-from mmtune.model.config import FIELD_TYPES, ConfigError, TrainConfig
+from mmtune.data.demo import make_demo
+from mmtune.data.npz import DataError, load_dataset, summarize
+from mmtune.data.pack import pack
+from mmtune.data.validation import TrainData, Validation
+from mmtune.model.checkpoint import CheckpointError, load_checkpoint
+from mmtune.model.config import FIELD_TYPES, ConfigError, TrainConfig, load_config
 from mmtune.model.status import TrialStatus
+from mmtune.tune import commands
 
 # Errors that mean "the input is wrong": a message, exit code 2, no traceback.
 BAD_INPUT: tuple[type[Exception], ...] = (ConfigError, DataError, CheckpointError, FileNotFoundError)
@@ -70,22 +74,21 @@ def _progress(total_epochs: int) -> Callable:
     return show
 
 
+def describe_data(data: TrainData) -> str:
+    """What a run trains on, for its first line: the splits' sizes, or the CV pool."""
+    if data.k > 1:
+        return f"{data.k}-fold CV over {data.info['pool']}, {data.info['n_pool']} samples; test.npz is not used"
+    view = data.fold(0)
+    return ", ".join(f"{k} {len(v)}" for k, v in view.splits.items())
+
+
 def cmd_train(args: argparse.Namespace, kind: str = "classify") -> int:
-    from mmtune.data.npz import load_dataset
-    from mmtune.model.config import load_config
-    from mmtune.model.run import train_run
+    from mmtune.model.run import train_run  # late: torch
 
     cfg = load_config(args.config, config_overrides(args))
     run_dir = Path(args.checkpoint_dir or f"runs/{kind}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if cfg.cv >= 2:
-        from mmtune.data.folds import load_cv
-
-        data = load_cv(args.data, cfg.cv, cfg.split_seed)
-        print(f"{kind}: {args.data} -> {run_dir}  ({cfg.cv}-fold CV over {data.info['pool']}, {len(data.pool)} "
-              "samples; test.npz is not used)")
-    else:
-        data = load_dataset(args.data, cfg.val_fraction, cfg.split_seed)
-        print(f"{kind}: {args.data} -> {run_dir}  ({', '.join(f'{k} {len(v)}' for k, v in data.splits.items())})")
+    data = Validation.of(cfg).load(args.data)
+    print(f"{kind}: {args.data} -> {run_dir}  ({describe_data(data)})")
     pretrained = getattr(args, "pretrained_ckpt", None)
     if pretrained:
         print(f"encoder weights from {pretrained}")
@@ -107,23 +110,15 @@ def cmd_train(args: argparse.Namespace, kind: str = "classify") -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from mmtune.model.checkpoint import load_checkpoint
-    from mmtune.model.config import build_config
-    from mmtune.model.loop import pick_device
-    from mmtune.model.run import checkpoint_data, evaluate_splits, model_from_checkpoint
+    from mmtune.model.run import checkpoint_data, evaluate_checkpoint  # late: torch
 
     state = load_checkpoint(args.checkpoint)
     if state["kind"] != "classify":
         raise CheckpointError(f"{args.checkpoint}: a {state['kind']} checkpoint has no classifier to evaluate")
-    if "folds" in state:
-        raise CheckpointError(f"{args.checkpoint}: a {state['cv']}-fold CV checkpoint (K models, an estimate); "
-                              "train the config with cv: 0 to get one model to evaluate")
-    cfg = build_config(state["config"], source=f"{args.checkpoint} (config)")
-    data = checkpoint_data(state, args.data)
+    data = checkpoint_data(state, args.data, str(args.checkpoint))
     if args.split not in data.splits:
         raise DataError(f"{Path(args.data) / (args.split + '.npz')}: no such split; have {sorted(data.splits)}")
-    model, objective, _ = model_from_checkpoint(state, data)
-    metrics = evaluate_splits(model, objective, data, (args.split,), pick_device(cfg.device))[args.split]
+    metrics = evaluate_checkpoint(state, data, (args.split,))[args.split]
     if args.json:
         print(json.dumps({"split": args.split, "checkpoint": str(args.checkpoint), **metrics}))
     else:
@@ -135,18 +130,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_data(args: argparse.Namespace) -> int:
     if args.data_cmd == "pack":
-        from mmtune.data.pack import pack
-
         counts = pack(args.src, args.out)
         print(f"packed {sum(counts.values())} samples into {args.out}: {counts}")
     elif args.data_cmd == "check":
-        from mmtune.data.npz import load_dataset, summarize
-
         info = summarize(load_dataset(args.path))
         print(json.dumps(info, indent=2) if args.json else _format_summary(args.path, info))
     else:
-        from mmtune.data.demo import make_demo
-
         out = make_demo(args.out, args.n_train, args.n_val, args.n_test, args.difficulty, args.seed)
         print(f"demo data set written to {out}")
     return 0
@@ -204,9 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--difficulty", type=float, default=0.5, help="0 easy .. 1 hard")
     dm.add_argument("--seed", type=int, default=0)
 
-    from mmtune.tune import commands  # sweep, resume, export, status
-
-    commands.add_parsers(sub)
+    commands.add_parsers(sub)  # sweep, resume, export, status, report, finalize, dashboard
     return p
 
 
@@ -215,8 +202,6 @@ def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    from mmtune.tune import commands
-
     handlers = {"train": cmd_train, "pretrain": lambda a: cmd_train(a, "pretrain"), "evaluate": cmd_evaluate,
                 "data": cmd_data, **commands.HANDLERS}
     try:
@@ -236,8 +221,8 @@ def run(argv: list[str] | None = None) -> int:
         else:
             print(f"mmtune: {type(e).__name__}: {e} (run with --debug for the traceback)", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("mmtune: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # Ctrl-C; a SweepInterrupted (tune.errors) says what is kept and how to go on
+        print(f"mmtune: interrupted{f': {e}' if str(e) else ''}", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - last resort: one line unless --debug
         if args.debug:

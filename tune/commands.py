@@ -4,8 +4,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mmtune.tune import dashboard, finalize, pipeline, report, storage
+from mmtune.tune import dashboard, finalize, leaderboard, pipeline, report, storage
 from mmtune.tune.errors import ResultsError, SweepError
+from mmtune.tune.job import SweepOptions, experiment_location
+from mmtune.tune.results import export, status_table
 
 BAD_INPUT = (SweepError, ResultsError)
 
@@ -63,8 +65,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     st = sub.add_parser("status", help="table of an experiment's trials, read from disk")
     st.add_argument("experiment")
 
+    f = sub.add_parser("finalize", help="retrain the sweep's top-k configs with several seeds; pick by the "
+                       "lower confidence bound (`mmtune sweep` does this at its end by default)")
+    f.add_argument("experiment", help="results/<experiment> (a sweep with at least one usable trial)")
+    f.add_argument("--top-k", type=int, default=3, help="configs to retrain, best first (default 3)")
+    f.add_argument("--seeds", type=int, default=3, help="training seeds per config (default 3)")
+    f.add_argument("--address", help="Ray cluster to join ('auto', host:port); default: embedded local Ray")
+    f.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray (default: all)")
+
     report.add_parser(sub)
-    finalize.add_parser(sub)
     dashboard.add_parser(sub)
 
 
@@ -75,8 +84,6 @@ def _verbose_flag(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from mmtune.tune.job import SweepOptions, experiment_location
-
     pipeline.check_options(args.resume, args.overwrite, args.name)
     if args.resume:
         experiment_location(args.storage, args.name)  # a bad name fails here, with the flag named
@@ -93,8 +100,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from mmtune.tune.job import SweepOptions
-
     opts = SweepOptions.for_experiment(args.experiment, address=args.address, num_cpus=args.num_cpus,
                                        verbose=args.verbose)
     print(f"resuming {args.experiment}")
@@ -103,8 +108,6 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from mmtune.tune.results import export
-
     with storage.synced(args.experiment) as exp_dir:
         summary = export(exp_dir, args.out)
     kept = " (the finalized winner's, left as it is)" if summary["best_config_from"] == "finalize" else ""
@@ -115,12 +118,18 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from mmtune.tune.results import status_table
-
     with storage.synced(args.experiment, checkpoints=False) as exp_dir:
         print(status_table(exp_dir))
     return 0
 
 
+def cmd_finalize(args: argparse.Namespace) -> int:
+    """Finalize ARGS.experiment and print the leaderboard and where the files are."""
+    with pipeline.interrupted_finalize(args.experiment, args.top_k, args.seeds):
+        summary = finalize.finalize(args.experiment, args.top_k, args.seeds, args.address, args.num_cpus)
+    print("\n".join(leaderboard.result_lines(summary)))
+    return 0
+
+
 HANDLERS = {"sweep": cmd_sweep, "resume": cmd_resume, "export": cmd_export, "status": cmd_status,
-            "report": report.cmd_report, "finalize": finalize.cmd_finalize, "dashboard": dashboard.cmd_dashboard}
+            "report": report.cmd_report, "finalize": cmd_finalize, "dashboard": dashboard.cmd_dashboard}

@@ -72,7 +72,8 @@ class Progress(tune.Callback):
         if result.get(STATUS_KEY) in TrialStatus.__members__.values():
             self.status[trial_id] = TrialStatus(result[STATUS_KEY])
         if is_better(result, self.best.get(trial_id), self.metric):
-            self.best[trial_id] = {k: result.get(k) for k in (self.metric, tie_breaker(self.metric))}
+            self.best[trial_id] = {**{k: result.get(k) for k in (self.metric, tie_breaker(self.metric))},
+                                   "epoch": _epoch(result)}
 
     def best_trial(self) -> tuple[str, float] | None:
         """(trial id, value) of the best rankable trial so far, ranked as everywhere (`rank_key`), or None."""
@@ -106,10 +107,19 @@ class Progress(tune.Callback):
         last = trial.last_result or {}
         self.observe(trial.trial_id, last)
         self.ended[trial.trial_id] = self.status[trial.trial_id] = status
-        epoch, value = last.get("epoch", last.get("training_iteration")), last.get(self.metric)
+        epoch = _epoch(last)
         at = f" at epoch {epoch}" if epoch is not None else ""
-        val = f" ({self.metric} {value:.4f})" if isinstance(value, (int, float)) and status not in _UNRANKED else ""
-        self._print(f"trial {trial.trial_id} {status.value}{at}{val} | {self.summary(self._running(trials))}")
+        self._print(f"trial {trial.trial_id} {status.value}{at}{self._ranked_by(trial.trial_id, status)} | "
+                    f"{self.summary(self._running(trials))}")
+
+    def _ranked_by(self, trial_id: str, status: TrialStatus) -> str:
+        """' (best val/f1 0.9205 at epoch 7)': the value the trial is ranked by everywhere (its best epoch's, not
+        its last one's); '' when it has none."""
+        best = self.best.get(trial_id)
+        if best is None or status in _UNRANKED:
+            return ""
+        at = f" at epoch {best['epoch']}" if best.get("epoch") is not None else ""
+        return f" (best {self.metric} {best[self.metric]:.4f}{at})"
 
     def _heartbeat(self, trials: list) -> None:
         if self._clock() - self.last_line >= self.interval_s:
@@ -133,7 +143,14 @@ class Progress(tune.Callback):
         self._ended(trial, TrialStatus.FAILED, trials)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        self._print(f"sweep ended | {self.summary(self._running(trials))}")
+        # Fewer ended trials than asked for: Tune was stopped (Ctrl-C), and the sweep is to be resumed.
+        word = "sweep ended" if len(self.ended) >= self.num_samples else "sweep stopped"
+        self._print(f"{word} | {self.summary(self._running(trials))}")
+
+
+def _epoch(result: dict[str, Any]) -> int | None:
+    """The epoch of a trial's RESULT (Tune's iteration count when the result lacks one)."""
+    return result.get("epoch", result.get("training_iteration"))
 
 
 def ray_init_kwargs(verbose: bool) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mmtune.data.io import atomic_file
+from mmtune.data.validation import Validation
 from mmtune.model.metrics import is_better, is_finite, rank_key
 from mmtune.model.status import TrialStatus
 from mmtune.tune import records, storage
@@ -54,6 +55,11 @@ def write_meta(loc: storage.Location, meta: dict[str, Any]) -> None:
 def update_meta(loc: storage.Location, **changes: Any) -> None:
     """Change some fields of the metadata."""
     write_meta(loc, {**read_meta(loc.local), **changes})
+
+
+def mark_interrupted(loc: storage.Location) -> None:
+    """Record that the sweep at LOC stopped on Ctrl-C before its end: not finished, and `mmtune resume` continues it."""
+    update_meta(loc, finished=False, interrupted=True, interrupted_at=time.time())
 
 
 def study_storage(exp_dir: Path) -> optuna.storages.RDBStorage:
@@ -161,6 +167,12 @@ def space_of(exp_dir: Path) -> SearchSpace:
     return parse_space(meta["space"], meta["space_file"])
 
 
+def recorded_validation(meta: dict[str, Any], space: SearchSpace) -> Validation:
+    """The validation an experiment's start decided (its metadata), or its recorded space's resolved `cv`."""
+    scheme = meta.get("validation", {}).get("scheme")
+    return Validation(**scheme) if scheme else space.validation
+
+
 def load_trials(exp_dir: Path, space: SearchSpace) -> list[Trial]:
     """Every trial folder of the experiment in start order, with its per-epoch results, status and best epoch."""
     done = records.read_all(exp_dir)
@@ -249,6 +261,16 @@ class Experiment:
     @property
     def finished(self) -> bool:
         return bool(self.meta.get("finished"))
+
+    @property
+    def interrupted(self) -> bool:
+        """Stopped by Ctrl-C and not resumed to its end yet."""
+        return bool(self.meta.get("interrupted")) and not self.finished
+
+    @property
+    def validation(self) -> Validation:
+        """How the trials were validated, as the sweep's start decided it."""
+        return recorded_validation(self.meta, self.space)
 
     @cached_property
     def trials(self) -> list[Trial]:

@@ -39,8 +39,9 @@ class FaultInjector:
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(str(record.get("epoch")))
         if self.kind == "nan":
-            for p in trainer.model.parameters():
-                p.data.fill_(math.nan)
+            for model in trainer.models:
+                for p in model.parameters():
+                    p.data.fill_(math.nan)
             return
         raise InjectedFault(f"injected fault at epoch {self.epoch} for {self.match}")
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from mmtune.tune.analysis import EVALUATOR, Document, asha_rungs, evaluator, fmt_value, optuna_quiet, state_counts
+from mmtune.tune.analysis import EVALUATOR, Document, evaluator, fmt_value, optuna_quiet, state_counts
 from mmtune.tune.errors import ResultsError
 
 if TYPE_CHECKING:
@@ -146,7 +146,7 @@ def learning_curves(exp: Experiment, top_k: int = 5) -> Figure:
         ax.plot(list(t.values), list(t.values.values()), color=colors(rank - 1), lw=2, marker="o", ms=3,
                 zorder=3 + 1 / rank, label=f"#{rank} {t.trial_id} ({fmt_value(t.best_value)} @ epoch {t.best_epoch})")
         ax.scatter([t.best_epoch], [t.best_value], s=70, facecolor="none", edgecolor=colors(rank - 1), zorder=4)
-    for i, r in enumerate(asha_rungs(exp.space)):
+    for i, r in enumerate(exp.space.rungs):
         ax.axvline(r, color="k", ls="--", lw=0.9, alpha=0.6, label="ASHA rung" if i == 0 else None)
     ax.set(xlabel="epoch", ylabel=m, xlim=(0.5, exp.space.epochs + 0.5))
     ax.xaxis.get_major_locator().set_params(integer=True)

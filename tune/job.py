@@ -11,12 +11,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from mmtune.data.folds import CVData, load_cv
-from mmtune.data.npz import Dataset, load_dataset, read_splits, split_train
-from mmtune.model.config import TrainConfig
+from mmtune.data.validation import TrainData, Validation, resolve
 from mmtune.tune import storage
 from mmtune.tune.errors import SweepError
-from mmtune.tune.experiment import META, read_meta
+from mmtune.tune.experiment import META, read_meta, recorded_validation
 from mmtune.tune.resources import check_flags
 from mmtune.tune.space import SearchSpace, load_space, parse_space, space_file
 from mmtune.tune.tracking import check_tracking
@@ -67,26 +65,19 @@ class Job:
     """A sweep with every input checked, before Ray starts."""
 
     opts: SweepOptions
-    space: SearchSpace
-    data: Dataset | CVData
+    space: SearchSpace  # its `cv` resolved: `validation.folds`
+    validation: Validation  # how every trial is validated, decided once here (`cv: auto` resolved) and recorded
+    data: TrainData
     loc: storage.Location
     space_file: str
-    validation: str = ""  # how trials are validated and why (the plan prints it)
-    variants: dict[int, Dataset | CVData] = field(default_factory=dict)  # split_seed -> data, for the trials
+    variants: dict[int, TrainData] = field(default_factory=dict)  # split_seed -> data, for the trials
 
     def __post_init__(self) -> None:
-        self.variants = self.variants or {self.space.split_seed: self.data}
+        self.variants = self.variants or {self.validation.split_seed: self.data}
 
     @property
     def name(self) -> str:
         return self.loc.name
-
-    @property
-    def train_rows(self) -> int:
-        """Rows one trial's model trains on (a fold's training part under CV)."""
-        if isinstance(self.data, CVData):
-            return int((self.data.fold_of != 0).sum())
-        return len(self.data.splits["train"])
 
 
 def prepare(opts: SweepOptions) -> Job:
@@ -105,10 +96,11 @@ def prepare(opts: SweepOptions) -> Job:
         state = "finished" if meta.get("finished") else "unfinished"
         raise SweepError(f"{loc}: an {state} experiment of that name exists; continue it with "
                          f"`mmtune resume {loc}`, replace it with --overwrite, or pick another --name")
-    space, validation = resolve_cv(opts.data, space)
-    variants = load_variants(opts.data, space, opts.split_seeds)
+    validation = resolve(opts.data, space.cv, space.split_seed, space.validation.val_fraction)
+    space = replace(space, cv=validation.folds)
+    variants = load_variants(opts.data, validation, space, opts.split_seeds)
     check_tracking(opts.mlflow, opts.tensorboard)  # last: it may reach a tracking server
-    return Job(replace(opts, name=name), space, variants[space.split_seed], loc, space_file, validation,
+    return Job(replace(opts, name=name), space, validation, variants[validation.split_seed], loc, space_file,
                variants)
 
 
@@ -125,26 +117,6 @@ def cv_option(value: str | None) -> int | str | None:
     return k
 
 
-AUTO_MIN_RARER = 50  # fewer val samples of the rarer class than this cannot rank configs: cv: auto picks K-fold
-AUTO_FOLDS = 5
-
-
-def resolve_cv(path: str | Path, space: SearchSpace) -> tuple[SearchSpace, str]:
-    """SPACE with `cv: auto` decided from the data (before Ray), and the decision in words."""
-    if space.cv != "auto":
-        return space, f"{space.cv}-fold CV (cv: {space.cv})" if space.cv else "holdout (cv: 0)"
-    fraction = space.fixed.get("val_fraction", TrainConfig.val_fraction)
-    splits = read_splits(Path(path).resolve(), ("train", "val"))  # test.npz plays no part in the search
-    where = "val.npz" if "val" in splits else f"the val_fraction={fraction:g} holdout"
-    val = splits.get("val") or split_train(splits["train"], fraction, space.split_seed)[1]
-    pos = int(val.y.sum())
-    rarer, word = min((pos, "positives"), (len(val) - pos, "negatives"))
-    if rarer < AUTO_MIN_RARER:
-        return (replace(space, cv=AUTO_FOLDS), f"{AUTO_FOLDS}-fold CV (cv: auto; {where} would hold {rarer} {word} "
-                f"< {AUTO_MIN_RARER})")
-    return replace(space, cv=0), f"holdout (cv: auto; {where} holds {rarer} {word} >= {AUTO_MIN_RARER})"
-
-
 def _space(space: str | SearchSpace) -> tuple[str, SearchSpace]:
     if isinstance(space, SearchSpace):
         return space.source, space
@@ -156,26 +128,19 @@ def json_meta(loc: storage.Location) -> dict[str, Any]:
     return json.loads(storage.read_text(str(loc), META) or "{}")
 
 
-def load_data(path: str | Path, space: SearchSpace) -> Dataset | CVData:
-    """The data set, loaded and validated once in the driver, split (or folded) as every trial's config says."""
-    if space.folds:
-        return load_cv(Path(path).resolve(), space.folds, space.split_seed)
-    return load_dataset(Path(path).resolve(), space.fixed.get("val_fraction", TrainConfig.val_fraction),
-                        space.split_seed)
+def load_variants(path: str | Path, validation: Validation, space: SearchSpace,
+                  extra: tuple[int, ...] = ()) -> dict[int, TrainData]:
+    """The data split with every split_seed a trial can set: the validation's, a searched split_seed's values, EXTRA.
 
-
-def load_variants(path: str | Path, space: SearchSpace, extra: tuple[int, ...] = ()) -> dict[int, Dataset | CVData]:
-    """The data split with every split_seed a trial can set: the space's, a searched split_seed's values, EXTRA.
-
-    A trial worker gets the split its own config names (finalize varies split_seed per run). With val.npz and
-    no CV the split does not depend on the seed: every seed shares one object (and one copy in Ray's store).
+    A trial worker gets the split its own config names (finalize varies split_seed per run). Where the split does
+    not depend on the seed, every seed shares one object (and one copy in Ray's store).
     """
     searched = next((p.values() or [] for p in space.params if p.name == "split_seed"), [])
-    seeds = dict.fromkeys([space.split_seed, *map(int, searched), *map(int, extra)])
-    if not space.folds and (Path(path) / "val.npz").is_file():
-        data = load_data(path, space)
+    seeds = dict.fromkeys([validation.split_seed, *map(int, searched), *map(int, extra)])
+    if validation.fixed_across_seeds(path):
+        data = validation.load(path)
         return {s: data for s in seeds}
-    return {s: load_data(path, replace(space, fixed={**space.fixed, "split_seed": s})) for s in seeds}
+    return {s: replace(validation, split_seed=s).load(path) for s in seeds}
 
 
 def experiment_location(storage_path: str, name: str) -> storage.Location:
@@ -196,5 +161,7 @@ def recorded_job(location: str | Path) -> tuple[Job, dict[str, Any]]:
     recorded = meta["options"]
     opts = SweepOptions(**{**recorded, "overwrite": False, "split_seeds": tuple(recorded.get("split_seeds", ()))})
     space = parse_space(meta["space"], f"{meta['space_file']} (as recorded in {loc}/{META})")
-    variants = load_variants(meta["data"], space, opts.split_seeds)
-    return Job(opts, space, variants[space.split_seed], loc, meta["space_file"], variants=variants), meta
+    validation = recorded_validation(meta, space)
+    variants = load_variants(meta["data"], validation, space, opts.split_seeds)
+    return Job(opts, space, validation, variants[validation.split_seed], loc, meta["space_file"], variants), meta
+

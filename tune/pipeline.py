@@ -5,23 +5,28 @@ Ray and torch are imported only when a sweep runs.
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, Iterator, TextIO
 
-from mmtune.tune import finalize, storage
-from mmtune.tune.errors import SweepError
-
-if TYPE_CHECKING:
-    from mmtune.tune.job import SweepOptions
+from mmtune.tune import finalize, leaderboard, storage
+from mmtune.tune.errors import ResultsError, SweepError, SweepInterrupted
+from mmtune.tune.experiment import Experiment, read_meta
+from mmtune.tune.job import SweepOptions
+from mmtune.tune.results import export, status_table
 
 
 def run(opts: SweepOptions, out: TextIO | None = None) -> Path:
     """Start (or with `opts.resume`, continue) the sweep OPTS asks for, export and finalize it; its local folder."""
-    from mmtune.tune.sweep import sweep
+    from mmtune.tune.sweep import sweep  # late: Ray
 
     check_options(opts.resume, opts.overwrite, opts.name)
     check_finalize_flags(opts.finalize_top_k, opts.finalize_seeds)
-    exp = sweep(opts, out=out)
+    try:
+        exp = sweep(opts, out=out)
+    except SweepInterrupted as e:
+        export_ended(e.location, out)
+        raise
     finish(exp.path, opts.storage, opts.name, opts.address, opts.num_cpus, out)
     return exp.path
 
@@ -46,9 +51,6 @@ def finish(exp_dir: Path, storage_path: str, name: str | None, address: str | No
            num_cpus: int | None = None, out: TextIO | None = None) -> dict[str, Any]:
     """Export and show the sweep, then finalize it as its start recorded (the resource plan is the sweep's);
     returns export's summary (after finalizing: with the seeds' spread in its noise estimate)."""
-    from mmtune.tune.experiment import Experiment, read_meta
-    from mmtune.tune.results import export, status_table
-
     loc = storage.locate(storage_path, exp_dir.name if name is None else name)
     with storage.pushing(loc):
         summary = export(exp_dir)
@@ -64,20 +66,42 @@ def finish(exp_dir: Path, storage_path: str, name: str | None, address: str | No
         _say(out, f"best config: {summary['best_config']} (the best trial's: finalizing was skipped)")
         _say(out, f"retrain it:  mmtune train --config {summary['best_config']} --data {summary['data']}")
     else:
-        _say(out, f"\nfinalize: retraining the top {top_k} config(s) x {seeds} seed(s) at the full budget, a "
-                  f"second Tune run in {exp_dir / finalize.FINAL_DIR} with the same resource plan")
-        final = finalize.finalize(str(loc), top_k, seeds, address, num_cpus, out=out)
-        _say(out, "\n".join(finalize.result_lines(final)))
+        with interrupted_finalize(str(loc), top_k, seeds):  # from its first line on: a Ctrl-C may follow it at once
+            _say(out, f"\nfinalize: retraining the top {top_k} config(s) x {seeds} seed(s) at the full budget, a "
+                      f"second Tune run in {exp_dir / finalize.FINAL_DIR} with the same resource plan")
+            final = finalize.finalize(str(loc), top_k, seeds, address, num_cpus, out=out)
+        _say(out, "\n".join(leaderboard.result_lines(final)))
         summary = Experiment.open(exp_dir).summary  # finalize exported again: the seeds' noise
     if summary.get("warnings"):  # saturation and noise (also in summary.json and the report), each with its remedy
         _say(out, "\nwarnings:\n" + "\n".join(f"  - {w}" for w in summary["warnings"]))
     return summary
 
 
+def export_ended(location: str, out: TextIO | None = None) -> None:
+    """After a Ctrl-C in the search: trials.csv, best_trial_config.yaml and summary.json (unfinished) of what ended."""
+    loc = storage.locate(location)
+    if loc.remote:  # its mirror lacks what the trials wrote there, and pulling all of it is no quick job
+        return
+    try:
+        export(loc.local)
+    except (ResultsError, KeyboardInterrupt):  # no trial has a value yet, or a second Ctrl-C: the export can wait
+        return
+    _say(out, f"exported the trials so far: {loc.local / 'trials.csv'}")
+
+
+@contextlib.contextmanager
+def interrupted_finalize(location: str, top_k: int, seeds: int) -> Iterator[None]:
+    """A Ctrl-C in finalize: the sweep's results and best config stay as export wrote them; says how to re-run it."""
+    try:
+        yield
+    except KeyboardInterrupt as e:
+        raise SweepInterrupted(f"finalize of {location} was interrupted; the sweep's results and best_config.yaml are "
+                               f"kept as they were. Re-run it: mmtune finalize {location} --top-k {top_k} --seeds "
+                               f"{seeds}", location) from e
+
+
 def finalize_settings(meta: dict[str, Any]) -> tuple[int, int]:
     """(top-k, seeds) recorded when the sweep started; the defaults for one recorded before they existed."""
-    from mmtune.tune.job import SweepOptions
-
     options = meta.get("options", {})
     return (int(options.get("finalize_top_k", SweepOptions.finalize_top_k)),
             int(options.get("finalize_seeds", SweepOptions.finalize_seeds)))

@@ -2,9 +2,12 @@
 that needs a private Ray API (kept here, in one place, each with the reason)."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from typing import Any
+import signal
+from pathlib import Path
+from typing import Any, Iterator
 
 from mmtune.tune.errors import SweepError
 
@@ -79,3 +82,46 @@ def restored_parts(tuner: Any) -> tuple[list, Any]:
         raise SweepError("Ray's restored Tuner has no callbacks to update; this Ray version is not supported by "
                          "`mmtune resume` (see constraints.txt)")
     return callbacks, config.search_alg
+
+
+def staging_roots() -> list[Path]:
+    """Where this machine's Ray sessions keep their folders (Tune's staging copies of its state among them)."""
+    try:  # private API (ray/_common/utils.py): RAY_TMPDIR, else TMPDIR on Linux, else /tmp, then "ray"
+        from ray._common.utils import get_default_ray_temp_dir
+
+        return [Path(get_default_ray_temp_dir())]
+    except (ImportError, AttributeError):
+        return [Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray"]
+
+
+@contextlib.contextmanager
+def tune_stop_signal() -> Iterator[None]:
+    """Around `Tuner.fit()`: a KeyboardInterrupt after it when Tune ended its run on a stop signal (Ctrl-C).
+
+    Ray 2.60, ray/tune/tune.py: `run` (l. 897) calls `_setup_signal_catching` (l. 214-244), which in the main
+    thread gives SIGUSR1 and (unless TUNE_DISABLE_SIGINT_HANDLER) SIGINT one handler; on a signal it sets
+    `experiment_interrupted_event` and puts back the SIGINT handler it found (l. 225-227). The loop then ends
+    (l. 991), the state is saved (l. 1006), the trials are stopped (l. 1024) and `run` returns just as after a
+    finished run (l. 1044-1065 only log), and fit() wraps that in a ResultGrid (impl/tuner_internal.py l. 526-536;
+    raise_on_failed_trial=False, l. 616). So only SIGINT no longer being Tune's handler tells. Tune leaves its
+    handlers installed after a normal end; they are put back here, so that a later Ctrl-C (export, finalize)
+    raises instead of reaching a stale handler. Ray's own processes block SIGINT (ray/_private/services.py
+    l. 1046-1049), so a terminal's Ctrl-C, sent to the whole process group, stops the driver only.
+    """
+    usr1 = getattr(signal, "SIGUSR1", None)
+    if usr1 is None:  # no SIGUSR1 (Windows): Tune's handler cannot be told apart, and a stop goes unnoticed
+        yield
+        return
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, usr1)}
+    try:
+        yield
+    finally:
+        tune_handler = signal.getsignal(usr1)  # Tune's, if it set up its handlers here (not in a thread or client)
+        set_up = tune_handler is not before[usr1]
+        caught = set_up and not int(os.getenv("TUNE_DISABLE_SIGINT_HANDLER", "0"))
+        stopped = caught and signal.getsignal(signal.SIGINT) is not tune_handler
+        if set_up:
+            for sig, handler in before.items():
+                signal.signal(sig, handler)
+    if stopped:
+        raise KeyboardInterrupt("Tune stopped on a stop signal")

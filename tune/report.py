@@ -16,10 +16,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mmtune.data.io import write_text
+from mmtune.tune import figures, storage
+from mmtune.tune.analysis import Document, analyze, header_rows, importance_text, trial_table
 from mmtune.tune.errors import ResultsError
+from mmtune.tune.experiment import Experiment
+from mmtune.tune.leaderboard import leaderboard_rows, winner_lines
 
 if TYPE_CHECKING:
-    from mmtune.tune.analysis import Document
     from mmtune.tune.experiment import Trial
     from mmtune.tune.figures import Plot
 
@@ -50,10 +53,6 @@ def write_report(exp_dir: str | Path, top_k: int = 5) -> ReportResult:
     """Write report.md, report/*.png and report.html (self-contained: the PNGs embedded) into EXP_DIR."""
     if top_k < 1:
         raise ResultsError(f"--top-k must be >= 1, got {top_k}")
-    from mmtune.tune import figures
-    from mmtune.tune.analysis import analyze
-    from mmtune.tune.experiment import Experiment
-
     figures.require_extra()  # fail early and clearly when the extra is not installed
     exp = Experiment.open(exp_dir)
     doc = analyze(exp, top_k)
@@ -78,8 +77,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Write the report of ARGS.experiment and print where it is and its warnings."""
-    from mmtune.tune import storage
-
     with storage.synced(args.experiment, checkpoints=False) as exp_dir:  # the report reads results only
         result = write_report(exp_dir, getattr(args, "top_k", 5))
     print(f"report: {result.html}")
@@ -97,9 +94,6 @@ def _positive_int(text: str) -> int:
 
 def render_markdown(doc: Document, plots: list[Plot]) -> str:
     """The report as Markdown, the figures of PLOTS linked from report/."""
-    from mmtune.tune.analysis import header_rows, importance_text, trial_table
-    from mmtune.tune.finalize import leaderboard_rows, winner_lines
-
     def trials(ts: list[Trial]) -> str:
         return table(*trial_table(doc, ts), best=0 if doc.experiment.ranked else None) if ts else \
             "No trial has a finite value yet."

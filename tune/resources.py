@@ -8,6 +8,7 @@ import math
 import os
 from dataclasses import dataclass, field
 
+from mmtune.data.validation import Validation
 from mmtune.model.config import TrainConfig
 from mmtune.tune.errors import SweepError
 from mmtune.tune.space import SearchSpace
@@ -33,6 +34,7 @@ class Plan:
     per_node: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     validation: str = ""  # how trials are validated (holdout or K-fold CV) and why
+    early_stopping: str = ""  # where ASHA may stop trials (`SearchSpace.early_stopping`); "": not said
 
     def describe(self) -> str:
         """The plan as a few lines for the user."""
@@ -41,6 +43,7 @@ class Plan:
                  + (f" ({self.trials_per_gpu} trial(s) per GPU)" if self.gpus_per_trial else ""),
                  f"concurrent trials: {self.concurrent}",
                  *([f"validation: {self.validation}"] if self.validation else []),
+                 *([f"early stopping: {self.early_stopping}"] if self.early_stopping else []),
                  f"failures: each trial is retried up to {self.max_failures} time(s) from its last checkpoint; an "
                  "error, a killed worker and a lost node each count as one"]
         return "\n".join(lines + [f"  {n}" for n in self.per_node] + [f"  - {n}" for n in self.notes])
@@ -93,7 +96,7 @@ def estimate_trial_gb(cfg: TrainConfig, modalities: dict[str, tuple[int, int]]) 
     d, layers, tokens = cfg.d_model, cfg.num_layers, 1 + sum(t for t, _ in modalities.values())
     params = layers * (4 + 2 * cfg.ff_mult) * d * d + sum(f * d for _, f in modalities.values())
     activations = cfg.batch_size * layers * (tokens * d * (10 + 2 * cfg.ff_mult) + cfg.nhead * tokens ** 2 * 2) * 2
-    return (params * 16 * max(1, cfg.cv) + activations * 2 + 0.5e9) / 1e9
+    return (params * 16 * Validation.of(cfg).k + activations * 2 + 0.5e9) / 1e9
 
 
 def largest_config(space: SearchSpace) -> TrainConfig:

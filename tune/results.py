@@ -1,6 +1,6 @@
 """Turn an experiment folder (finished or not) into trials.csv, best_config.yaml and summary.json; the status table.
 
-Reads through `tune.experiment` only: no Ray, no torch until a checkpoint is copied.
+Reads through `tune.experiment` only: no Ray, no torch, no Optuna.
 """
 from __future__ import annotations
 
@@ -9,14 +9,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from mmtune.data.io import atomic_file, write_json, write_text
+from mmtune.data.io import atomic_file, write_json
 from mmtune.tune.errors import ResultsError
-from mmtune.model.config import TrainConfig
 from mmtune.tune.experiment import CKPT_FILE, SUMMARY, Experiment, Trial, counts
-from mmtune.tune.space import SearchSpace
 from mmtune.tune.noise import summary_entry
+from mmtune.tune.recipe import write_recipe
 
 BEST_CONFIG = "best_config.yaml"  # the config to deploy: finalize's winner, or the best trial's until finalize ran
 BEST_TRIAL_CONFIG = "best_trial_config.yaml"  # the single best sweep trial's config
@@ -43,19 +41,15 @@ def write_trials_csv(exp: Experiment, path: Path) -> None:
 
 
 def best_checkpoint(t: Trial) -> tuple[Path, int]:
-    """The trial's kept checkpoint closest to its best epoch; corrupt files are named and skipped."""
-    from mmtune.model.checkpoint import CheckpointError, load_checkpoint  # late: torch
-
-    found, bad = [], []
-    for d in sorted(t.path.glob("checkpoint_*"), reverse=True):
-        try:
-            found.append((load_checkpoint(d / CKPT_FILE)["epoch"], d / CKPT_FILE))
-        except CheckpointError as e:
-            bad.append(str(e))
-    if not found:
-        raise ResultsError(f"trial {t.trial_id}: no readable checkpoint in {t.path}" + (f" ({bad[0]})" if bad else ""))
-    epoch, path = min(found, key=lambda x: (abs(x[0] - (t.best_epoch or 0)), -x[0]))
-    return path, epoch
+    """The trial's kept checkpoint closest to its best epoch, found by the epochs its records name (no checkpoint
+    is opened)."""
+    kept = {r["epoch"]: t.path / r["checkpoint_dir_name"] / CKPT_FILE for r in t.history
+            if isinstance(r.get("epoch"), int) and r.get("checkpoint_dir_name")}
+    kept = {e: p for e, p in kept.items() if p.is_file()}
+    if not kept:
+        raise ResultsError(f"trial {t.trial_id}: no checkpoint kept in {t.path}")
+    epoch = min(kept, key=lambda e: (abs(e - (t.best_epoch or 0)), -e))
+    return kept[epoch], epoch
 
 
 def prune_checkpoints(exp: Experiment) -> int:
@@ -73,30 +67,21 @@ def prune_checkpoints(exp: Experiment) -> int:
     return freed
 
 
-def exported_config(space: SearchSpace, best: Trial) -> TrainConfig:
-    """The config best_config.yaml holds: the best trial's, or for a CV sweep its recipe (all data, chosen epochs)."""
-    if space.folds:
-        return space.recipe(best.params, best.best_epoch or space.epochs)
-    return space.train_config(best.params)
-
-
-def recipe_note(space: SearchSpace, best: Trial) -> str:
-    """Header lines of a CV sweep's best_config.yaml: what was estimated, what training it gives."""
-    if not space.folds:
-        return ""
-    sd = next((r.get(f"{space.metric}_sd") for r in best.history if r.get("epoch") == best.best_epoch), None)
-    return (f"# Estimated: {space.metric} {best.best_value:.4f}" + (f" +- {sd:.4f}" if isinstance(sd, float) else "")
-            + f", the mean over {space.folds} CV folds of train.npz + val.npz at epoch {best.best_epoch} (the "
-            "fold-mean curve's best).\n# Trained by this recipe: one model on all of train.npz + val.npz for exactly "
-            "that many epochs (cv 0, val_fraction 0, patience 0); test.npz, if present, is evaluated once at the "
-            "end.\n")
+def estimate_header(exp: Experiment, best: Trial, config_path: Path) -> str:
+    """The header of the best trial's config: its value (with the fold sd when its folds reported one)."""
+    metric = exp.space.metric
+    sd = next((r.get(f"{metric}_sd") for r in best.history if r.get("epoch") == best.best_epoch), None)
+    spread = f" +- {sd:.4f} over its folds" if isinstance(sd, float) else ""
+    return (f"# Best trial {best.trial_id} of {exp.name}: {metric} = {best.best_value:.4f}{spread} at epoch "
+            f"{best.best_epoch} ({exp.validation.describe()}).\n"
+            f"# Reproduce: mmtune train --config {config_path} --data {exp.meta.get('data') or 'DATA'}\n")
 
 
 def export(exp_dir: str | Path, out: str | Path | None = None) -> dict[str, Any]:
     """Write trials.csv, best_trial_config.yaml (or OUT), best/checkpoint.pt and summary.json; return the summary.
 
     best_config.yaml is written too (the best trial's) only when no finalize result exists: an export never
-    overwrites the finalized winner.
+    overwrites the finalized winner. Reads records only: no checkpoint is opened, nor torch imported.
     """
     exp = Experiment.open(exp_dir)
     if not exp.trials:
@@ -104,15 +89,14 @@ def export(exp_dir: str | Path, out: str | Path | None = None) -> dict[str, Any]
     write_trials_csv(exp, exp.path / "trials.csv")
     best = exp.best()
     config_path = Path(out) if out else exp.path / BEST_TRIAL_CONFIG
-    header = (f"# Best trial {best.trial_id} of {exp.name}: {exp.space.metric} = {best.best_value:.4f} at epoch "
-              f"{best.best_epoch}.\n# Reproduce: mmtune train --config {config_path} --data DATA\n")
-    write_text(header + recipe_note(exp.space, best)
-               + yaml.safe_dump(exported_config(exp.space, best).to_dict(), sort_keys=False), config_path)
+    recipe = (exp.space, exp.validation, best.params, [best.best_epoch or exp.space.epochs])
+    write_recipe(config_path, estimate_header(exp, best, config_path), *recipe)
     finalized = exp.final
     if out is None and finalized is None:
-        write_text("# No finalize run yet: the single best trial's config (`mmtune finalize` re-evaluates the "
-                   "top configs over seeds and replaces this file).\n" + config_path.read_text(),
-                   exp.path / BEST_CONFIG)
+        deploy = exp.path / BEST_CONFIG
+        write_recipe(deploy, "# No finalize run yet: the single best trial's config (`mmtune finalize` re-evaluates "
+                     "the top configs over seeds and replaces this file).\n" + estimate_header(exp, best, deploy),
+                     *recipe)
     notes = []
     try:
         src, epoch = best_checkpoint(best)
@@ -154,8 +138,9 @@ def status_table(exp_dir: str | Path) -> str:
     """A table of the experiment's trials, read from disk."""
     exp = Experiment.open(exp_dir)
     space = exp.space
-    head = (f"{exp.name}: {len(exp.trials)}/{space.num_samples} trials started, "
-            f"{'finished' if exp.finished else 'not finished'}; metric {space.metric} ({space.mode})")
+    state = ("finished" if exp.finished else f"interrupted (continue it: mmtune resume {exp.path})"
+             if exp.interrupted else "not finished")
+    head = f"{exp.name}: {len(exp.trials)}/{space.num_samples} trials started, {state}; metric {space.metric} ({space.mode})"
     cols = ["trial", "status", "epochs", f"best {space.metric}", "@epoch", *space.names]
     rows = [[t.trial_id, t.status.value, t.epochs, _fmt(t.best_value), t.best_epoch or "",
              *[_fmt(t.params.get(n)) for n in space.names]] for t in exp.trials]

@@ -64,8 +64,14 @@ class StudySearch(OptunaSearch):
         return params
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if is_finite(result.get(self.metric)) and trial_id in self._ot_trials:
+        if not is_finite(result.get(self.metric)) or trial_id not in self._ot_trials:
+            return
+        try:
             super().on_trial_result(trial_id, result)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # Told before a driver kill that Tune's saved state never saw: the resumed trainable re-reports the
+            # trial's last result (tune.trainable), which the study holds already.
+            self._completed_trials.add(trial_id)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id not in self._ot_trials or trial_id in self._completed_trials:

@@ -5,12 +5,14 @@ import itertools
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import optuna
-
+from mmtune.data.validation import Validation
 from mmtune.model.config import FIELD_TYPES, MONITOR_CHOICES, ConfigError, TrainConfig, build_config, coerce, read_yaml
 from mmtune.model.metrics import mode_of
+
+if TYPE_CHECKING:
+    import optuna
 
 
 class SpaceError(ConfigError):
@@ -40,6 +42,8 @@ class Param:
 
     def distribution(self) -> optuna.distributions.BaseDistribution:
         """The Optuna distribution of this parameter."""
+        import optuna  # late: reading a space (status, export, report) needs no sampler
+
         if self.kind == "float":
             return optuna.distributions.FloatDistribution(self.low, self.high, log=self.log)
         if self.kind == "int":
@@ -89,9 +93,11 @@ class SearchSpace:
         return [p.name for p in self.params]
 
     @property
-    def folds(self) -> int:
-        """K when every trial is K-fold cross-validated; 0 for a holdout (or a `cv: auto` not yet resolved)."""
-        return self.cv if isinstance(self.cv, int) and self.cv >= 2 else 0
+    def validation(self) -> Validation:
+        """How every trial is validated; a `cv: auto` not yet resolved (`data.validation.resolve`) checks like a
+        holdout."""
+        folds = self.cv if isinstance(self.cv, int) else 0
+        return Validation(folds, self.split_seed, float(self.fixed.get("val_fraction", TrainConfig.val_fraction)))
 
     @property
     def split_seed(self) -> int:
@@ -107,19 +113,45 @@ class SearchSpace:
         values = {**self.fixed, **{k: v for k, v in params.items() if k not in VIRTUAL}}
         if "head_dim" in params:
             values["d_model"] = int(values.get("nhead", TrainConfig.nhead)) * int(params["head_dim"])
-        # An unresolved "auto" checks like a holdout; the sweep resolves it from the data before any trial.
-        values.update(epochs=self.epochs, monitor=self.metric, cv=self.folds)
+        values.update(epochs=self.epochs, monitor=self.metric, cv=self.validation.folds)
         return build_config(values, source=f"{self.source} (trial)")
 
-    def recipe(self, params: dict[str, Any], epochs: int) -> TrainConfig:
-        """A CV trial's config as a training recipe: all training data, no holdout, exactly EPOCHS epochs."""
-        return replace(self.train_config(params), cv=0, val_fraction=0.0, patience=0, epochs=epochs)
-
     def with_overrides(self, **kw: Any) -> "SearchSpace":
-        """A copy with command-line overrides (None values ignored), checked again."""
-        space = replace(self, **{k: v for k, v in kw.items() if v is not None})
+        """A copy with command-line overrides (None values ignored), checked again; an epochs override moves ASHA's
+        grace period with it (`scaled_grace`), so the rungs keep their place in the budget."""
+        kw = {k: v for k, v in kw.items() if v is not None}
+        epochs = kw.get("epochs", self.epochs)
+        if epochs != self.epochs and epochs >= 1 and "grace_period" not in kw:
+            kw["grace_period"] = scaled_grace(self.grace_period, self.epochs, epochs)
+        space = replace(self, **kw)
         _check_settings(space)
         return space
+
+    @property
+    def rungs(self) -> list[int]:
+        """The epochs at which ASHA compares trials and stops the weaker ones; [] means no early stopping."""
+        return rung_epochs(self.grace_period, self.reduction_factor, self.epochs)
+
+    def early_stopping(self) -> str:
+        """Where ASHA may stop trials, in words for the plan, saying so when an epochs override moved the rungs."""
+        file_epochs, file_grace = self._file_budget()
+        moved = (f" (the file's first rung at epoch {file_grace} of {file_epochs}, scaled for --epochs {self.epochs})"
+                 if self.epochs != file_epochs and self.grace_period != file_grace else "")
+        if self.rungs:
+            return (f"ASHA stops trials outside the best 1/{self.reduction_factor:g} at "
+                    f"epoch{'s' * (len(self.rungs) > 1)} {', '.join(map(str, self.rungs))} of {self.epochs}{moved}")
+        if self.epochs != file_epochs:
+            return (f"none: --epochs {self.epochs} leaves no ASHA rung below the budget (the file's first rung at "
+                    f"epoch {file_grace} of {file_epochs})")
+        return (f"none: asha.grace_period {self.grace_period} = epochs {self.epochs} leaves no ASHA rung below "
+                "the budget")
+
+    def _file_budget(self) -> tuple[int, int]:
+        """(epochs, asha.grace_period) as the file set them (its defaults where it left them out)."""
+        if not self.raw:  # built in code, not read from a file
+            return self.epochs, self.grace_period
+        asha = self.raw.get("asha") or {}
+        return self.raw.get("epochs", SearchSpace.epochs), asha.get("grace_period", SearchSpace.grace_period)
 
 
 def shipped_spaces() -> dict[str, Path]:
@@ -266,10 +298,32 @@ def _start_points(src: str, start: Any, params: dict) -> list[dict[str, Any]]:
     return points
 
 
+def scaled_grace(grace_period: int, epochs: int, new_epochs: int) -> int:
+    """GRACE_PERIOD of an EPOCHS budget moved in proportion to NEW_EPOCHS (rounded half up), within [1, NEW_EPOCHS]."""
+    return min(new_epochs, max(1, math.floor(grace_period * new_epochs / epochs + 0.5)))
+
+
+def rung_epochs(grace_period: int, reduction_factor: float, epochs: int) -> list[int]:
+    """The epochs at which ASHA (max_t = EPOCHS) can stop a trial, computed as Ray's AsyncHyperBandScheduler does.
+
+    Its milestones are grace_period * reduction_factor**k (bracket s starts at k = s, so brackets add none); a
+    trial meets one at the first whole epoch >= it. One at EPOCHS stops nothing: the trial's budget ends there.
+    """
+    rungs: list[int] = []
+    k = 0
+    while (epoch := math.ceil(grace_period * reduction_factor ** k)) < epochs:
+        if epoch not in rungs:  # milestones less than an epoch apart meet a trial at the same epoch
+            rungs.append(epoch)
+        k += 1
+    return rungs
+
+
 def _check_settings(s: SearchSpace) -> None:
     rules = [(s.num_samples >= 1, "num_samples", "must be >= 1"), (s.epochs >= 1, "epochs", "must be >= 1"),
              (s.searcher in SEARCHERS, "searcher", f"must be one of {', '.join(SEARCHERS)}, not {s.searcher!r}"),
-             (1 <= s.grace_period <= s.epochs, "asha.grace_period", f"must be in [1, epochs={s.epochs}]"),
+             (1 <= s.grace_period <= s.epochs, "asha.grace_period",
+              f"must be in [1, epochs={s.epochs}], not {s.grace_period}: the first epoch at which ASHA may stop a "
+              "trial; lower it or raise epochs (grace_period = epochs turns early stopping off)"),
              (s.reduction_factor > 1, "asha.reduction_factor", "must be > 1"),
              (s.brackets >= 1, "asha.brackets", "must be >= 1"),
              (s.cv == "auto" or (isinstance(s.cv, int) and not isinstance(s.cv, bool) and (s.cv == 0 or s.cv >= 2)),

@@ -1,24 +1,29 @@
 """`sweep()`: the one entry point that starts (or continues) a sweep, for the CLI, finalize, benches and tests.
 
-Inputs are checked before Ray starts (bad input loses nothing); then connect, plan, Tuner, fit, finish.
+Inputs are checked before Ray starts (bad input loses nothing); then connect, plan, Tuner, fit, finish. This is the
+Ray side: importing it imports Ray (the light paths import it inside the function that starts a sweep).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Sequence, TextIO
+from typing import Any, Iterator, Sequence, TextIO
 
-from mmtune.data.folds import CVData
-from mmtune.data.npz import Dataset
+from mmtune.data.validation import Validation, scored_counts
+from mmtune.model.config import steps_per_epoch
 from mmtune.model.loop import Callback
-from mmtune.tune import storage
-from mmtune.tune.errors import SweepError
-from mmtune.tune.experiment import RAY_LOG, Experiment, provenance, update_meta, write_meta
+from mmtune.tune import ray_runtime, resume as resuming, storage, tuner as tuning
+from mmtune.tune.console import capture_ray_output, ray_init_kwargs
+from mmtune.tune.errors import SweepError, SweepInterrupted
+from mmtune.tune.experiment import RAY_LOG, Experiment, mark_interrupted, provenance, update_meta, write_meta
 from mmtune.tune.job import Job, SweepOptions, prepare
 from mmtune.tune.resources import Plan, check_cluster, plan_resources
+from mmtune.tune.results import prune_checkpoints
+from mmtune.tune.searcher import reconcile_experiment
 from mmtune.tune.space import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -30,12 +35,9 @@ def sweep(options: SweepOptions, *, searcher: Any = None, scheduler: Any = None,
 
     SEARCHER and SCHEDULER replace the space's Optuna sampler and ASHA; STOPPER is a Tune stopper; CALLBACKS
     join the training loop of every trial (e.g. fault injection). OUT receives the plan and a compact progress
-    view (None: silent). Ray's own output goes to <experiment>/ray.log.
+    view (None: silent). Ray's own output goes to <experiment>/ray.log. A Ctrl-C stops Tune, records the
+    experiment as interrupted and raises SweepInterrupted, which says how to resume it.
     """
-    from mmtune.tune import resume as resuming
-    from mmtune.tune import ray_runtime, tuner as tuning
-    from mmtune.tune.console import capture_ray_output, ray_init_kwargs
-
     if options.resume:
         if searcher is not None or scheduler is not None:
             raise SweepError("a resumed sweep continues with its saved searcher and scheduler; pass neither")
@@ -44,31 +46,42 @@ def sweep(options: SweepOptions, *, searcher: Any = None, scheduler: Any = None,
         job, plan = prepare(options), None
     _say(out, f"sweep {job.name}: {job.space.num_samples} trials x <= {job.space.epochs} epochs, metric "
               f"{job.space.metric} ({job.space.mode}), {len(job.space.params)} parameters from {job.space_file}")
-    _say(out, budget(job.space, job.train_rows))
+    _say(out, budget(job.space, job.validation, job.data.train_rows))
     ray_runtime.connect(options.address, options.num_cpus, options.num_gpus, **ray_init_kwargs(options.verbose))
     nodes = ray_runtime.cluster_nodes()
     check_cluster(nodes, job.opts.storage, job.opts.allow_local_storage, job.opts.data, job.data.nbytes)
     if plan is None:
         plan = plan_resources(job.space, job.data.modalities, nodes, job.opts.cpus_per_trial,
                               job.opts.gpus_per_trial, job.opts.max_concurrent, job.opts.max_failures)
-        plan.validation = job.validation
+        plan.validation = job.validation.describe()
+        plan.early_stopping = job.space.early_stopping() if scheduler is None else ""
         start_experiment(job, plan)
     _say(out, plan.describe())
-    with capture_ray_output(job.loc.local / RAY_LOG, options.verbose):
+    with interrupted_sweep(job.loc), capture_ray_output(job.loc.local / RAY_LOG, options.verbose):
         if options.resume:
             tuner = resuming.restore(job, plan, tuple(callbacks), out)
         else:
             tuner = tuning.build_tuner(job, plan, tuple(callbacks), out, searcher=searcher, scheduler=scheduler,
                                        stopper=stopper)
-        errors = len(tuner.fit().errors)
+        with ray_runtime.tune_stop_signal():
+            errors = len(tuner.fit().errors)
     return finish_experiment(job.loc, errors)
 
 
-def budget(space: SearchSpace, n_train: int) -> str:
+@contextlib.contextmanager
+def interrupted_sweep(loc: storage.Location) -> Iterator[None]:
+    """A Ctrl-C in the block marks the experiment at LOC interrupted (not finished) and says how to resume it."""
+    try:
+        yield
+    except KeyboardInterrupt as e:
+        mark_interrupted(loc)
+        raise SweepInterrupted(f"{loc}: the sweep was interrupted (ended trials are kept; running ones go on from "
+                               f"their last checkpoint). Continue it: mmtune resume {loc}", str(loc)) from e
+
+
+def budget(space: SearchSpace, validation: Validation, n_train: int) -> str:
     """The per-trial budget in optimizer steps, for the plan: an epoch count alone hides how little a small data
     set trains (one pass over 200 samples is 7 batches)."""
-    from mmtune.model.loop import steps_per_epoch
-
     base = space.train_config(space.start[0] if space.start else {})
     batch = next((p for p in space.params if p.name == "batch_size"), None)
     sizes = sorted({int(b) for b in batch.values() or ()}) if batch is not None and batch.values() else [base.batch_size]
@@ -77,9 +90,9 @@ def budget(space: SearchSpace, n_train: int) -> str:
     why = (f"train_steps {base.train_steps}" if base.train_steps else
            f"one pass over {n_train} samples in batches of {'/'.join(map(str, sizes))}"
            + (f", at least min_steps_per_epoch {base.min_steps_per_epoch}" if base.min_steps_per_epoch else ""))
-    folds = f", for each of {space.folds} fold models" if space.folds else ""
+    models = f", for each of {validation.k} fold models" if validation.k > 1 else ""
     return (f"budget per trial: {space.epochs} epochs x {span} optimizer steps ({why}) = up to "
-            f"{space.epochs * steps[0]}" + (f"-{space.epochs * steps[-1]}" if len(steps) > 1 else "") + f" steps{folds}")
+            f"{space.epochs * steps[0]}" + (f"-{space.epochs * steps[-1]}" if len(steps) > 1 else "") + f" steps{models}")
 
 
 def _say(out: TextIO | None, text: str) -> None:
@@ -97,27 +110,18 @@ def start_experiment(job: Job, plan: Plan) -> None:
     write_meta(job.loc, {
         "name": job.name, "data": str(Path(job.opts.data).resolve()), "space_file": job.space_file,
         "space": {**space.raw, "num_samples": space.num_samples, "epochs": space.epochs, "seed": space.seed,
-                  "searcher": space.searcher, "cv": space.cv},  # cv as resolved: resume and export read it
+                  "searcher": space.searcher, "cv": space.cv,
+                  "asha": {"grace_period": space.grace_period, "reduction_factor": space.reduction_factor,
+                           "brackets": space.brackets}},  # cv as resolved: resume and export read it
         "options": options, "plan": asdict(plan), "provenance": provenance(), "started": time.time(),
-        "validation": validation_info(job.data),
+        # The scheme as decided (resume reads it back) and the rows that score, for the noise checks.
+        "validation": {**scored_counts(job.data), "scheme": job.validation.to_dict()},
         "finished": False,
     })
 
 
-def validation_info(data: Dataset) -> dict[str, Any]:
-    """Size and positives of the split that scores the trials, for the noise checks after the sweep."""
-    if isinstance(data, CVData):  # K-fold CV: every pool row is scored once, in its own fold
-        y = data.pool.y
-        return {"samples": int(len(y)), "positives": int(y.sum()), "source": f"{data.k}-fold CV of {data.info['pool']}"}
-    y = data.splits["val"].y
-    return {"samples": int(len(y)), "positives": int(y.sum()), "source": data.info.get("val")}
-
-
 def finish_experiment(loc: storage.Location, errors: int) -> Experiment:
     """Reconcile the study with the records, prune checkpoints, mark the experiment finished; return it."""
-    from mmtune.tune.results import prune_checkpoints
-    from mmtune.tune.searcher import reconcile_experiment
-
     if loc.remote:
         storage.pull(loc)  # what Ray wrote there, for the export that follows
         storage.push(loc, RAY_LOG)
@@ -126,5 +130,5 @@ def finish_experiment(loc: storage.Location, errors: int) -> Experiment:
         freed = prune_checkpoints(Experiment.open(loc.local))
         log.info("pruned checkpoints: %.1f MB freed", freed / 2**20)
     reconcile_experiment(loc)
-    update_meta(loc, finished=True, ended=time.time(), errors=errors)
+    update_meta(loc, finished=True, interrupted=False, ended=time.time(), errors=errors)
     return Experiment.open(loc.local)

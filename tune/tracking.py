@@ -51,7 +51,7 @@ def tracking_callbacks(exp_dir: Path, mlflow: str | None, tensorboard: bool) -> 
 
         callbacks.append(TBXLoggerCallback())  # event files in each trial folder; HParams when a trial ends
     if mlflow:
-        from mmtune.tune.mlflow_logger import MLflowTrialLogger  # imports MLflow (~1 s): only when asked for
+        from mmtune.tune.mlflow_logger import MLflowTrialLogger  # late: MLflow (~1 s), only when asked for
 
         callbacks.append(MLflowTrialLogger(mlflow, experiment_name=tracking_name(exp_dir)))
     return callbacks

@@ -11,8 +11,7 @@ import ray
 import torch
 from ray import tune
 
-from mmtune.data.folds import CVData
-from mmtune.data.npz import Dataset
+from mmtune.data.validation import TrainData
 from mmtune.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from mmtune.model.config import ConfigError
 from mmtune.model.loop import Trainer, fit
@@ -49,7 +48,7 @@ class Reporter:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
 
-def train_trial(config: dict[str, Any], data: dict[int, Dataset | CVData], space: SearchSpace, exp_dir: str,
+def train_trial(config: dict[str, Any], data: dict[int, TrainData], space: SearchSpace, exp_dir: str,
                 callbacks: tuple = ()) -> None:
     """Train one trial of SPACE on the data split its split_seed names (DATA: split_seed -> data, shared through
     the object store); CALLBACKS join the loop's."""

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from ray import tune
 from ray.tune.logger import JsonLoggerCallback
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
 from mmtune.tune import storage
@@ -107,8 +107,10 @@ class FixedConfigs(Searcher):
         self.configs, self.given = state["configs"], state["given"]
 
 
-def make_scheduler(space: SearchSpace) -> ASHAScheduler:
-    """ASHA on epochs: max_t is the epoch budget."""
+def make_scheduler(space: SearchSpace) -> TrialScheduler:
+    """ASHA on epochs (max_t: the epoch budget) at the space's rungs; first come, first served when it has none."""
+    if not space.rungs:
+        return FIFOScheduler()  # ASHA could stop a trial only where its budget ends anyway
     return ASHAScheduler(time_attr="training_iteration", max_t=space.epochs, grace_period=space.grace_period,
                          reduction_factor=space.reduction_factor, brackets=space.brackets)
 

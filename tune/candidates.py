@@ -1,0 +1,77 @@
+"""Finalize's candidates, pure: the top-k distinct configs of a sweep, the seeds they are retrained with, and each
+retraining run attached to its candidate. No Ray, no torch: what a run's checkpoint tells comes in as a function.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+from mmtune.model.config import TrainConfig
+from mmtune.model.metrics import CLASSIFICATION_KEYS, metric_name
+from mmtune.tune.errors import ResultsError
+from mmtune.tune.experiment import Trial, rank_trials
+from mmtune.tune.selection import Candidate, aggregate
+from mmtune.tune.space import SearchSpace
+
+log = logging.getLogger(__name__)
+
+RESEEDED = ("seed", "split_seed")  # what finalize sets per run, on top of a candidate's params
+SPLITS = ("val", "test")
+
+
+def select_top(trials: list[Trial], space: SearchSpace, k: int) -> list[Candidate]:
+    """The K best trials by the one ranking (failed, diverged, infeasible and empty ones skipped), distinct configs."""
+    usable = rank_trials(trials)
+    if not usable:
+        raise ResultsError(f"no trial of the experiment has a finite {space.metric}; nothing to finalize")
+    cands: list[Candidate] = []
+    for pos, t in enumerate(usable, start=1):
+        cfg = space.train_config(t.params)
+        # Retraining the same config twice (e.g. a repeated start point) would only waste the budget.
+        if len(cands) < k and all(c.cfg != cfg for c in cands):
+            cands.append(Candidate(len(cands), pos, t, cfg))
+    if len(cands) < k:
+        log.warning("--top-k %d: only %d distinct usable config(s) in the sweep; finalizing those", k, len(cands))
+    return cands
+
+
+def seeds_for(space: SearchSpace, n: int) -> list[tuple[int, int]]:
+    """N (training seed, split seed) pairs counting up from the sweep's own, so the first repeats the sweep's run;
+    the split seed moves with the seed, so the runs also differ in their holdout split or CV folds."""
+    seed = int(space.fixed.get("seed", TrainConfig.seed))
+    return [(seed + i, space.split_seed + i) for i in range(n)]
+
+
+def grid(cands: list[Candidate], pairs: list[tuple[int, int]]) -> list[dict[str, Any]]:
+    """The finalize run's points: every candidate's params with every seed pair."""
+    return [{**c.trial.params, "seed": s, "split_seed": sp} for c in cands for s, sp in pairs]
+
+
+def attach(runs: list[Trial], cands: list[Candidate], checkpoint_facts: Callable[[Trial], dict[str, Any]]) -> None:
+    """Attach every finalize run to its candidate: the val metrics its best epoch reported (on the split it trained
+    with) and CHECKPOINT_FACTS of that epoch's checkpoint (ResultsError: only those are missing); a failed or
+    diverged run, or one without a finite value, is a failed seed. Then each candidate's mean and std."""
+    for t in runs:
+        cand = next(c for c in cands if all(t.params.get(k) == v for k, v in c.trial.params.items()
+                                            if k not in RESEEDED))
+        run: dict[str, Any] = {"seed": int(t.params["seed"]), "split_seed": int(t.params["split_seed"]),
+                               "status": t.status.value, "epochs_run": t.epochs, "best_epoch": t.best_epoch,
+                               "path": str(t.path), "ok": False, "checkpoint": None}
+        if t.status.usable and t.best_result is not None:
+            run.update({k: v for k, v in t.best_result.items() if k.startswith("val/")}, ok=True)
+            try:
+                run.update(checkpoint_facts(t))
+            except ResultsError as e:
+                run["note"] = str(e)  # the val values stand; only test metrics and weights are missing
+        elif t.error:
+            run["error"] = t.error.strip().splitlines()[-1][:300]
+        cand.runs.append(run)
+    for c in cands:
+        c.runs.sort(key=lambda r: r["seed"])
+        c.mean, c.std = aggregate(c.ok_runs, metric_keys(c.ok_runs))
+
+
+def metric_keys(runs: list[dict[str, Any]]) -> list[str]:
+    """The val/test metric names found in RUNS, in the loop's order."""
+    names = [metric_name(s, k) for s in SPLITS for k in CLASSIFICATION_KEYS]
+    return [n for n in names if any(n in r for r in runs)]
