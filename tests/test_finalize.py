@@ -64,7 +64,14 @@ def test_every_config_trained_with_every_seed_in_final(exp):
     runs = Experiment.open(exp / "final")  # the finalize sweep is an experiment of its own
     space = space_of(exp)
     s = summary(exp)
-    assert len(runs.trials) == TOP_K * SEEDS and runs.finished
+    # A config's first seed is its sweep trial when that trained the full budget: taken, not trained again.
+    taken = [r for c in s["configs"] for r in c["runs"] if r["from_sweep"]]
+    assert len(runs.trials) == TOP_K * SEEDS - len(taken) == TOP_K * SEEDS - s["from_sweep"] and runs.finished
+    sweep = {t.trial_id: t for t in load_trials(exp, space)}
+    for c in s["configs"]:
+        first = next(r for r in c["runs"] if r["seed"] == s["seeds"][0])
+        full = sweep[c["trial_id"]].status.value in ("completed", "early_stopped")
+        assert first["from_sweep"] == full and (first["path"] == str(sweep[c["trial_id"]].path)) == full
     for t in runs.trials:
         assert t.status.value in ("completed", "early_stopped")
         assert t.epochs == space.epochs  # patience 0 and no scheduler: the full budget
@@ -72,14 +79,16 @@ def test_every_config_trained_with_every_seed_in_final(exp):
     assert s["seeds"] == list(range(SEEDS)) and s["top_k"] == TOP_K and s["metric"] == "val/f1"
     # Seed i sets the split seed too; the demo set has val.npz, so only the initialization could vary.
     assert s["split_seeds"] == list(range(SEEDS)) and "val.npz" in s["holdout"]["how"]
-    assert sorted(t.params["split_seed"] for t in runs.trials) == sorted(list(range(SEEDS)) * TOP_K)
+    assert sorted(t.params["split_seed"] for t in runs.trials) == sorted(
+        r["split_seed"] for c in s["configs"] for r in c["runs"] if not r["from_sweep"])
     assert all(t.params["split_seed"] == t.params["seed"] for t in runs.trials)
     for c in s["configs"]:
         assert [r["seed"] for r in c["runs"]] == s["seeds"]
         # Each run trained exactly its config with its seed.
         mine = [t for t in runs.trials if all(t.params.get(k) == v for k, v in c["params"].items())]
-        assert sorted(t.params["seed"] for t in mine) == s["seeds"]
-        assert {r["best_epoch"] for r in c["runs"]} <= {t.best_epoch for t in mine}
+        retrained = [r["seed"] for r in c["runs"] if not r["from_sweep"]]
+        assert sorted(t.params["seed"] for t in mine) == retrained
+        assert {r["best_epoch"] for r in c["runs"] if not r["from_sweep"]} <= {t.best_epoch for t in mine}
 
 
 def test_winner_follows_the_selection_rule(exp):
@@ -284,3 +293,23 @@ def test_summary_after_finalize_takes_the_noise_from_the_seeds(exp):
     s = json.loads((exp / "summary.json").read_text())
     assert s["best_config_from"] == "finalize" and s["noise"]["source"].startswith("finalize")
     assert isinstance(s["warnings"], list) and len(s["noise"]["gaps"]) == min(5, len(Experiment.open(exp).ranked) - 1)
+
+
+def test_a_seed_taken_from_the_sweep_is_what_a_retrain_gives(exp, demo):
+    """Finalize takes a config's sweep trial as its first seed instead of retraining it: the retrain (same config,
+    seed and split) gives the same numbers, so nothing is lost by not running it."""
+    from mmtune.model.loop import fit
+
+    s, space = summary(exp), space_of(exp)
+    taken = [(c, r) for c in s["configs"] for r in c["runs"] if r["from_sweep"]]
+    assert taken, "the smoke sweep's top configs include one that trained its full budget"
+    c, run = taken[0]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the trial (1 CPU per trial)
+    try:
+        result, _ = fit(space.train_config(c["params"]), demo)
+    finally:
+        torch.set_num_threads(threads)
+    assert result.best_epoch == run["best_epoch"]
+    for key in ("val/f1", "val/loss", "val/auroc"):
+        assert result.best_metrics[key] == pytest.approx(run[key], abs=1e-9), key

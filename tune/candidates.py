@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 from mmtune.model.config import TrainConfig
 from mmtune.model.metrics import CLASSIFICATION_KEYS, metric_name
+from mmtune.model.status import TrialStatus
 from mmtune.tune.errors import ResultsError
 from mmtune.tune.experiment import Trial, rank_trials
 from mmtune.tune.selection import Candidate, aggregate
@@ -42,21 +43,35 @@ def seeds_for(space: SearchSpace, n: int) -> list[tuple[int, int]]:
     return [(seed + i, space.split_seed + i) for i in range(n)]
 
 
+def reused(cands: list[Candidate], first: tuple[int, int]) -> list[Candidate]:
+    """The candidates whose sweep trial is already their FIRST seed pair's finalize run: it trained its whole budget
+    (or stopped on its patience, as finalize would) with that training and split seed, so a retrain would repeat
+    it number for number. Pruned trials stopped short of the budget and are retrained."""
+    full = (TrialStatus.COMPLETED, TrialStatus.EARLY_STOPPED)
+    return [c for c in cands if c.trial.status in full and (c.cfg.seed, c.cfg.split_seed) == first]
+
+
 def grid(cands: list[Candidate], pairs: list[tuple[int, int]]) -> list[dict[str, Any]]:
-    """The finalize run's points: every candidate's params with every seed pair."""
-    return [{**c.trial.params, "seed": s, "split_seed": sp} for c in cands for s, sp in pairs]
+    """The finalize run's points: every candidate's params with every seed pair, but the runs the sweep has."""
+    have = {c.rank for c in reused(cands, pairs[0])}
+    return [{**c.trial.params, "seed": s, "split_seed": sp} for c in cands for s, sp in pairs
+            if not (c.rank in have and (s, sp) == pairs[0])]
 
 
 def attach(runs: list[Trial], cands: list[Candidate], checkpoint_facts: Callable[[Trial], dict[str, Any]]) -> None:
-    """Attach every finalize run to its candidate: the val metrics its best epoch reported (on the split it trained
-    with) and CHECKPOINT_FACTS of that epoch's checkpoint (ResultsError: only those are missing); a failed or
-    diverged run, or one without a finite value, is a failed seed. Then each candidate's mean and std."""
+    """Attach every finalize run (and sweep trial taken as one) to its candidate: the val metrics its best epoch
+    reported (on the split it trained with) and CHECKPOINT_FACTS of that epoch's checkpoint (ResultsError: only
+    those are missing); a failed or diverged run, or one without a finite value, is a failed seed. Then each
+    candidate's mean and std."""
     for t in runs:
         cand = next(c for c in cands if all(t.params.get(k) == v for k, v in c.trial.params.items()
                                             if k not in RESEEDED))
-        run: dict[str, Any] = {"seed": int(t.params["seed"]), "split_seed": int(t.params["split_seed"]),
+        cfg = cand.cfg  # a sweep trial's seeds are its config's; a finalize run's are in its params
+        run: dict[str, Any] = {"seed": int(t.params.get("seed", cfg.seed)),
+                               "split_seed": int(t.params.get("split_seed", cfg.split_seed)),
                                "status": t.status.value, "epochs_run": t.epochs, "best_epoch": t.best_epoch,
-                               "path": str(t.path), "ok": False, "checkpoint": None}
+                               "path": str(t.path), "ok": False, "checkpoint": None,
+                               "from_sweep": t is cand.trial}
         if t.status.usable and t.best_result is not None:
             run.update({k: v for k, v in t.best_result.items() if k.startswith("val/")}, ok=True)
             try:

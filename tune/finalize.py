@@ -12,12 +12,13 @@ their checkpoints (`tune.evaluation`, torch), outputs and words (`tune.leaderboa
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any, TextIO
 
 from mmtune.tune import storage
-from mmtune.tune.candidates import attach, grid, seeds_for, select_top
+from mmtune.tune.candidates import attach, grid, reused, seeds_for, select_top
 from mmtune.tune.errors import ResultsError
 from mmtune.tune.experiment import FINAL_DIR, Experiment
 from mmtune.tune.job import SweepOptions
@@ -52,26 +53,34 @@ def _finalize(loc: storage.Location, top_k: int, seeds: int, address: str | None
     data = exp.validation.load(exp.meta["data"])
     for c in cands:
         c.num_params = count_params(c.cfg, data)
-    runs = run_grid(exp, loc, cands, pairs, address, num_cpus, out)
-    attach(runs.trials, cands, CheckpointFacts(exp.meta["data"], exp.validation))
+    taken = [c.trial for c in reused(cands, pairs[0])]
+    for t in taken:
+        storage.pull(loc, t.path.name)  # its checkpoints (remote storage), for its test metrics and the winner's
+    log.info("finalize %s: %d run(s) taken from the sweep, not retrained", exp.name, len(taken))
+    points = grid(cands, pairs)
+    runs = run_grid(exp, loc, points, pairs, address, num_cpus, out).trials if points else []
+    final = loc.local / FINAL_DIR
+    if not points:  # every run is the sweep's own: nothing to train, a fresh folder for the outputs
+        shutil.rmtree(final, ignore_errors=True)
+        final.mkdir()
+    attach([*taken, *runs], cands, CheckpointFacts(exp.meta["data"], exp.validation))
     choice = choose(cands, exp.space.metric)
     if not choice.winner.ok_runs:
-        raise RuntimeError(f"every finalize run failed; see the error files under {runs.path}")
-    summary = write_outputs(exp, runs.path, choice, pairs, top_k, time.time() - started,
-                            seeds_vary(exp, cands), copy_winner(runs.path / WINNER_DIR, choice.winner))
+        raise RuntimeError(f"every finalize run failed; see the error files under {final}")
+    summary = write_outputs(exp, final, choice, pairs, top_k, time.time() - started,
+                            seeds_vary(exp, cands), copy_winner(final / WINNER_DIR, choice.winner))
     export(exp.path)  # summary.json then names the finalized winner and the seeds' noise
     return summary
 
 
-def run_grid(exp: Experiment, loc: storage.Location, cands: list[Candidate], pairs: list[tuple[int, int]],
+def run_grid(exp: Experiment, loc: storage.Location, points: list[dict[str, Any]], pairs: list[tuple[int, int]],
              address: str | None, num_cpus: int | None, out: TextIO | None) -> Experiment:
-    """Every candidate x seed pair once, at the full budget, as a sweep in <exp>/final: a fixed grid, no sampler,
-    no early cuts, the sweep's own options (resources, storage, failures)."""
+    """Every point (a candidate's params with a seed pair) once, at the full budget, as a sweep in <exp>/final: a
+    fixed grid, no sampler, no early cuts, the sweep's own options (resources, storage, failures)."""
     from ray.tune.schedulers import FIFOScheduler
 
     from mmtune.tune import sweep as sweeping, tuner  # late: Ray
 
-    points = grid(cands, pairs)
     # Never finalize the finalize run itself; the folds or holdout as the sweep decided them.
     opts = SweepOptions(**{**exp.meta["options"], "space": exp.space.with_overrides(num_samples=len(points)),
                            "name": FINAL_DIR, "storage": str(loc), "overwrite": True, "resume": False,

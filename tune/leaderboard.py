@@ -30,6 +30,8 @@ def write_outputs(exp: Experiment, out: Path, choice: Choice, pairs: list[tuple[
         "selection": rule_text(space.metric), "choice": choice.reason, "leader": choice.leader.trial.trial_id,
         "tied": [c.trial.trial_id for c in choice.tied], "top_k": len(choice.ordered), "top_k_requested": requested,
         "seeds": [s for s, _ in pairs], "split_seeds": [sp for _, sp in pairs], "holdout": {"how": seeds_vary},
+        # Runs the sweep had already trained (a candidate's own trial, at its full budget), not trained again.
+        "from_sweep": sum(bool(r.get("from_sweep")) for c in choice.ordered for r in c.runs),
         "validation": exp.validation.to_dict(),
         "winner": {**_entry(winner, choice, space.metric), "config": str(config), "checkpoints": checkpoints},
         "configs": [_entry(c, choice, space.metric) for c in choice.ordered],
@@ -88,7 +90,7 @@ def leaderboard_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[Any]
             f"{test} mean ± std", "seeds"]
     rows = [[i, c["sweep_rank"], c["trial_id"], _fmt(c["sweep_best_value"]), _pm(c, metric), c["n_seeds"],
              _fmt(c.get("bound")), _fmt(c.get("num_params")), "yes" if c.get("tied") else "", _pm(c, test),
-             f"{c['n_seeds'] + c['failed_seeds']}" + (f" ({c['failed_seeds']} failed)" if c["failed_seeds"] else "")]
+             _seeds(c)]
             for i, c in enumerate(summary["configs"], start=1)]
     return cols, rows
 
@@ -98,6 +100,14 @@ def leaderboard_table(summary: dict[str, Any]) -> str:
     cols, rows = leaderboard_rows(summary)
     widths = [max(len(str(x)) for x in col) for col in zip(cols, *rows)]
     return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(r, widths)) for r in [cols, *rows])
+
+
+def _seeds(c: dict[str, Any]) -> str:
+    """How many seeds a config got, how many of them the sweep's own run, how many failed."""
+    from_sweep = sum(bool(r.get("from_sweep")) for r in c["runs"])
+    notes = [f"{from_sweep} from the sweep"] if from_sweep else []
+    notes += [f"{c['failed_seeds']} failed"] if c["failed_seeds"] else []
+    return f"{c['n_seeds'] + c['failed_seeds']}" + (f" ({', '.join(notes)})" if notes else "")
 
 
 def _pm(c: dict[str, Any], key: str) -> str:

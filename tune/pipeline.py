@@ -68,7 +68,8 @@ def finish(exp_dir: Path, storage_path: str, name: str | None, address: str | No
     else:
         with interrupted_finalize(str(loc), top_k, seeds):  # from its first line on: a Ctrl-C may follow it at once
             _say(out, f"\nfinalize: retraining the top {top_k} config(s) x {seeds} seed(s) at the full budget, a "
-                      f"second Tune run in {exp_dir / finalize.FINAL_DIR} with the same resource plan")
+                      f"second Tune run in {exp_dir / finalize.FINAL_DIR} with the same resource plan (a config's "
+                      "first seed is its sweep trial when that trained the full budget: not trained again)")
             final = finalize.finalize(str(loc), top_k, seeds, address, num_cpus, out=out)
         _say(out, "\n".join(leaderboard.result_lines(final)))
         summary = Experiment.open(exp_dir).summary  # finalize exported again: the seeds' noise
