@@ -16,7 +16,8 @@ NAME = "tracked"
 
 @pytest.fixture(scope="module")
 def tracked(ray_session, demo_dir, tmp_path_factory) -> Iterator[tuple[Path, str]]:
-    """`mmtune sweep` of the smoke space with both trackers, finalized with 1 config x 1 seed; (experiment, URI)."""
+    """`mmtune sweep` of the smoke space with both trackers, finalized with 1 config x 2 seeds (its first seed may be
+    the sweep's own trial, not trained again; the second is always trained); (experiment, URI)."""
     from mmtune.tune.cli import run
 
     tmp = tmp_path_factory.mktemp("tracked")
@@ -24,7 +25,7 @@ def tracked(ray_session, demo_dir, tmp_path_factory) -> Iterator[tuple[Path, str
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 opens a file store only when asked to
         assert run(["sweep", "--data", str(demo_dir), "--space", SMOKE, "--storage", str(tmp / "res"), "--name", NAME,
-                    "--mlflow", uri, "--tensorboard", "--finalize-top-k", "1", "--finalize-seeds", "1"]) == 0
+                    "--mlflow", uri, "--tensorboard", "--finalize-top-k", "1", "--finalize-seeds", "2"]) == 0
         yield tmp / "res" / NAME, uri
 
 
@@ -44,9 +45,11 @@ def test_mlflow_has_one_run_per_trial_with_params_epochs_and_status(tracked):
             history = client.get_metric_history(run.info.run_id, metric)
             assert [m.step for m in history] == list(range(1, int(row["epochs"]) + 1)), (metric, row)
         assert run.data.tags[STATUS_KEY] == row["status"] and run.info.status == "FINISHED"
-    # The finalize run keeps the sweep's tracking, in an experiment of its own.
+    # The finalize run keeps the sweep's tracking, in an experiment of its own: one run per run it trained.
     final = client.get_experiment_by_name(f"{NAME}/final")
-    assert len(client.search_runs([final.experiment_id])) == 1
+    trained = len(Experiment.open(exp / "final").trials)
+    assert trained == 2 - Experiment.open(exp).final["from_sweep"] >= 1
+    assert len(client.search_runs([final.experiment_id])) == trained
 
 
 def test_tensorboard_event_files_hold_epochs_and_hparams(tracked):
