@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Iterator
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import torch

@@ -17,7 +17,7 @@ from mmtune.tune.errors import ResultsError
 from mmtune.tune.experiment import STUDY_DB, Experiment, Trial, counts, load_study
 from mmtune.tune.noise import noise, saturation_warnings
 from mmtune.tune.results import BEST_CONFIG
-from mmtune.tune.space import Param, SearchSpace
+from mmtune.tune.space import Param
 
 if TYPE_CHECKING:
     import optuna

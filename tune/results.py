@@ -70,7 +70,7 @@ def prune_checkpoints(exp: Experiment) -> int:
 def estimate_header(exp: Experiment, best: Trial, config_path: Path) -> str:
     """The header of the best trial's config: its value (with the fold sd when its folds reported one)."""
     metric = exp.space.metric
-    sd = next((r.get(f"{metric}_sd") for r in best.history if r.get("epoch") == best.best_epoch), None)
+    sd = (best.best_result or {}).get(f"{metric}_sd")
     spread = f" +- {sd:.4f} over its folds" if isinstance(sd, float) else ""
     return (f"# Best trial {best.trial_id} of {exp.name}: {metric} = {best.best_value:.4f}{spread} at epoch "
             f"{best.best_epoch} ({exp.validation.describe()}).\n"
