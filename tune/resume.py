@@ -12,6 +12,7 @@ from typing import TextIO
 
 from ray import tune
 
+from mmtune.data.io import atomic_file
 from mmtune.tune import ray_runtime, storage
 from mmtune.tune.errors import SweepError
 from mmtune.tune.experiment import META
@@ -128,9 +129,8 @@ def repair_cut_state(exp_dir: Path, staging_roots: list[Path]) -> dict[str, str]
                       for p in root.glob(f"session_*/artifacts/*/{exp_dir.name}/driver_artifacts/{path.name}")
                       if whole_state(p)]
             if staged:
-                tmp = path.with_name(f".{path.name}.tmp")
-                shutil.copyfile(max(staged, key=lambda p: p.stat().st_mtime), tmp)
-                os.replace(tmp, path)
+                with atomic_file(path, "wb") as f, open(max(staged, key=lambda p: p.stat().st_mtime), "rb") as s:
+                    shutil.copyfileobj(s, f)
                 done[path.name] = "restored from Ray's staging copy on this machine; nothing was lost"
             else:
                 path.rename(path.with_name(path.name + ".cut"))
