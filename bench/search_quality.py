@@ -20,7 +20,7 @@ with retraining noise and can be negative, e.g. a CV recipe trains on more data 
 oracle - the chosen trial's own checkpoint test F1 (pure selection, >= 0 by construction).
 
 The search space is search_spaces/default.yaml with smaller models (d_model 16-64, 1-2 layers, nhead 2/4, batch
-16-64): same ASHA, warm restarts, min_steps_per_epoch and parameter ranges otherwise.
+16-64): same ASHA, warm restarts, epoch_samples and parameter ranges otherwise.
 
     .venv/bin/python bench/search_quality.py [--data-seeds 3] [--seeds 3] [--num-samples 12] [--cv-k 5]
         [--smoke] [--out bench/search_quality.json] [--md FILE.md] [--keep DIR]
@@ -55,8 +55,8 @@ LABEL = {"defaults": "(i) train defaults", "holdout_best": "(ii) holdout sweep, 
 CPUS = 2
 REGRET_TARGET = 0.01
 DEFAULTS = {"data_seeds": 3, "seeds": 3, "num_samples": 12, "epochs": None, "grace": None, "cv_k": 5,
-            "min_steps": None, "default_epochs": None, "n_train": 400, "n_val": 100, "n_test": 2000}
-SMOKE = {"data_seeds": 1, "seeds": 2, "num_samples": 2, "epochs": 2, "grace": 1, "cv_k": 2, "min_steps": 3,
+            "epoch_samples": None, "default_epochs": None, "n_train": 400, "n_val": 100, "n_test": 2000}
+SMOKE = {"data_seeds": 1, "seeds": 2, "num_samples": 2, "epochs": 2, "grace": 1, "cv_k": 2, "epoch_samples": 64,
          "default_epochs": 2, "n_train": 160, "n_val": 60, "n_test": 300}
 DIFFICULTY = 0.7
 SMALL_MODELS = {"d_model": {"type": "categorical", "choices": [16, 32, 64]},
@@ -105,8 +105,8 @@ def write_space(path: Path, args: argparse.Namespace, cv: int | str | None) -> P
     if args.grace:
         raw.setdefault("asha", {})["grace_period"] = args.grace
         raw["fixed"]["t0"] = args.grace
-    if args.min_steps is not None:
-        raw["fixed"]["min_steps_per_epoch"] = args.min_steps
+    if args.epoch_samples is not None:
+        raw["fixed"]["epoch_samples"] = args.epoch_samples
     if cv is not None:
         raw["cv"] = cv
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -425,7 +425,7 @@ def setting(args: argparse.Namespace) -> dict[str, Any]:
             "cv_k": args.cv_k, "epochs": args.epochs or "default.yaml's", "smoke": args.smoke, "cpus": CPUS,
             "defaults_epochs": args.default_epochs or "TrainConfig default",
             "space": "search_spaces/default.yaml with d_model 16/32/64, 1-2 layers, nhead 2/4"
-                     + (f", epochs {args.epochs}, grace {args.grace}, min_steps_per_epoch {args.min_steps}"
+                     + (f", epochs {args.epochs}, grace {args.grace}, epoch_samples {args.epoch_samples}"
                         if args.smoke else ""),
             "methods": list(METHODS), "labels": LABEL, "regret_target": REGRET_TARGET}
 

@@ -54,10 +54,10 @@ class TrainConfig:
     warmup_epochs: int = 1  # linear warm-up epochs (cosine_warmup)
     # --- loop ---
     epochs: int = 50  # maximum epochs
-    train_steps: int = 0  # batches per epoch; 0 means one pass over the train split
-    # With train_steps 0, an epoch has at least this many batches: on a few hundred samples one pass is a handful
-    # of optimizer steps, too few for an epoch budget to show which configs are good. 0: exactly one pass.
-    min_steps_per_epoch: int = 0
+    train_steps: int = 0  # batches per epoch; 0: the epoch is sized in samples (epoch_samples)
+    # With train_steps 0, an epoch trains on this many samples, at least one pass over the train split. A sample
+    # count, not a step count, so that every batch size of a sweep gets the same budget; 0: exactly one pass.
+    epoch_samples: int = 0
     patience: int = 10  # epochs without improvement before stopping; 0 disables early stopping
     monitor: str = "val/f1"  # metric that picks the best epoch and drives early stopping
     seed: int = 0  # seeds init, sampler, dropout
@@ -103,7 +103,7 @@ def _problems(c: TrainConfig) -> list[str]:
         (c.warmup_epochs >= 0, f"warmup_epochs={c.warmup_epochs}: must be >= 0"),
         (c.epochs >= 1, f"epochs={c.epochs}: must be >= 1"),
         (c.train_steps >= 0, f"train_steps={c.train_steps}: must be >= 0 (0 = one pass over the data)"),
-        (c.min_steps_per_epoch >= 0, f"min_steps_per_epoch={c.min_steps_per_epoch}: must be >= 0 (0 = one pass)"),
+        (c.epoch_samples >= 0, f"epoch_samples={c.epoch_samples}: must be >= 0 (0 = one pass over the data)"),
         (c.patience >= 0, f"patience={c.patience}: must be >= 0 (0 disables early stopping)"),
         (c.monitor in MONITOR_CHOICES, f"monitor={c.monitor!r}: use one of {', '.join(MONITOR_CHOICES)}"),
         (c.device in ("auto", "cpu", "cuda"), f"device={c.device!r}: use 'auto', 'cpu' or 'cuda'"),
@@ -119,9 +119,14 @@ def _problems(c: TrainConfig) -> list[str]:
     return [msg for ok, msg in checks if not ok]
 
 
+def samples_per_epoch(cfg: TrainConfig, n_train: int) -> int:
+    """Training samples per epoch with train_steps 0: epoch_samples, at least one pass over N_TRAIN."""
+    return max(n_train, cfg.epoch_samples)
+
+
 def steps_per_epoch(cfg: TrainConfig, n_train: int) -> int:
-    """Batches per epoch: train_steps, or one pass over N_TRAIN samples raised to min_steps_per_epoch."""
-    return cfg.train_steps or max(math.ceil(n_train / cfg.batch_size), cfg.min_steps_per_epoch)
+    """Batches per epoch: train_steps, or the epoch's samples in batches of batch_size."""
+    return cfg.train_steps or math.ceil(samples_per_epoch(cfg, n_train) / cfg.batch_size)
 
 
 FIELD_TYPES: dict[str, type] = {f.name: typing.get_type_hints(TrainConfig)[f.name] for f in fields(TrainConfig)}

@@ -158,13 +158,17 @@ def test_pretrain_then_load_encoder(tiny_cfg, demo, tmp_path):
         fit(replace(tiny_cfg, d_model=32), demo, pretrained=str(ckpt))
 
 
-def test_small_data_sets_get_at_least_min_steps_per_epoch(tiny_cfg, demo):
-    from mmtune.model.loop import Trainer, steps_per_epoch
+def test_an_epoch_is_sized_in_samples_the_same_for_every_batch_size(tiny_cfg, demo):
+    from mmtune.model.config import samples_per_epoch, steps_per_epoch
+    from mmtune.model.loop import Trainer
 
-    one_pass = replace(tiny_cfg, train_steps=0, batch_size=64, min_steps_per_epoch=0)
+    one_pass = replace(tiny_cfg, train_steps=0, batch_size=64, epoch_samples=0)
     assert steps_per_epoch(one_pass, 216) == 4  # a handful of optimizer steps per epoch
-    raised = replace(one_pass, min_steps_per_epoch=25)
-    assert steps_per_epoch(raised, 216) == 25 and steps_per_epoch(raised, 5000) == 79  # a longer pass is kept
-    assert steps_per_epoch(replace(raised, train_steps=3), 216) == 3  # an explicit train_steps wins
-    (fold,) = Trainer(raised, demo).folds  # a holdout is one fold
-    assert fold.steps == max(25, -(-len(demo.splits["train"]) // 64))
+    sized = replace(one_pass, epoch_samples=512)
+    assert [steps_per_epoch(replace(sized, batch_size=b), 216) for b in (16, 32, 64)] == [32, 16, 8]
+    assert samples_per_epoch(sized, 5000) == 5000 and steps_per_epoch(sized, 5000) == 79  # at least one pass
+    assert steps_per_epoch(replace(sized, train_steps=3), 216) == 3  # an explicit train_steps wins
+    (fold,) = Trainer(sized, demo).folds  # a holdout is one fold
+    assert fold.steps == -(-max(512, len(demo.splits["train"])) // 64)
+    drawn = fold.train.train_indices(fold.steps, 64, True, torch.Generator().manual_seed(0))
+    assert drawn.numel() >= 512  # the epoch's samples are drawn, in whole batches

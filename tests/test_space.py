@@ -110,13 +110,15 @@ def test_overrides_are_checked_again():
         space.with_overrides(epochs=0)
 
 
-def test_the_plan_states_the_budget_in_optimizer_steps():
+def test_the_plan_states_the_budget_in_samples_passes_and_steps_per_batch_size():
     from mmtune.tune.sweep import budget
 
     space = load_space(REPO / "search_spaces/default.yaml")
     line = budget(space, space.validation, 216)
-    assert line.startswith(f"budget per trial: {space.epochs} epochs x 25 optimizer steps") and "min_steps" in line
-    assert f"up to {space.epochs * 25} steps" in line
+    assert line.startswith(f"budget per trial: {space.epochs} epochs x 512 samples (2.4 passes over 216 training")
+    assert "32 at batch 16, 16 at batch 32, 8 at batch 64" in line and f"= {space.epochs * 512:,} samples" in line
+    big = budget(space, space.validation, 1000)  # one pass is more than epoch_samples: one pass it is
+    assert "x 1,000 samples (1.0 passes" in big and "63 at batch 16" in big
 
 
 DEFAULT = REPO / "search_spaces/default.yaml"  # epochs 12, asha.grace_period 4, reduction_factor 3

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence, TextIO
 
 from mmtune.data.validation import Validation, scored_counts
-from mmtune.model.config import steps_per_epoch
+from mmtune.model.config import samples_per_epoch, steps_per_epoch
 from mmtune.model.loop import Callback
 from mmtune.tune import ray_runtime, resume as resuming, storage, tuner as tuning
 from mmtune.tune.console import capture_ray_output, ray_init_kwargs
@@ -80,19 +80,21 @@ def interrupted_sweep(loc: storage.Location) -> Iterator[None]:
 
 
 def budget(space: SearchSpace, validation: Validation, n_train: int) -> str:
-    """The per-trial budget in optimizer steps, for the plan: an epoch count alone hides how little a small data
-    set trains (one pass over 200 samples is 7 batches)."""
+    """The per-trial budget in samples, passes and optimizer steps per batch size, for the plan: an epoch count
+    alone hides how little a small data set trains (one pass over 200 samples is 7 batches)."""
     base = space.train_config(space.start[0] if space.start else {})
     batch = next((p for p in space.params if p.name == "batch_size"), None)
     sizes = sorted({int(b) for b in batch.values() or ()}) if batch is not None and batch.values() else [base.batch_size]
-    steps = sorted({steps_per_epoch(replace(base, batch_size=b), n_train) for b in sizes})
-    span = f"{steps[0]}" if len(steps) == 1 else f"{steps[0]}-{steps[-1]}"
-    why = (f"train_steps {base.train_steps}" if base.train_steps else
-           f"one pass over {n_train} samples in batches of {'/'.join(map(str, sizes))}"
-           + (f", at least min_steps_per_epoch {base.min_steps_per_epoch}" if base.min_steps_per_epoch else ""))
+    steps = ", ".join(f"{steps_per_epoch(replace(base, batch_size=b), n_train)} at batch {b}" for b in sizes)
     models = f", for each of {validation.k} fold models" if validation.k > 1 else ""
-    return (f"budget per trial: {space.epochs} epochs x {span} optimizer steps ({why}) = up to "
-            f"{space.epochs * steps[0]}" + (f"-{space.epochs * steps[-1]}" if len(steps) > 1 else "") + f" steps{models}")
+    if base.train_steps:  # a fixed step count: the samples then grow with the batch size
+        return (f"budget per trial: {space.epochs} epochs x {base.train_steps} optimizer steps (train_steps), "
+                f"{'/'.join(str(b * base.train_steps) for b in sizes)} samples per epoch at batch "
+                f"{'/'.join(map(str, sizes))}{models}")
+    samples = samples_per_epoch(base, n_train)
+    return (f"budget per trial: {space.epochs} epochs x {samples:,} samples ({samples / n_train:.1f} passes over "
+            f"{n_train} training samples; optimizer steps per epoch: {steps}) = {space.epochs * samples:,} samples"
+            f"{models}")
 
 
 def _say(out: TextIO | None, text: str) -> None:
