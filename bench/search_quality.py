@@ -49,9 +49,14 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 METHODS = ("defaults", "holdout_best", "default_sweep", "cv_on", "cv_off", "holdout_best_eq")
+# Issue 20's levers, each a unit of its own (--methods): the default flow with the budget in steps as it was (25
+# optimizer steps per epoch, whatever the batch size: `train_steps` 25 is exactly that on 400-sample folds) and in
+# samples (the default space); both finalize every seed, and the race is replayed on that grid (bench/race_replay.py).
+LEVERS = ("cv_steps", "cv_samples")
 LABEL = {"defaults": "(i) train defaults", "holdout_best": "(ii) holdout sweep, best trial",
          "default_sweep": "(iii) default sweep", "cv_on": "(iii-b) CV on", "cv_off": "(iii-b) CV off, K x trials",
-         "holdout_best_eq": "cv_off's best trial"}
+         "holdout_best_eq": "cv_off's best trial", "cv_steps": "default flow, budget in steps (before)",
+         "cv_samples": "default flow, budget in samples (after)"}
 CPUS = 2
 REGRET_TARGET = 0.01
 DEFAULTS = {"data_seeds": 3, "seeds": 3, "num_samples": 12, "epochs": None, "grace": None, "cv_k": 5,
@@ -113,10 +118,11 @@ def write_space(path: Path, args: argparse.Namespace, cv: int | str | None) -> P
     return path
 
 
-def run_sweep(data: Path, space: Path, name: str, storage: Path, trials: int, finalize: bool) -> dict[str, Any]:
-    """One `mmtune sweep` as a user runs it: finalized by default, or with --finalize-top-k 0."""
+def run_sweep(data: Path, space: Path, name: str, storage: Path, trials: int, finalize: bool,
+              extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """One `mmtune sweep` as a user runs it: finalized by default, or with --finalize-top-k 0; EXTRA flags."""
     args = ["sweep", "--data", str(data), "--space", str(space), "--name", name, "--storage", str(storage),
-            "--num-cpus", str(CPUS), "--num-samples", str(trials), "--overwrite"]
+            "--num-cpus", str(CPUS), "--num-samples", str(trials), "--overwrite", *extra]
     out, wall = mmtune(args + ([] if finalize else ["--finalize-top-k", "0"]), storage / f"{name}.log")
     exp = storage / name
     if finalize and not (exp / "final" / "summary.json").is_file():
@@ -180,10 +186,10 @@ def final_epoch_folds(exp: Path, folds: int) -> int | None:
 
 
 def sweep_method(method: str, data: Path, space: Path, trials: int, finalize: bool, seeds: int, work: Path,
-                 sweep: dict[str, Any] | None = None) -> dict[str, Any]:
+                 sweep: dict[str, Any] | None = None, extra: tuple[str, ...] = ()) -> dict[str, Any]:
     """A sweep-based method (or a second reading of an existing SWEEP): sweep, oracle, chosen config retrained."""
     if sweep is None:
-        sweep = run_sweep(data, space, method, work, trials, finalize)
+        sweep = run_sweep(data, space, method, work, trials, finalize, extra)
         sweep["oracle"] = oracle(sweep["exp"], data)
     cfg, trial_id = chosen(sweep["exp"], finalize)
     run = retrain(data, cfg, seeds, work / f"{method}-retrain", [])
@@ -230,6 +236,40 @@ def one_data_seed(ds: int, args: argparse.Namespace, work: Path) -> tuple[list[d
     return runs, skipped
 
 
+def lever_units(ds: int, args: argparse.Namespace, work: Path, units: Path) -> list[dict]:
+    """The methods of --methods on data seed DS, one result file each in UNITS; a unit with a file is not re-run."""
+    runs = []
+    for method in args.methods:
+        path = units / f"ds{ds}-{method}.json"
+        if not path.is_file():
+            data = make_data(work / "data", args, ds)
+            r = lever_unit(method, data, args, work)
+            r["data_seed"] = ds
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(clean_run(r), indent=1, default=str) + "\n")
+        runs.append(json.loads(path.read_text()))
+        _say(ds, runs[-1])
+    return runs
+
+
+def lever_unit(method: str, data: Path, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """One unit: (i) the defaults, or the default flow with the budget in steps or in samples (race replayed)."""
+    from bench.race_replay import replay
+
+    if method == "defaults":
+        extra = ["--epochs", str(args.default_epochs)] if args.default_epochs else []
+        return {**retrain(data, None, args.seeds, work / "defaults", extra), "method": method, "sweep_wall_s": 0.0}
+    space = write_space(work / f"{method}.yaml", args, None)
+    if method == "cv_steps":
+        raw = yaml.safe_load(space.read_text())
+        raw["fixed"].update(train_steps=25, epoch_samples=0)
+        space.write_text(yaml.safe_dump(raw, sort_keys=False))
+    r = sweep_method(method, data, space, args.num_samples, True, args.seeds, work, extra=("--no-finalize-race",))
+    from mmtune.model.checkpoint import load_checkpoint
+
+    return {**r, "race": replay(r["sweep"]["exp"], lambda path: checkpoint_test_f1(load_checkpoint(path), data))}
+
+
 def make_data(folder: Path, args: argparse.Namespace, seed: int) -> Path:
     """`mmtune data demo` for data seed SEED."""
     out = folder / f"seed{seed}"
@@ -264,7 +304,7 @@ def analyse(runs: list[dict[str, Any]], data_seeds: list[int]) -> dict[str, Any]
     """Per-method figures per data seed, the three targets and the CV verdict."""
     by = {(r["method"], r["data_seed"]): r for r in runs}
     per_method = {}
-    for m in METHODS:
+    for m in (*METHODS, *LEVERS):
         rs = [by[(m, d)] for d in data_seeds if (m, d) in by]
         if rs:
             per_method[m] = summarize_method(rs)
@@ -282,7 +322,12 @@ def analyse(runs: list[dict[str, Any]], data_seeds: list[int]) -> dict[str, Any]
     cv = None
     if all(("cv_on", d) in by and ("cv_off", d) in by for d in data_seeds):
         cv = [diff(by[("cv_on", d)], by[("cv_off", d)]) for d in data_seeds]
-    return {"per_method": per_method, "targets": targets, "cv_on_minus_cv_off": cv}
+    levers = None
+    if all((m, d) in by for m in LEVERS for d in data_seeds):
+        levers = [{**diff(by[("cv_samples", d)], by[("cv_steps", d)]), "data_seed": d,
+                   "wall_ratio": by[("cv_samples", d)]["sweep_wall_s"] / by[("cv_steps", d)]["sweep_wall_s"],
+                   "race": {m: by[(m, d)]["race"] for m in LEVERS}} for d in data_seeds]
+    return {"per_method": per_method, "targets": targets, "cv_on_minus_cv_off": cv, "samples_minus_steps": levers}
 
 
 def summarize_method(rs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -354,6 +399,13 @@ def target_lines(out: dict[str, Any]) -> list[str]:
         x = t["median_regret_iii_at_most_0.01"]
         lines.append(f"Target 3, median selection regret of (iii) <= {REGRET_TARGET}: "
                      f"**{'met' if x['met'] else 'missed'}** ({x['median_regret']:+.4f}).")
+    for x in out.get("samples_minus_steps") or []:
+        r = x["race"]
+        lines.append(f"Data seed {x['data_seed']}: budget in samples - in steps, test F1 {x['diff']:+.3f} (se "
+                     f"{x['se']:.3f}, {'beyond' if x['beyond_2se'] else 'within'} 2 se); sweep wall x "
+                     f"{x['wall_ratio']:.2f}. Race replayed: " + "; ".join(
+                         f"{m} {v['runs_raced']}/{v['runs_full']} runs, {'same pick' if v['same_pick'] else 'other pick'}"
+                         f" (test F1 {v['test_f1_raced']:.3f} vs {v['test_f1_full']:.3f})" for m, v in r.items()) + ".")
     if out["cv_on_minus_cv_off"]:
         xs = out["cv_on_minus_cv_off"]
         within = sum(not x["beyond_2se"] for x in xs)
@@ -384,12 +436,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--out", default=str(ROOT / "bench/search_quality.json"), help="the JSON")
     ap.add_argument("--md", help="the markdown tables")
     ap.add_argument("--keep", help="keep data, experiments and logs in this folder (default: a temp folder)")
+    ap.add_argument("--methods", type=lambda v: v.split(","),
+                    help=f"run only these units, each kept as <keep>/units/ds<seed>-<method>.json and skipped when "
+                    f"that file exists (so a long run can go in parts): defaults and {', '.join(LEVERS)}")
     args = ap.parse_args(argv)
     for k, v in (SMOKE if args.smoke else DEFAULTS).items():
         if getattr(args, k) is None:
             setattr(args, k, v)
     if min(args.data_seeds, args.seeds, args.num_samples) < 1 or args.cv_k < 2:
         ap.error("need data seeds, seeds, num samples >= 1 and cv-k >= 2")
+    if args.methods and (set(args.methods) - {"defaults", *LEVERS} or not args.keep):
+        ap.error(f"--methods takes defaults, {', '.join(LEVERS)} and needs --keep (where the units are kept)")
     return args
 
 
@@ -402,6 +459,9 @@ def main(argv: list[str] | None = None) -> None:
     runs, skipped = [], []
     try:
         for ds in range(args.data_seeds):
+            if args.methods:
+                runs += lever_units(ds, args, work / f"ds{ds}", work / "units")
+                continue
             r, s = one_data_seed(ds, args, work / f"ds{ds}")
             runs += r
             skipped += [{"method": m, "data_seed": ds, "reason": why} for m, why in s.items()]

@@ -29,12 +29,13 @@ TOP_K, SEEDS = 2, 2
 
 @pytest.fixture(scope="module")
 def exp(ray_session, demo_dir, tmp_path_factory) -> Path:
-    """`mmtune sweep` of the smoke space (4 trials), finalized at its end with 2 configs x 2 seeds."""
+    """`mmtune sweep` of the smoke space (4 trials), finalized at its end with 2 configs x 2 seeds, every seed of
+    every config (no race: tests/test_racing_tune.py races)."""
     from mmtune.tune.cli import run
 
     storage = tmp_path_factory.mktemp("res")
     assert run(["sweep", "--data", str(demo_dir), "--space", SMOKE, "--storage", str(storage), "--name", "fin-smoke",
-                "--finalize-top-k", str(TOP_K), "--finalize-seeds", str(SEEDS)]) == 0
+                "--finalize-top-k", str(TOP_K), "--finalize-seeds", str(SEEDS), "--no-finalize-race"]) == 0
     return storage / "fin-smoke"
 
 

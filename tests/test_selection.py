@@ -120,8 +120,9 @@ def test_one_seed_has_no_spread_and_bound_equals_mean():
 
 
 def test_finalize_settings_follow_the_record_and_default_for_old_records():
-    assert finalize_settings({"options": {"finalize_top_k": 0, "finalize_seeds": 2}}) == (0, 2)
-    assert finalize_settings({"options": {}}) == (3, 3)
+    assert finalize_settings({"options": {"finalize_top_k": 0, "finalize_seeds": 2, "finalize_race": False}}) \
+        == (0, 2, False)
+    assert finalize_settings({"options": {}}) == (3, 3, True)
     check_finalize_flags(0, 1)
     with pytest.raises(SweepError, match="--finalize-top-k -1"):
         check_finalize_flags(-1, 3)

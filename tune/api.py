@@ -84,11 +84,13 @@ class ExperimentHandle:
         with storage.synced(self.location, checkpoints=False) as folder:
             return write_report(folder, **kw)
 
-    def finalize(self, top_k: int = 3, seeds: int = 3, *, progress: Progress = False, address: str | None = None,
-                 num_cpus: int | None = None) -> dict[str, Any]:
-        """Retrain the top TOP_K configs with SEEDS seeds each as `mmtune finalize` does; its summary."""
-        with pipeline.interrupted_finalize(self.location, top_k, seeds):
-            return finalizing.finalize(self.location, top_k, seeds, address, num_cpus, out=_stream(progress))
+    def finalize(self, top_k: int = 3, seeds: int = 3, *, race: bool = True, progress: Progress = False,
+                 address: str | None = None, num_cpus: int | None = None) -> dict[str, Any]:
+        """Retrain the top TOP_K configs with up to SEEDS seeds each (RACE: later seeds only for the configs that can
+        still win) as `mmtune finalize` does; its summary."""
+        with pipeline.interrupted_finalize(self.location, top_k, seeds, race):
+            return finalizing.finalize(self.location, top_k, seeds, address, num_cpus, out=_stream(progress),
+                                       race=race)
 
     def _config(self, name: str) -> TrainConfig:
         return load_config(self._file(name))

@@ -44,6 +44,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "confidence bound (default 3; 0 skips it: best_config.yaml is then the best trial's)")
     s.add_argument("--finalize-seeds", type=int, default=3, metavar="S",
                    help="seeds per finalized config; each varies the initialization and the split (default 3)")
+    s.add_argument("--no-finalize-race", dest="finalize_race", action="store_false",
+                   help="train every finalize seed of every config (default: a seed after the first only for the "
+                   "configs that can still win, see README 'Finalize')")
     s.add_argument("--mlflow", metavar="URI", help="log every trial (params, per-epoch metrics, status) to this MLflow "
                    "tracking store, e.g. sqlite:///mlflow.db or http://127.0.0.1:5000 (off by default: it costs time)")
     s.add_argument("--tensorboard", action="store_true",
@@ -70,6 +73,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     f.add_argument("experiment", help="results/<experiment> (a sweep with at least one usable trial)")
     f.add_argument("--top-k", type=int, default=3, help="configs to retrain, best first (default 3)")
     f.add_argument("--seeds", type=int, default=3, help="training seeds per config (default 3)")
+    f.add_argument("--no-race", dest="race", action="store_false",
+                   help="train every seed of every config (default: a seed after the first only for the configs "
+                   "that can still win)")
     f.add_argument("--address", help="Ray cluster to join ('auto', host:port); default: embedded local Ray")
     f.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray (default: all)")
 
@@ -93,7 +99,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent, max_failures=args.max_failures,
         num_samples=args.num_samples, epochs=args.epochs, seed=args.seed, cv=args.cv, overwrite=args.overwrite,
         resume=args.resume, allow_local_storage=args.allow_local_storage, verbose=args.verbose,
-        finalize_top_k=args.finalize_top_k, finalize_seeds=args.finalize_seeds, mlflow=args.mlflow,
+        finalize_top_k=args.finalize_top_k, finalize_seeds=args.finalize_seeds,
+        finalize_race=args.finalize_race, mlflow=args.mlflow,
         tensorboard=args.tensorboard)
     pipeline.run(opts, sys.stdout)
     return 0
@@ -125,8 +132,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_finalize(args: argparse.Namespace) -> int:
     """Finalize ARGS.experiment and print the leaderboard and where the files are."""
-    with pipeline.interrupted_finalize(args.experiment, args.top_k, args.seeds):
-        summary = finalize.finalize(args.experiment, args.top_k, args.seeds, args.address, args.num_cpus)
+    with pipeline.interrupted_finalize(args.experiment, args.top_k, args.seeds, args.race):
+        summary = finalize.finalize(args.experiment, args.top_k, args.seeds, args.address, args.num_cpus,
+                                    race=args.race)
     print("\n".join(leaderboard.result_lines(summary)))
     return 0
 

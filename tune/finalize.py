@@ -20,9 +20,11 @@ from typing import Any, TextIO
 from mmtune.tune import storage
 from mmtune.tune.candidates import attach, grid, reused, seeds_for, select_top
 from mmtune.tune.errors import ResultsError
-from mmtune.tune.experiment import FINAL_DIR, Experiment
+from mmtune.tune.experiment import FINAL_DIR, Experiment, Trial
 from mmtune.tune.job import SweepOptions
 from mmtune.tune.leaderboard import WINNER_DIR, write_outputs
+from mmtune.tune.noise import sweep_sd
+from mmtune.tune.racing import Race, raced_choice
 from mmtune.tune.results import export
 from mmtune.tune.selection import Candidate, choose
 
@@ -30,17 +32,18 @@ log = logging.getLogger(__name__)
 
 
 def finalize(exp_dir: str | Path, top_k: int = 3, seeds: int = 3, address: str | None = None,
-             num_cpus: int | None = None, out: TextIO | None = None) -> dict[str, Any]:
-    """Retrain the top TOP_K configs of EXP_DIR (a folder or URI) with SEEDS seeds each; write <exp>/final/ and
-    <exp>/best_config.yaml. OUT receives the second run's plan and compact progress (None: silent)."""
+             num_cpus: int | None = None, out: TextIO | None = None, race: bool = True) -> dict[str, Any]:
+    """Retrain the top TOP_K configs of EXP_DIR (a folder or URI) with up to SEEDS seeds each (RACE: a seed after
+    the first only for the configs that can still win); write <exp>/final/ and <exp>/best_config.yaml. OUT receives
+    the second run's plan and compact progress (None: silent)."""
     if top_k < 1 or seeds < 1:
         raise ResultsError(f"--top-k {top_k}, --seeds {seeds}: both must be >= 1")
     with storage.synced(exp_dir, checkpoints=False):  # retrains from the configs, not the sweep's weights
-        return _finalize(storage.locate(str(exp_dir)), top_k, seeds, address, num_cpus, out)
+        return _finalize(storage.locate(str(exp_dir)), top_k, seeds, address, num_cpus, out, race)
 
 
 def _finalize(loc: storage.Location, top_k: int, seeds: int, address: str | None, num_cpus: int | None,
-              out: TextIO | None) -> dict[str, Any]:
+              out: TextIO | None, racing: bool) -> dict[str, Any]:
     from mmtune.tune.evaluation import CheckpointFacts, copy_winner, count_params  # late: torch
 
     exp = Experiment.open(loc.local)
@@ -58,28 +61,47 @@ def _finalize(loc: storage.Location, top_k: int, seeds: int, address: str | None
         storage.pull(loc, t.path.name)  # its checkpoints (remote storage), for its test metrics and the winner's
     log.info("finalize %s: %d run(s) taken from the sweep, not retrained", exp.name, len(taken))
     points = grid(cands, pairs)
-    runs = run_grid(exp, loc, points, pairs, address, num_cpus, out).trials if points else []
+    race = start_race(exp, cands, pairs, taken) if racing else None
+    todo = bool(race.missing()) if race else bool(points)
+    runs = run_grid(exp, loc, cands, points, pairs, race, address, num_cpus, out).trials if todo else []
     final = loc.local / FINAL_DIR
-    if not points:  # every run is the sweep's own: nothing to train, a fresh folder for the outputs
+    if not todo:  # every run is the sweep's own: nothing to train, a fresh folder for the outputs
         shutil.rmtree(final, ignore_errors=True)
         final.mkdir()
     attach([*taken, *runs], cands, CheckpointFacts(exp.meta["data"], exp.validation))
-    choice = choose(cands, exp.space.metric)
+    choice = raced_choice(cands, race) if race else choose(cands, exp.space.metric)
     if not choice.winner.ok_runs:
         raise RuntimeError(f"every finalize run failed; see the error files under {final}")
     summary = write_outputs(exp, final, choice, pairs, top_k, time.time() - started,
-                            seeds_vary(exp, cands), copy_winner(final / WINNER_DIR, choice.winner))
+                            seeds_vary(exp, cands), copy_winner(final / WINNER_DIR, choice.winner), race)
     export(exp.path)  # summary.json then names the finalized winner and the seeds' noise
     return summary
 
 
-def run_grid(exp: Experiment, loc: storage.Location, points: list[dict[str, Any]], pairs: list[tuple[int, int]],
-             address: str | None, num_cpus: int | None, out: TextIO | None) -> Experiment:
-    """Every point (a candidate's params with a seed pair) once, at the full budget, as a sweep in <exp>/final: a
-    fixed grid, no sampler, no early cuts, the sweep's own options (resources, storage, failures)."""
+def start_race(exp: Experiment, cands: list[Candidate], pairs: list[tuple[int, int]], taken: list[Trial]) -> Race:
+    """The race over CANDS' seeds, the sweep trials TAKEN as first seeds recorded, past its first round when that
+    needs no training."""
+    race = Race([c.rank for c in cands], len(pairs), exp.space.metric, sweep_sd(exp)[0])
+    for c in cands:
+        if c.trial in taken:
+            race.record(c.rank, 0, c.trial.best_value)
+    if not race.missing():
+        race.advance()
+    return race
+
+
+def run_grid(exp: Experiment, loc: storage.Location, cands: list[Candidate], points: list[dict[str, Any]],
+             pairs: list[tuple[int, int]], race: Race | None, address: str | None, num_cpus: int | None,
+             out: TextIO | None) -> Experiment:
+    """The POINTS (a candidate's params with a seed pair), or with a RACE those of them it asks for round by round,
+    each once at the full budget, as a sweep in <exp>/final: no sampler, no early cuts, the sweep's own options
+    (resources, storage, failures)."""
     from ray.tune.schedulers import FIFOScheduler
 
     from mmtune.tune import sweep as sweeping, tuner  # late: Ray
+
+    searcher = (tuner.RacingConfigs(race, {c.rank: c.trial.params for c in cands}, pairs) if race
+                else tuner.FixedConfigs(points))
 
     # Never finalize the finalize run itself; the folds or holdout as the sweep decided them.
     opts = SweepOptions(**{**exp.meta["options"], "space": exp.space.with_overrides(num_samples=len(points)),
@@ -87,7 +109,7 @@ def run_grid(exp: Experiment, loc: storage.Location, points: list[dict[str, Any]
                            "address": address, "num_cpus": num_cpus, "num_samples": None, "epochs": None,
                            "seed": None, "verbose": False, "finalize_top_k": 0, "cv": str(exp.validation.folds),
                            "split_seeds": tuple(sp for _, sp in pairs)})
-    return sweeping.sweep(opts, searcher=tuner.FixedConfigs(points), scheduler=FIFOScheduler(), out=out)
+    return sweeping.sweep(opts, searcher=searcher, scheduler=FIFOScheduler(), out=out)
 
 
 def seeds_vary(exp: Experiment, cands: list[Candidate]) -> str:

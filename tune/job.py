@@ -49,6 +49,7 @@ class SweepOptions:
     # Recorded so that a resume finalizes as the start asked; `mmtune sweep`/`resume` run it, sweep() does not.
     finalize_top_k: int = 3  # configs re-evaluated over seeds at the end (0: none)
     finalize_seeds: int = 3  # seeds per re-evaluated config
+    finalize_race: bool = True  # seeds after the first only for configs that can still win (tune/racing.py)
     # Tracking, off by default (each costs time per epoch); recorded, so a resume and finalize keep it.
     mlflow: str | None = None  # an MLflow tracking URI: every trial becomes a run of the experiment's name
     tensorboard: bool = False  # TensorBoard event files (scalars per epoch, HParams) in every trial folder

@@ -11,6 +11,7 @@ from typing import Any
 from mmtune.data.io import atomic_file, write_json
 from mmtune.tune.candidates import metric_keys
 from mmtune.tune.experiment import SUMMARY, Experiment, read_meta
+from mmtune.tune.racing import Race
 from mmtune.tune.recipe import write_recipe
 from mmtune.tune.results import BEST_CONFIG
 from mmtune.tune.selection import Candidate, Choice, rule_text
@@ -20,7 +21,7 @@ WINNER_DIR = "winner"
 
 
 def write_outputs(exp: Experiment, out: Path, choice: Choice, pairs: list[tuple[int, int]], requested: int,
-                  seconds: float, seeds_vary: str, checkpoints: list[str]) -> dict[str, Any]:
+                  seconds: float, seeds_vary: str, checkpoints: list[str], race: Race | None) -> dict[str, Any]:
     """<exp>/best_config.yaml (the winner's recipe), final/leaderboard.csv and final/summary.json; the summary."""
     space, winner = exp.space, choice.winner
     config = write_best_config(exp, choice, pairs[0])
@@ -32,6 +33,9 @@ def write_outputs(exp: Experiment, out: Path, choice: Choice, pairs: list[tuple[
         "seeds": [s for s, _ in pairs], "split_seeds": [sp for _, sp in pairs], "holdout": {"how": seeds_vary},
         # Runs the sweep had already trained (a candidate's own trial, at its full budget), not trained again.
         "from_sweep": sum(bool(r.get("from_sweep")) for c in choice.ordered for r in c.runs),
+        # Seeds after the first went only to the configs that could still win (None: every seed of every config).
+        "race": None if race is None else {**race.to_dict(), "sd": race.sd()[0], "sd_source": race.sd()[1]},
+        "trained": sum(not r.get("from_sweep") for c in choice.ordered for r in c.runs),
         "validation": exp.validation.to_dict(),
         "winner": {**_entry(winner, choice, space.metric), "config": str(config), "checkpoints": checkpoints},
         "configs": [_entry(c, choice, space.metric) for c in choice.ordered],
@@ -78,7 +82,8 @@ def _entry(c: Candidate, choice: Choice, metric: str) -> dict[str, Any]:
     return {"rank": c.rank, "sweep_rank": c.sweep_rank, "trial_id": c.trial.trial_id,
             "sweep_best_value": c.trial.best_value, "sweep_best_epoch": c.trial.best_epoch, "params": c.trial.params,
             "num_params": c.num_params, "n_seeds": len(c.ok_runs), "failed_seeds": c.failed, "se": c.se(metric),
-            "bound": c.bound(metric), "tied": c in choice.tied, "mean": c.mean, "std": c.std, "runs": c.runs}
+            "bound": c.bound(metric), "tied": c in choice.tied, "mean": c.mean, "std": c.std, "runs": c.runs,
+            "left_race": c.left_race}
 
 
 def leaderboard_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
@@ -103,10 +108,11 @@ def leaderboard_table(summary: dict[str, Any]) -> str:
 
 
 def _seeds(c: dict[str, Any]) -> str:
-    """How many seeds a config got, how many of them the sweep's own run, how many failed."""
+    """How many seeds a config got and why, how many of them the sweep's own run, how many failed."""
     from_sweep = sum(bool(r.get("from_sweep")) for r in c["runs"])
     notes = [f"{from_sweep} from the sweep"] if from_sweep else []
     notes += [f"{c['failed_seeds']} failed"] if c["failed_seeds"] else []
+    notes += [c["left_race"]] if c.get("left_race") else []
     return f"{c['n_seeds'] + c['failed_seeds']}" + (f" ({', '.join(notes)})" if notes else "")
 
 
@@ -134,7 +140,18 @@ def winner_lines(summary: dict[str, Any]) -> list[str]:
     w, metric = summary["winner"], summary["metric"]
     return [f"winner: sweep trial {w['trial_id']} (sweep rank {w['sweep_rank']}), {metric} {_pm(w, metric)} "
             f"(n={w['n_seeds']}, bound {_fmt(w.get('bound'))}) over seeds {summary['seeds']}; {summary['choice']}",
-            f"seeds and splits: {summary['holdout']['how']}",
+            f"seeds and splits: {summary['holdout']['how']}", *race_lines(summary),
             f"best config: {summary['best_config']} (the finalized winner)"]
 
 
+
+
+def race_lines(summary: dict[str, Any]) -> list[str]:
+    """What finalize's race saved: runs trained and taken from the sweep, configs that left it early, the sd used."""
+    race = summary.get("race")
+    if not race:
+        return []
+    out = len(race["out"])
+    sd = "no noise estimate" if race["sd"] is None else f"sd {race['sd']:.4f}: {race['sd_source']}"
+    return [f"race: {summary['trained']} run(s) trained, {summary['from_sweep']} taken from the sweep, of at most "
+            f"{len(race['ranks']) * race['seeds']}; {out} config(s) left the race early ({sd})"]

@@ -50,10 +50,16 @@ def noise(exp: Experiment) -> Noise:
     gaps = [abs(ranked[0].best_value - t.best_value) for t in ranked[1:TOP + 1]] if ranked else []
     sd, source = _seed_sd(exp)
     if sd is None:
-        sd, source = _fold_sd(ranked, exp.space.metric)
-    if sd is None:
-        sd, source = _binomial_sd(ranked, exp.meta, exp.space.metric)
+        sd, source = sweep_sd(exp)
     return Noise(sd, source, gaps)
+
+
+def sweep_sd(exp: Experiment) -> tuple[float | None, str]:
+    """The spread the sweep's own trials show, whatever a finalize found: the fold sd under CV, else binomial."""
+    sd, source = _fold_sd(exp.ranked, exp.space.metric)
+    if sd is None:
+        sd, source = _binomial_sd(exp.ranked, exp.meta, exp.space.metric)
+    return sd, source
 
 
 def _seed_sd(exp: Experiment) -> tuple[float | None, str]:

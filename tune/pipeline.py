@@ -61,16 +61,17 @@ def finish(exp_dir: Path, storage_path: str, name: str | None, address: str | No
     if loc.remote:
         _say(out, f"stored at:   {loc.remote} (the paths above are its local copy)")
     _say(out, f"Ray's log:   {exp_dir / 'ray.log'}")
-    top_k, seeds = finalize_settings(read_meta(exp_dir))
+    top_k, seeds, race = finalize_settings(read_meta(exp_dir))
     if top_k == 0:
         _say(out, f"best config: {summary['best_config']} (the best trial's: finalizing was skipped)")
         _say(out, f"retrain it:  mmtune train --config {summary['best_config']} --data {summary['data']}")
     else:
-        with interrupted_finalize(str(loc), top_k, seeds):  # from its first line on: a Ctrl-C may follow it at once
+        with interrupted_finalize(str(loc), top_k, seeds, race):  # from its first line on: a Ctrl-C may follow at once
             _say(out, f"\nfinalize: retraining the top {top_k} config(s) x {seeds} seed(s) at the full budget, a "
                       f"second Tune run in {exp_dir / finalize.FINAL_DIR} with the same resource plan (a config's "
-                      "first seed is its sweep trial when that trained the full budget: not trained again)")
-            final = finalize.finalize(str(loc), top_k, seeds, address, num_cpus, out=out)
+                      "first seed is its sweep trial when that trained the full budget: not trained again"
+                      + ("; further seeds only for configs that can still win" if race and seeds > 1 else "") + ")")
+            final = finalize.finalize(str(loc), top_k, seeds, address, num_cpus, out=out, race=race)
         _say(out, "\n".join(leaderboard.result_lines(final)))
         summary = Experiment.open(exp_dir).summary  # finalize exported again: the seeds' noise
     if summary.get("warnings"):  # saturation and noise (also in summary.json and the report), each with its remedy
@@ -91,21 +92,22 @@ def export_ended(location: str, out: TextIO | None = None) -> None:
 
 
 @contextlib.contextmanager
-def interrupted_finalize(location: str, top_k: int, seeds: int) -> Iterator[None]:
+def interrupted_finalize(location: str, top_k: int, seeds: int, race: bool = True) -> Iterator[None]:
     """A Ctrl-C in finalize: the sweep's results and best config stay as export wrote them; says how to re-run it."""
     try:
         yield
     except KeyboardInterrupt as e:
         raise SweepInterrupted(f"finalize of {location} was interrupted; the sweep's results and best_config.yaml are "
                                f"kept as they were. Re-run it: mmtune finalize {location} --top-k {top_k} --seeds "
-                               f"{seeds}", location) from e
+                               f"{seeds}{'' if race else ' --no-race'}", location) from e
 
 
-def finalize_settings(meta: dict[str, Any]) -> tuple[int, int]:
-    """(top-k, seeds) recorded when the sweep started; the defaults for one recorded before they existed."""
+def finalize_settings(meta: dict[str, Any]) -> tuple[int, int, bool]:
+    """(top-k, seeds, race) recorded when the sweep started; the defaults for one recorded before they existed."""
     options = meta.get("options", {})
     return (int(options.get("finalize_top_k", SweepOptions.finalize_top_k)),
-            int(options.get("finalize_seeds", SweepOptions.finalize_seeds)))
+            int(options.get("finalize_seeds", SweepOptions.finalize_seeds)),
+            bool(options.get("finalize_race", SweepOptions.finalize_race)))
 
 
 def _say(out: TextIO | None, text: str) -> None:

@@ -36,6 +36,7 @@ class Candidate:
     mean: dict[str, float] = field(default_factory=dict)
     std: dict[str, float] = field(default_factory=dict)
     num_params: int | None = None  # of the model this config builds on the data's modalities
+    left_race: str | None = None  # why finalize's race stopped giving it seeds (tune/racing.py); None: it ran them all
 
     @property
     def ok_runs(self) -> list[dict[str, Any]]:

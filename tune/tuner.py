@@ -10,8 +10,10 @@ from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
+from mmtune.model.metrics import rank_key
 from mmtune.tune import storage
 from mmtune.tune.console import Progress
+from mmtune.tune.racing import Race
 from mmtune.tune.recorder import TrialRecorder
 from mmtune.tune.searcher import StudySearch
 from mmtune.tune.space import SearchSpace
@@ -105,6 +107,59 @@ class FixedConfigs(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         state = json.loads(Path(checkpoint_path).read_text())
         self.configs, self.given = state["configs"], state["given"]
+
+
+class RacingConfigs(Searcher):
+    """Finalize's runs as a race (tune.racing): the current round's runs, then, once they have all ended, the next
+    round's for the configs still in it; finished when the race is settled."""
+
+    def __init__(self, race: Race, configs: dict[int, dict[str, Any]], pairs: list[tuple[int, int]]):
+        super().__init__()
+        self.race, self.configs, self.pairs = race, configs, pairs
+        self.queue = race.missing()
+        self.running: dict[str, tuple[int, int]] = {}  # trial id -> (rank, seed index)
+        self.best: dict[str, dict] = {}  # trial id -> its best result so far, by the one ranking
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        return True
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if not self.queue and not self.running:
+            self.queue = self.race.advance()
+            if not self.queue:
+                return Searcher.FINISHED
+        if not self.queue:
+            return None  # the round's last runs are still training: the next round depends on them
+        rank, i = self.queue.pop(0)
+        self.running[trial_id] = (rank, i)
+        seed, split_seed = self.pairs[i]
+        return {**self.configs[rank], "seed": seed, "split_seed": split_seed}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        best = self.best.get(trial_id)
+        if best is None or rank_key(result, self.race.metric) < rank_key(best, self.race.metric):
+            self.best[trial_id] = dict(result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id not in self.running:
+            return
+        if result and not error:
+            self.on_trial_result(trial_id, result)
+        rank, i = self.running.pop(trial_id)
+        self.race.record(rank, i, None if error else self.best.get(trial_id, {}).get(self.race.metric))
+
+    def save(self, checkpoint_path: str) -> None:
+        """Tune's periodic searcher snapshot: the race, the queue and the runs in flight."""
+        Path(checkpoint_path).write_text(json.dumps({
+            "race": self.race.to_dict(), "configs": {str(r): c for r, c in self.configs.items()},
+            "pairs": self.pairs, "queue": self.queue, "running": self.running}))
+
+    def restore(self, checkpoint_path: str) -> None:
+        state = json.loads(Path(checkpoint_path).read_text())
+        self.race, self.pairs = Race.from_dict(state["race"]), [tuple(p) for p in state["pairs"]]
+        self.configs = {int(r): c for r, c in state["configs"].items()}
+        self.queue = [tuple(q) for q in state["queue"]]
+        self.running = {t: tuple(v) for t, v in state["running"].items()}
 
 
 def make_scheduler(space: SearchSpace) -> TrialScheduler:

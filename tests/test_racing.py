@@ -1,0 +1,89 @@
+"""Finalize's race (tune/racing.py): who leaves after a round, with which sd, and when it is settled. Pure."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from mmtune.tune.racing import Race, raced_choice
+from mmtune.tune.selection import Candidate
+
+
+def race_of(values: dict[int, list[float | None]], seeds: int = 3, prior: float | None = 0.05,
+            metric: str = "val/f1") -> Race:
+    """A race over the configs of VALUES, round 0 recorded (and further rounds, one value per seed)."""
+    race = Race(sorted(values), seeds, metric, prior)
+    for rank, vs in values.items():
+        for i, v in enumerate(vs):
+            race.record(rank, i, v)
+    return race
+
+
+def test_a_config_far_behind_leaves_and_close_ones_stay():
+    race = race_of({0: [0.80], 1: [0.78], 2: [0.50]}, prior=0.05)
+    nxt = race.advance()  # 2 se of a difference of one seed each: 2 * 0.05 * sqrt(2) = 0.141
+    assert nxt == [(0, 1), (1, 1)] and list(race.out) == [2]
+    assert race.out[2].startswith("out after seed 1: 0.3000 behind")
+
+
+def test_the_pooled_seed_sd_replaces_the_prior_once_configs_have_two_seeds():
+    race = race_of({0: [0.80, 0.82], 1: [0.70, 0.72]}, prior=0.5)  # the prior alone would keep both
+    sd, source = race.sd()
+    assert sd == pytest.approx(math.sqrt(0.0002)) and "pooled over 2 config(s)" in source
+    race.round = 1
+    assert race.advance() == [] and list(race.out) == [1]  # one config left: settled
+
+
+def test_no_estimate_means_nobody_leaves_on_its_mean():
+    race = race_of({0: [0.9], 1: [0.1]}, prior=None)
+    assert race.sd() == (None, "no noise estimate")
+    assert race.advance() == [(0, 1), (1, 1)] and not race.out
+
+
+def test_a_failed_seed_leaves_only_while_a_config_without_one_is_in():
+    race = race_of({0: [0.6], 1: [None], 2: [0.7]}, prior=None)
+    race.advance()
+    assert list(race.out) == [1] and "a seed failed" in race.out[1]
+    every = race_of({0: [None], 1: [None]}, prior=0.05)
+    assert every.advance() == [(0, 1), (1, 1)] and not every.out  # nothing to compare: both go on
+
+
+def test_for_a_loss_lower_is_better():
+    race = race_of({0: [0.30], 1: [0.90]}, prior=0.05, metric="val/loss")
+    race.advance()
+    assert list(race.out) == [1]
+
+
+def test_the_race_ends_after_the_last_seed_and_needs_a_complete_round():
+    race = race_of({0: [0.8, 0.81], 1: [0.79]}, seeds=2, prior=0.05)
+    race.round = 1
+    assert race.missing() == [(1, 1)]
+    with pytest.raises(AssertionError):
+        race.advance()
+    race.record(1, 1, 0.8)
+    assert race.advance() == []  # every seed ran
+
+
+def test_the_race_survives_a_json_round_trip():
+    race = race_of({0: [0.8], 1: [0.3], 2: [None]}, prior=0.05)
+    race.advance()
+    back = Race.from_dict(race.to_dict())
+    assert back == race and back.missing() == race.missing()
+
+
+def _cand(rank: int, runs: list[float], params: int) -> Candidate:
+    c = Candidate(rank, rank + 1, trial=None, cfg=None,  # type: ignore[arg-type]  # the rule reads neither
+                  runs=[{"ok": True, "val/f1": v, "val/loss": 1 - v} for v in runs], num_params=params)
+    c.mean = {"val/f1": sum(runs) / len(runs), "val/loss": 1 - sum(runs) / len(runs)}
+    c.std = {"val/f1": 0.0 if len(runs) < 2 else 0.01, "val/loss": 0.0}
+    return c
+
+
+def test_a_config_out_of_the_race_ranks_after_those_that_finished_it_whatever_its_bound():
+    # The leader's 3 seeds have a large sd, so its bound is below the one-seed mean of the config that left.
+    leader, out = _cand(0, [0.9, 0.6, 0.9], 1000), _cand(1, [0.7], 10)
+    leader.std["val/f1"] = 0.17
+    race = Race([0, 1], 3, "val/f1", 0.05, out={1: "out after seed 1: ..."})
+    choice = raced_choice([leader, out], race)
+    assert [c.rank for c in choice.ordered] == [0, 1] and choice.winner is leader
+    assert out.left_race == "out after seed 1: ..." and leader.left_race is None

@@ -1,0 +1,123 @@
+"""Finalize's seeds as a race: a seed is trained only for the configs that can still win.
+
+Finalize retrains each top-k config over S seeds and picks by `tune.selection`'s rule; on a small set most of that
+budget goes to configs already clearly behind after a seed or two. Racing (Maron & Moore's Hoeffding races,
+Birattari et al.'s F-race for algorithm configuration) runs the seeds in rounds, round r training seed pair r of
+every config still in the race. After each round a config leaves the race when
+  - it has a failed seed while a config without one is still in (the rule ranks it last whatever its mean), or
+  - its mean is behind the leader's (the best mean) by more than Z standard errors of the difference,
+    Z * sd * sqrt(1/n_leader + 1/n_config), with sd the seed sd pooled over the configs' runs so far, or before
+    any config has two seeds the sweep's own noise estimate (`tune.noise`: the fold sd under CV, a binomial
+    approximation otherwise; both are larger than the sd of a retrained config's value, so early rounds drop
+    less). With no estimate at all nobody leaves.
+Z = 2 is wider than the rule's one-SE tie band, so a config that could still tie with the leader (and win by being
+smaller) stays in. The race is settled when one config is left, or every seed has run. Pure: no Ray, no torch.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from typing import Any
+
+from mmtune.model.metrics import is_finite, mode_of
+from mmtune.tune.selection import Candidate, Choice, by_bound, choose
+
+Z = 2.0  # standard errors of the difference that put a config out of the race
+
+
+@dataclass
+class Race:
+    """The rounds of one finalize: who is still in, the value each (config, seed) run scored, who left and why."""
+
+    ranks: list[int]  # the candidates' ranks (tune.candidates.Candidate.rank)
+    seeds: int  # seed pairs per config at most
+    metric: str
+    prior_sd: float | None  # the sweep's noise estimate, used until some config has two seeds
+    values: dict[int, dict[int, float | None]] = field(default_factory=dict)  # rank -> seed index -> value (None: failed)
+    out: dict[int, str] = field(default_factory=dict)  # rank -> why it left the race
+    round: int = 0
+    z: float = Z
+
+    @property
+    def alive(self) -> list[int]:
+        """The ranks still in the race."""
+        return [r for r in self.ranks if r not in self.out]
+
+    def record(self, rank: int, seed_index: int, value: float | None) -> None:
+        """The best-epoch value of RANK's run with seed pair SEED_INDEX (None or non-finite: the run failed)."""
+        self.values.setdefault(rank, {})[seed_index] = float(value) if is_finite(value) else None
+
+    def missing(self) -> list[tuple[int, int]]:
+        """(rank, seed index) runs the current round still needs."""
+        return [(r, self.round) for r in self.alive if self.round not in self.values.get(r, {})]
+
+    def advance(self) -> list[tuple[int, int]]:
+        """Close the current round (every run of it recorded): settle who leaves, and return the next round's runs,
+        or [] when the race is over (one config left, or every seed ran)."""
+        assert not self.missing(), "the round is not complete"
+        self.settle()
+        if len(self.alive) <= 1 or self.round + 1 >= self.seeds:
+            return []
+        self.round += 1
+        return self.missing()
+
+    def settle(self) -> None:
+        """Put out the configs that can no longer win (module docstring)."""
+        alive = self.alive
+        failed = [r for r in alive if None in self.values.get(r, {}).values()]
+        if len(failed) < len(alive):
+            for r in failed:
+                self.out[r] = f"out after seed {self.round + 1}: a seed failed (the rule ranks it last)"
+        sd, _ = self.sd()
+        if sd is None:
+            return
+        ok = {r: v for r in self.alive if (v := self._ok(r))}
+        if len(ok) < 2:
+            return
+        sign = 1.0 if mode_of(self.metric) == "max" else -1.0
+        leader = max(ok, key=lambda r: sign * statistics.fmean(ok[r]))
+        best = statistics.fmean(ok[leader])
+        for r in [r for r in ok if r != leader]:
+            gap, se = sign * (best - statistics.fmean(ok[r])), sd * math.sqrt(1 / len(ok[leader]) + 1 / len(ok[r]))
+            if gap > self.z * se:
+                self.out[r] = (f"out after seed {self.round + 1}: {gap:.4f} behind the leader's mean "
+                               f"(> {self.z:g} x se {se:.4f})")
+
+    def sd(self) -> tuple[float | None, str]:
+        """The seed sd pooled over the configs with two or more seeds, else the prior; and where it comes from."""
+        groups = [v for v in (self._ok(r) for r in self.ranks) if len(v) > 1]
+        dof = sum(len(v) - 1 for v in groups)
+        if dof:
+            pooled = math.sqrt(sum((len(v) - 1) * statistics.variance(v) for v in groups) / dof)
+            if pooled > 0:
+                return pooled, f"seed sd {pooled:.4f} pooled over {len(groups)} config(s)"
+        if self.prior_sd is not None and self.prior_sd > 0:
+            return self.prior_sd, f"the sweep's noise estimate, sd {self.prior_sd:.4f}"
+        return None, "no noise estimate"
+
+    def _ok(self, rank: int) -> list[float]:
+        return [v for v in self.values.get(rank, {}).values() if v is not None]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The race as JSON (searcher snapshots, finalize's summary)."""
+        return {"ranks": self.ranks, "seeds": self.seeds, "metric": self.metric, "prior_sd": self.prior_sd,
+                "values": {str(r): {str(i): v for i, v in vs.items()} for r, vs in self.values.items()},
+                "out": {str(r): why for r, why in self.out.items()}, "round": self.round, "z": self.z}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Race":
+        """The inverse of to_dict."""
+        return cls(d["ranks"], d["seeds"], d["metric"], d["prior_sd"],
+                   {int(r): {int(i): v for i, v in vs.items()} for r, vs in d["values"].items()},
+                   {int(r): why for r, why in d["out"].items()}, d["round"], d["z"])
+
+
+def raced_choice(cands: list[Candidate], race: Race) -> Choice:
+    """The rule applied to the configs left in RACE; those that left it follow, by bound, each with its reason."""
+    for c in cands:
+        c.left_race = race.out.get(c.rank)
+    alive = [c for c in cands if c.left_race is None]
+    choice = choose(alive, race.metric)
+    return Choice([*choice.ordered, *by_bound([c for c in cands if c.left_race], race.metric)], choice.leader,
+                  choice.tied, choice.reason)
