@@ -34,7 +34,9 @@ def replay(exp: Path, test_f1: Callable[[str], float]) -> dict[str, Any]:
     cands = []
     for c in configs:
         given = [r for r in runs[c["rank"]][:len(race.values[c["rank"]])] if r["ok"]]
-        cand = Candidate(c["rank"], c["sweep_rank"], None, None, runs=given, num_params=c["num_params"])  # type: ignore[arg-type]
+        # The rule reads the runs, their aggregates and the size only: no trial or config needed.
+        cand = Candidate(c["rank"], c["sweep_rank"], None, None,  # type: ignore[arg-type]
+                         runs=given, num_params=c["num_params"])
         cand.mean, cand.std = aggregate(given, [metric, tie_breaker(metric)])
         cands.append(cand)
     pick = raced_choice(cands, race).winner.rank
@@ -44,4 +46,4 @@ def replay(exp: Path, test_f1: Callable[[str], float]) -> dict[str, Any]:
     return {"runs_full": sum(len(r) for r in runs.values()), "runs_raced": sum(len(v) for v in race.values.values()),
             "out": {str(k): v for k, v in race.out.items()}, "pick_full": full, "pick_raced": pick,
             "same_pick": pick == full, "test_f1_full": test[full], "test_f1_raced": test[pick],
-            "sd": race.sd()[0]}
+            "sd": race.sd()[0], "dof": race.sd()[2]}

@@ -36,7 +36,7 @@ def result(epoch: int, value: float, status: str = "running", metric: str = "val
 
 def make(num_samples: int = 5, metric: str = "val/f1", interval_s: float = 30.0):
     out, clock = io.StringIO(), Clock()
-    return Progress(num_samples, metric, out, interval_s, clock=clock), out, clock
+    return Progress(num_samples, metric, out, interval_s, clock=clock, rungs=[2]), out, clock  # ASHA's rung: 2
 
 
 def report(p: Progress, t: SimpleNamespace, trials: list, res: dict) -> None:
@@ -115,7 +115,8 @@ def test_min_mode_picks_the_lowest_loss():
     p.on_trial_complete(1, ts, ts[0])
     assert p.best_trial() == ("t2", 0.4)  # t3's 0.1 is excluded: it diverged
     assert "best val/loss 0.4000 (t2)" in out.getvalue()
-    assert "trial t1 pruned at epoch 3 (best val/loss 0.5000 at epoch 2)" in out.getvalue()
+    # Tune stopped it at epoch 3, off ASHA's rung (2): the time budget or a stopper, not ASHA.
+    assert "trial t1 stopped at epoch 3 (best val/loss 0.5000 at epoch 2)" in out.getvalue()
 
 
 def test_heartbeat_at_most_every_interval_and_bounded_output():
@@ -145,6 +146,8 @@ def test_formatting_helpers_and_pickling():
     assert eta_str(10, 0, 5) == "ETA ?" and eta_str(10, 5, 5) == "done"
     assert eta_str(60, 2, 4) == "ETA ~60 s" and eta_str(600, 2, 4) == "ETA ~10 min"
     assert eta_str(7200, 1, 3) == "ETA ~4.0 h"
+    # Finalize's runs after the search, in average trials: 2 trials left plus 3 trials' worth of finalize.
+    assert eta_str(20, 2, 4, after=3.0) == "ETA ~50 s with finalize"
     p, _, _ = make()
     p.observe("t", result(1, 0.5))
     copy = pickle.loads(pickle.dumps(p))  # Tune pickles its callbacks with the Tuner

@@ -79,8 +79,9 @@ def test_dashboard_follows_the_study_while_the_searcher_writes_it(tmp_path):
         searcher.suggest("ray_b")
         _shows(url, [("ray_a", "Running", [0.4]), ("ray_b", "Running", [])])
         searcher.on_trial_complete("ray_a", {"val/f1": 0.6, "training_iteration": 2, "trial_status": "completed"})
-        searcher.on_trial_complete("ray_b", {"val/f1": 0.3, "training_iteration": 1, "trial_status": "running"})
-        _shows(url, [("ray_a", "Complete", [0.4, 0.6]), ("ray_b", "Pruned", [0.3])])  # ASHA's stop: pruned
+        # Stopped while running at epoch 2, ASHA's first rung (grace_period 2): pruned.
+        searcher.on_trial_complete("ray_b", {"val/f1": 0.3, "training_iteration": 2, "trial_status": "running"})
+        _shows(url, [("ray_a", "Complete", [0.4, 0.6]), ("ray_b", "Pruned", [0.3])])
     finally:
         proc.terminate()
         proc.communicate(timeout=30)

@@ -28,15 +28,25 @@ def test_a_config_far_behind_leaves_and_close_ones_stay():
 
 def test_the_pooled_seed_sd_replaces_the_prior_once_configs_have_two_seeds():
     race = race_of({0: [0.80, 0.82], 1: [0.70, 0.72]}, prior=0.5)  # the prior alone would keep both
-    sd, source = race.sd()
-    assert sd == pytest.approx(math.sqrt(0.0002)) and "pooled over 2 config(s)" in source
+    sd, source, dof = race.sd()
+    assert sd == pytest.approx(math.sqrt(0.0002)) and dof == 2 and "pooled over 2 config(s), 2 dof" in source
     race.round = 1
     assert race.advance() == [] and list(race.out) == [1]  # one config left: settled
+    assert "(> 4.30 x se 0.0141)" in race.out[1]  # Student's t with 2 dof, not 2: a pooled sd of 2 runs is noisy
+
+
+def test_a_gap_beyond_2_se_but_within_students_t_keeps_a_config_in():
+    # The benchmark's case: 3 configs x 2 seeds pool an sd of 0.009 (3 dof); a 0.021 gap is 2.3 se, under t 3.18.
+    race = race_of({0: [0.560, 0.548], 1: [0.545, 0.531], 2: [0.532, 0.534]}, prior=0.03)
+    race.round = 1
+    race.advance()
+    assert race.critical(3) == pytest.approx(3.182, abs=1e-3) and race.critical(0) == 2.0
+    assert not race.out
 
 
 def test_no_estimate_means_nobody_leaves_on_its_mean():
     race = race_of({0: [0.9], 1: [0.1]}, prior=None)
-    assert race.sd() == (None, "no noise estimate")
+    assert race.sd() == (None, "no noise estimate", 0)
     assert race.advance() == [(0, 1), (1, 1)] and not race.out
 
 

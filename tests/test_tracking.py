@@ -16,8 +16,9 @@ NAME = "tracked"
 
 @pytest.fixture(scope="module")
 def tracked(ray_session, demo_dir, tmp_path_factory) -> Iterator[tuple[Path, str]]:
-    """`mmtune sweep` of the smoke space with both trackers, finalized with 1 config x 2 seeds (its first seed may be
-    the sweep's own trial, not trained again; the second is always trained); (experiment, URI)."""
+    """`mmtune sweep` of the smoke space with both trackers, finalized with 1 config x 2 seeds without the race (its
+    first seed may be the sweep's own trial, not trained again; the second is always trained: a race of one config is
+    settled before it); (experiment, URI)."""
     from mmtune.tune.cli import run
 
     tmp = tmp_path_factory.mktemp("tracked")
@@ -25,7 +26,8 @@ def tracked(ray_session, demo_dir, tmp_path_factory) -> Iterator[tuple[Path, str
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 opens a file store only when asked to
         assert run(["sweep", "--data", str(demo_dir), "--space", SMOKE, "--storage", str(tmp / "res"), "--name", NAME,
-                    "--mlflow", uri, "--tensorboard", "--finalize-top-k", "1", "--finalize-seeds", "2"]) == 0
+                    "--mlflow", uri, "--tensorboard", "--finalize-top-k", "1", "--finalize-seeds", "2",
+                    "--no-finalize-race"]) == 0
         yield tmp / "res" / NAME, uri
 
 

@@ -19,7 +19,7 @@ from mmtune.model.config import TrainConfig, load_config
 from mmtune.tune import finalize as finalizing, pipeline, storage
 from mmtune.tune.errors import ResultsError
 from mmtune.tune.experiment import SUMMARY, Experiment, load_study
-from mmtune.tune.job import SweepOptions
+from mmtune.tune.job import SweepOptions, budget_option
 from mmtune.tune.report import ReportResult, write_report
 from mmtune.tune.results import BEST_CONFIG, BEST_TRIAL_CONFIG, trial_rows
 from mmtune.tune.space import SearchSpace
@@ -84,13 +84,13 @@ class ExperimentHandle:
         with storage.synced(self.location, checkpoints=False) as folder:
             return write_report(folder, **kw)
 
-    def finalize(self, top_k: int = 3, seeds: int = 3, *, race: bool = True, progress: Progress = False,
-                 address: str | None = None, num_cpus: int | None = None) -> dict[str, Any]:
+    def finalize(self, top_k: int = 3, seeds: int = 3, *, race: bool = True, time_budget: str | float | None = None,
+                 progress: Progress = False, address: str | None = None, num_cpus: int | None = None) -> dict[str, Any]:
         """Retrain the top TOP_K configs with up to SEEDS seeds each (RACE: later seeds only for the configs that can
-        still win) as `mmtune finalize` does; its summary."""
+        still win; TIME_BUDGET: e.g. '30m') as `mmtune finalize` does; its summary."""
         with pipeline.interrupted_finalize(self.location, top_k, seeds, race):
             return finalizing.finalize(self.location, top_k, seeds, address, num_cpus, out=_stream(progress),
-                                       race=race)
+                                       race=race, time_budget=budget_option(time_budget))
 
     def _config(self, name: str) -> TrainConfig:
         return load_config(self._file(name))

@@ -17,6 +17,7 @@ from mmtune.tune.space import SearchSpace
 log = logging.getLogger(__name__)
 
 RESEEDED = ("seed", "split_seed")  # what finalize sets per run, on top of a candidate's params
+CUT = (TrialStatus.STOPPED, TrialStatus.PRUNED)  # a finalize run Tune stopped early: only the time budget does
 SPLITS = ("val", "test")
 
 
@@ -66,6 +67,9 @@ def attach(runs: list[Trial], cands: list[Candidate], checkpoint_facts: Callable
     for t in runs:
         cand = next(c for c in cands if all(t.params.get(k) == v for k, v in c.trial.params.items()
                                             if k not in RESEEDED))
+        if t is not cand.trial and t.status in CUT:
+            cand.cut += 1  # stopped short of the budget by the time budget: neither a seed nor a failure
+            continue
         cfg = cand.cfg  # a sweep trial's seeds are its config's; a finalize run's are in its params
         run: dict[str, Any] = {"seed": int(t.params.get("seed", cfg.seed)),
                                "split_seed": int(t.params.get("split_seed", cfg.split_seed)),

@@ -6,7 +6,7 @@ import sys
 
 from mmtune.tune import dashboard, finalize, leaderboard, pipeline, report, storage
 from mmtune.tune.errors import ResultsError, SweepError
-from mmtune.tune.job import SweepOptions, experiment_location
+from mmtune.tune.job import SweepOptions, budget_option, experiment_location
 from mmtune.tune.results import export, status_table
 
 BAD_INPUT = (SweepError, ResultsError)
@@ -44,6 +44,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "confidence bound (default 3; 0 skips it: best_config.yaml is then the best trial's)")
     s.add_argument("--finalize-seeds", type=int, default=3, metavar="S",
                    help="seeds per finalized config; each varies the initialization and the split (default 3)")
+    s.add_argument("--time-budget", metavar="DURATION", help="bound the whole flow (search + finalize), e.g. 90m, "
+                   "1.5h or 1h30m; finalize's share is reserved and shown in the plan (default: the space's "
+                   "time_budget, else no limit)")
     s.add_argument("--no-finalize-race", dest="finalize_race", action="store_false",
                    help="train every finalize seed of every config (default: a seed after the first only for the "
                    "configs that can still win, see README 'Finalize')")
@@ -73,6 +76,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     f.add_argument("experiment", help="results/<experiment> (a sweep with at least one usable trial)")
     f.add_argument("--top-k", type=int, default=3, help="configs to retrain, best first (default 3)")
     f.add_argument("--seeds", type=int, default=3, help="training seeds per config (default 3)")
+    f.add_argument("--time-budget", metavar="DURATION", help="stop finalize's runs after this long, e.g. 30m or "
+                   "1h (runs it cuts are left out of the seeds); default: no limit")
     f.add_argument("--no-race", dest="race", action="store_false",
                    help="train every seed of every config (default: a seed after the first only for the configs "
                    "that can still win)")
@@ -100,7 +105,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         num_samples=args.num_samples, epochs=args.epochs, seed=args.seed, cv=args.cv, overwrite=args.overwrite,
         resume=args.resume, allow_local_storage=args.allow_local_storage, verbose=args.verbose,
         finalize_top_k=args.finalize_top_k, finalize_seeds=args.finalize_seeds,
-        finalize_race=args.finalize_race, mlflow=args.mlflow,
+        finalize_race=args.finalize_race, time_budget=args.time_budget, mlflow=args.mlflow,
         tensorboard=args.tensorboard)
     pipeline.run(opts, sys.stdout)
     return 0
@@ -134,7 +139,7 @@ def cmd_finalize(args: argparse.Namespace) -> int:
     """Finalize ARGS.experiment and print the leaderboard and where the files are."""
     with pipeline.interrupted_finalize(args.experiment, args.top_k, args.seeds, args.race):
         summary = finalize.finalize(args.experiment, args.top_k, args.seeds, args.address, args.num_cpus,
-                                    race=args.race)
+                                    race=args.race, time_budget=budget_option(args.time_budget))
     print("\n".join(leaderboard.result_lines(summary)))
     return 0
 

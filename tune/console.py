@@ -37,25 +37,29 @@ def clock_str(seconds: float) -> str:
     return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m:02d}:{s:02d}"
 
 
-def eta_str(elapsed: float, ended: int, total: int) -> str:
-    """Time left, if the trials still to end take as long on average as those that ended."""
+def eta_str(elapsed: float, ended: int, total: int, after: float = 0.0) -> str:
+    """Time left, if the trials still to end take as long on average as those that ended, and AFTER more trials'
+    worth of work follows them (finalize's runs, counted in average trials)."""
     if ended < 1:
         return "ETA ?"
     if ended >= total:
         return "done"
-    left = elapsed / ended * (total - ended)
-    if left < 90:
-        return f"ETA ~{left:.0f} s"
-    return f"ETA ~{left / 60:.0f} min" if left < 7200 else f"ETA ~{left / 3600:.1f} h"
+    left = elapsed / ended * (total - ended + after)
+    text = f"ETA ~{left:.0f} s" if left < 90 else f"ETA ~{left / 60:.0f} min" if left < 7200 else \
+        f"ETA ~{left / 3600:.1f} h"
+    return text + (" with finalize" if after else "")
 
 
 class Progress(tune.Callback):
     """One line per ended trial and a heartbeat at most every INTERVAL_S, to OUT; never a line per epoch."""
 
     def __init__(self, num_samples: int, metric: str, out: TextIO | None = None, interval_s: float = 30.0, *,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, rungs: list[int] | None = None,
+                 after: float = 0.0):
         # No mode: the metric's name decides it (model.metrics.mode_of), as for every ranking in mmtune.
         self.num_samples, self.metric, self.interval_s = num_samples, metric, interval_s
+        self.rungs = rungs or []  # ASHA's rungs: where a trial Tune stopped was pruned
+        self.after = after  # finalize's runs in average search trials, for an ETA of the whole flow
         self._out, self._clock = out, clock
         self.start = self.last_line = clock()
         self.best: dict[str, dict[str, Any]] = {}  # trial id -> its best result so far (metric and tie-breaker)
@@ -90,7 +94,7 @@ class Progress(tune.Callback):
         ended = f"{len(self.ended)}/{self.num_samples} ended" + (f": {by_status}" if by_status else "")
         best = self.best_trial()
         best_str = f"best {self.metric} {best[1]:.4f} ({best[0]})" if best else f"best {self.metric} -"
-        eta = eta_str(self._clock() - self.start, len(self.ended), self.num_samples)
+        eta = eta_str(self._clock() - self.start, len(self.ended), self.num_samples, self.after)
         return " | ".join([ended, f"{running} running", best_str, eta])
 
     def _running(self, trials: list) -> int:
@@ -137,7 +141,7 @@ class Progress(tune.Callback):
         self._heartbeat(trials)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._ended(trial, ended_status(trial.last_result or {}), trials)
+        self._ended(trial, ended_status(trial.last_result or {}, self.rungs), trials)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._ended(trial, TrialStatus.FAILED, trials)

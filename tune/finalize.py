@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -32,18 +33,30 @@ log = logging.getLogger(__name__)
 
 
 def finalize(exp_dir: str | Path, top_k: int = 3, seeds: int = 3, address: str | None = None,
-             num_cpus: int | None = None, out: TextIO | None = None, race: bool = True) -> dict[str, Any]:
+             num_cpus: int | None = None, out: TextIO | None = None, race: bool = True,
+             time_budget: float | None = None) -> dict[str, Any]:
     """Retrain the top TOP_K configs of EXP_DIR (a folder or URI) with up to SEEDS seeds each (RACE: a seed after
-    the first only for the configs that can still win); write <exp>/final/ and <exp>/best_config.yaml. OUT receives
-    the second run's plan and compact progress (None: silent)."""
+    the first only for the configs that can still win) in at most TIME_BUDGET seconds (runs it cuts are left out);
+    write <exp>/final/ and <exp>/best_config.yaml. OUT receives the second run's plan and compact progress (None:
+    silent)."""
     if top_k < 1 or seeds < 1:
         raise ResultsError(f"--top-k {top_k}, --seeds {seeds}: both must be >= 1")
     with storage.synced(exp_dir, checkpoints=False):  # retrains from the configs, not the sweep's weights
-        return _finalize(storage.locate(str(exp_dir)), top_k, seeds, address, num_cpus, out, race)
+        return _finalize(storage.locate(str(exp_dir)), top_k, seeds, Resources(address, num_cpus, time_budget), out,
+                         race)
 
 
-def _finalize(loc: storage.Location, top_k: int, seeds: int, address: str | None, num_cpus: int | None,
-              out: TextIO | None, racing: bool) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Resources:
+    """Where and how long finalize's runs may train: a Ray address, the embedded Ray's CPUs, a time budget (s)."""
+
+    address: str | None = None
+    num_cpus: int | None = None
+    time_budget: float | None = None
+
+
+def _finalize(loc: storage.Location, top_k: int, seeds: int, res: Resources, out: TextIO | None,
+              racing: bool) -> dict[str, Any]:
     from mmtune.tune.evaluation import CheckpointFacts, copy_winner, count_params  # late: torch
 
     exp = Experiment.open(loc.local)
@@ -63,13 +76,17 @@ def _finalize(loc: storage.Location, top_k: int, seeds: int, address: str | None
     points = grid(cands, pairs)
     race = start_race(exp, cands, pairs, taken) if racing else None
     todo = bool(race.missing()) if race else bool(points)
-    runs = run_grid(exp, loc, cands, points, pairs, race, address, num_cpus, out).trials if todo else []
+    runs = run_grid(exp, loc, cands, points, pairs, race, res, out).trials if todo else []
     final = loc.local / FINAL_DIR
     if not todo:  # every run is the sweep's own: nothing to train, a fresh folder for the outputs
         shutil.rmtree(final, ignore_errors=True)
         final.mkdir()
     attach([*taken, *runs], cands, CheckpointFacts(exp.meta["data"], exp.validation))
     choice = raced_choice(cands, race) if race else choose(cands, exp.space.metric)
+    if not choice.winner.ok_runs and any(c.cut for c in cands):
+        raise ResultsError(f"the time budget ({res.time_budget:.0f} s) stopped every finalize run before its full "
+                           f"budget; the sweep's results and best config are kept. Give finalize more time "
+                           f"(mmtune finalize {loc} --time-budget ...) or fewer seeds (--seeds)")
     if not choice.winner.ok_runs:
         raise RuntimeError(f"every finalize run failed; see the error files under {final}")
     summary = write_outputs(exp, final, choice, pairs, top_k, time.time() - started,
@@ -91,11 +108,10 @@ def start_race(exp: Experiment, cands: list[Candidate], pairs: list[tuple[int, i
 
 
 def run_grid(exp: Experiment, loc: storage.Location, cands: list[Candidate], points: list[dict[str, Any]],
-             pairs: list[tuple[int, int]], race: Race | None, address: str | None, num_cpus: int | None,
-             out: TextIO | None) -> Experiment:
+             pairs: list[tuple[int, int]], race: Race | None, res: Resources, out: TextIO | None) -> Experiment:
     """The POINTS (a candidate's params with a seed pair), or with a RACE those of them it asks for round by round,
     each once at the full budget, as a sweep in <exp>/final: no sampler, no early cuts, the sweep's own options
-    (resources, storage, failures)."""
+    (resources, storage, failures), within RES's time budget."""
     from ray.tune.schedulers import FIFOScheduler
 
     from mmtune.tune import sweep as sweeping, tuner  # late: Ray
@@ -104,9 +120,12 @@ def run_grid(exp: Experiment, loc: storage.Location, cands: list[Candidate], poi
                 else tuner.FixedConfigs(points))
 
     # Never finalize the finalize run itself; the folds or holdout as the sweep decided them.
-    opts = SweepOptions(**{**exp.meta["options"], "space": exp.space.with_overrides(num_samples=len(points)),
+    # No rungs (a run Tune stops was cut by the time budget, not pruned) and finalize's own share of the budget.
+    space = replace(exp.space, time_budget=res.time_budget).with_overrides(num_samples=len(points),
+                                                                          grace_period=exp.space.epochs)
+    opts = SweepOptions(**{**exp.meta["options"], "space": space, "time_budget": None,
                            "name": FINAL_DIR, "storage": str(loc), "overwrite": True, "resume": False,
-                           "address": address, "num_cpus": num_cpus, "num_samples": None, "epochs": None,
+                           "address": res.address, "num_cpus": res.num_cpus, "num_samples": None, "epochs": None,
                            "seed": None, "verbose": False, "finalize_top_k": 0, "cv": str(exp.validation.folds),
                            "split_seeds": tuple(sp for _, sp in pairs)})
     return sweeping.sweep(opts, searcher=searcher, scheduler=FIFOScheduler(), out=out)

@@ -13,6 +13,7 @@ from typing import Any
 
 from mmtune.data.validation import TrainData, Validation, resolve
 from mmtune.tune import storage
+from mmtune.tune.budget import DurationError, TimeBudget, parse_duration, split
 from mmtune.tune.errors import SweepError
 from mmtune.tune.experiment import META, read_meta, recorded_validation
 from mmtune.tune.resources import check_flags
@@ -50,6 +51,7 @@ class SweepOptions:
     finalize_top_k: int = 3  # configs re-evaluated over seeds at the end (0: none)
     finalize_seeds: int = 3  # seeds per re-evaluated config
     finalize_race: bool = True  # seeds after the first only for configs that can still win (tune/racing.py)
+    time_budget: str | float | None = None  # '90m', '2h', seconds: bounds search + finalize (the space's time_budget)
     # Tracking, off by default (each costs time per epoch); recorded, so a resume and finalize keep it.
     mlflow: str | None = None  # an MLflow tracking URI: every trial becomes a run of the experiment's name
     tensorboard: bool = False  # TensorBoard event files (scalars per epoch, HParams) in every trial folder
@@ -86,7 +88,7 @@ def prepare(opts: SweepOptions) -> Job:
     tracking store that --mlflow names, when MLflow creates it on first contact)."""
     space_file, space = _space(opts.space)
     space = space.with_overrides(num_samples=opts.num_samples, epochs=opts.epochs, seed=opts.seed,
-                                 cv=cv_option(opts.cv))
+                                 cv=cv_option(opts.cv), time_budget=budget_option(opts.time_budget))
     name = opts.name or f"{Path(space_file).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     loc = experiment_location(opts.storage, name)
     check_flags(opts.cpus_per_trial, opts.gpus_per_trial, opts.max_concurrent, opts.max_failures)
@@ -116,6 +118,22 @@ def cv_option(value: str | None) -> int | str | None:
     if k < 0 or k == 1:
         raise SweepError(f"--cv {value}: give 0 (one holdout split), a fold count K >= 2, or 'auto'")
     return k
+
+
+def budget_option(value: str | float | None) -> float | None:
+    """The --time-budget flag in seconds (None: the space decides)."""
+    try:
+        return None if value is None else parse_duration(value, "--time-budget")
+    except DurationError as e:
+        raise SweepError(str(e)) from None
+
+
+def time_budget(space: SearchSpace, finalize_top_k: int, finalize_seeds: int) -> TimeBudget | None:
+    """SPACE's time budget split between its search and the finalize asked for (None: unbounded)."""
+    if space.time_budget is None:
+        return None
+    return split(space.time_budget, space.num_samples, space.rungs, space.reduction_factor, space.epochs,
+                 finalize_top_k * finalize_seeds)
 
 
 def _space(space: str | SearchSpace) -> tuple[str, SearchSpace]:

@@ -34,7 +34,7 @@ def write_outputs(exp: Experiment, out: Path, choice: Choice, pairs: list[tuple[
         # Runs the sweep had already trained (a candidate's own trial, at its full budget), not trained again.
         "from_sweep": sum(bool(r.get("from_sweep")) for c in choice.ordered for r in c.runs),
         # Seeds after the first went only to the configs that could still win (None: every seed of every config).
-        "race": None if race is None else {**race.to_dict(), "sd": race.sd()[0], "sd_source": race.sd()[1]},
+        "race": None if race is None else {**race.to_dict(), **dict(zip(("sd", "sd_source", "dof"), race.sd()))},
         "trained": sum(not r.get("from_sweep") for c in choice.ordered for r in c.runs),
         "validation": exp.validation.to_dict(),
         "winner": {**_entry(winner, choice, space.metric), "config": str(config), "checkpoints": checkpoints},
@@ -83,7 +83,7 @@ def _entry(c: Candidate, choice: Choice, metric: str) -> dict[str, Any]:
             "sweep_best_value": c.trial.best_value, "sweep_best_epoch": c.trial.best_epoch, "params": c.trial.params,
             "num_params": c.num_params, "n_seeds": len(c.ok_runs), "failed_seeds": c.failed, "se": c.se(metric),
             "bound": c.bound(metric), "tied": c in choice.tied, "mean": c.mean, "std": c.std, "runs": c.runs,
-            "left_race": c.left_race}
+            "left_race": c.left_race, "cut_by_time_budget": c.cut}
 
 
 def leaderboard_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
@@ -113,6 +113,7 @@ def _seeds(c: dict[str, Any]) -> str:
     notes = [f"{from_sweep} from the sweep"] if from_sweep else []
     notes += [f"{c['failed_seeds']} failed"] if c["failed_seeds"] else []
     notes += [c["left_race"]] if c.get("left_race") else []
+    notes += [f"{c['cut_by_time_budget']} cut by the time budget"] if c.get("cut_by_time_budget") else []
     return f"{c['n_seeds'] + c['failed_seeds']}" + (f" ({', '.join(notes)})" if notes else "")
 
 

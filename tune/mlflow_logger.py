@@ -18,6 +18,10 @@ class MLflowTrialLogger(MLflowLoggerCallback):
     the tags Ray leaves out (the status is a string, and Ray logs only numbers as metrics) and, after a resume,
     continues a trial's run instead of starting a second one."""
 
+    def __init__(self, tracking_uri: str, rungs: list[int], **kw: Any):
+        super().__init__(tracking_uri, **kw)
+        self.rungs = rungs  # ASHA's rungs: where a trial Tune stopped was pruned
+
     def log_trial_start(self, trial: Any) -> None:
         if trial not in self._trial_runs and (run_id := self._earlier_run(trial.trial_id)) is not None:
             self._client().update_run(run_id, status="RUNNING")  # a resumed sweep: the trial's run goes on
@@ -33,7 +37,7 @@ class MLflowTrialLogger(MLflowLoggerCallback):
         return runs[0].info.run_id if runs else None
 
     def log_trial_end(self, trial: Any, failed: bool = False) -> None:
-        status = TrialStatus.FAILED if failed else ended_status(trial.last_result or {})
+        status = TrialStatus.FAILED if failed else ended_status(trial.last_result or {}, self.rungs)
         if trial in self._trial_runs:
             self._client().set_tag(self._trial_runs[trial], STATUS_KEY, status.value)
         super().log_trial_end(trial, failed)

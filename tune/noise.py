@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from mmtune.model.metrics import is_finite, mode_of, tie_breaker
-from mmtune.tune.experiment import Experiment, Trial
+from mmtune.tune.experiment import Experiment
 
 MIN_RARE = 30  # fewer val samples of the rarer class than this: one sample moves F1 by several points
 CEILINGS = {"f1": 1.0, "f1_best": 1.0, "acc": 1.0, "auroc": 1.0, "ap": 1.0, "precision": 1.0, "recall": 1.0}
@@ -56,9 +56,15 @@ def noise(exp: Experiment) -> Noise:
 
 def sweep_sd(exp: Experiment) -> tuple[float | None, str]:
     """The spread the sweep's own trials show, whatever a finalize found: the fold sd under CV, else binomial."""
-    sd, source = _fold_sd(exp.ranked, exp.space.metric)
+    return results_sd([t.best_result or {} for t in exp.ranked], exp.meta, exp.space.metric)
+
+
+def results_sd(best: list[dict[str, Any]], meta: dict[str, Any], metric: str) -> tuple[float | None, str]:
+    """`sweep_sd` from the best-epoch results BEST of the ranked trials (best first) and the experiment's META: what
+    the searcher computes during the sweep (tune.convergence) from the results it was told."""
+    sd, source = _fold_sd(best, metric)
     if sd is None:
-        sd, source = _binomial_sd(exp.ranked, exp.meta, exp.space.metric)
+        sd, source = _binomial_sd(best[0].get(metric) if best else None, meta, metric)
     return sd, source
 
 
@@ -72,22 +78,24 @@ def _seed_sd(exp: Experiment) -> tuple[float | None, str]:
     return statistics.median(sds), f"finalize: median sd over seeds of {len(sds)} config(s)"
 
 
-def _fold_sd(ranked: list[Trial], metric: str) -> tuple[float | None, str]:
-    """The median over trials of the fold sd at the best epoch (CV trials report METRIC_sd)."""
+def _fold_sd(best: list[dict[str, Any]], metric: str) -> tuple[float | None, str]:
+    """The median over trials of the fold sd at the best epoch (BEST: their best-epoch results; CV trials report
+    METRIC_sd)."""
     key = f"{metric}_sd"
-    sds = [t.best_result[key] for t in ranked if t.best_result and is_finite(t.best_result.get(key))]
+    sds = [r[key] for r in best if is_finite(r.get(key))]
     if not sds:
         return None, "no fold sd reported"
     return statistics.median(sds), f"CV: median fold sd over {len(sds)} trial(s); the fold mean's sd is smaller"
 
 
-def _binomial_sd(ranked: list[Trial], meta: dict[str, Any], metric: str) -> tuple[float | None, str]:
-    """sqrt(v(1-v)/n) with n the val split's rarer-class count: rough, but of the right size for F1 and recall."""
+def _binomial_sd(best: float | None, meta: dict[str, Any], metric: str) -> tuple[float | None, str]:
+    """sqrt(v(1-v)/n) with v the BEST value and n the val split's rarer-class count: rough, but of the right size for
+    F1 and recall."""
     counts = validation_counts(meta)
     key = metric.split("/")[-1]
-    if counts is None or not ranked or key not in CEILINGS or counts[1] == 0:
+    if counts is None or not is_finite(best) or key not in CEILINGS or counts[1] == 0:
         return None, "no finalize or CV spread to measure it, and no binomial estimate for this metric"
-    v = min(max(ranked[0].best_value, 0.0), 1.0)
+    v = min(max(float(best), 0.0), 1.0)
     sd = max(math.sqrt(v * (1 - v) / counts[1]), 1 / counts[1])  # at the ceiling, one sample is still 1/n
     return sd, f"binomial approximation on {counts[1]} val samples of the rarer class"
 

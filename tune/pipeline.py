@@ -12,7 +12,7 @@ from typing import Any, Iterator, TextIO
 from mmtune.tune import finalize, leaderboard, storage
 from mmtune.tune.errors import ResultsError, SweepError, SweepInterrupted
 from mmtune.tune.experiment import Experiment, read_meta
-from mmtune.tune.job import SweepOptions
+from mmtune.tune.job import SweepOptions, time_budget
 from mmtune.tune.results import export, status_table
 
 
@@ -71,7 +71,9 @@ def finish(exp_dir: Path, storage_path: str, name: str | None, address: str | No
                       f"second Tune run in {exp_dir / finalize.FINAL_DIR} with the same resource plan (a config's "
                       "first seed is its sweep trial when that trained the full budget: not trained again"
                       + ("; further seeds only for configs that can still win" if race and seeds > 1 else "") + ")")
-            final = finalize.finalize(str(loc), top_k, seeds, address, num_cpus, out=out, race=race)
+            limit = time_budget(Experiment.open(exp_dir).space, top_k, seeds)  # finalize's reserved share
+            final = finalize.finalize(str(loc), top_k, seeds, address, num_cpus, out=out, race=race,
+                                      time_budget=limit.finalize if limit else None)
         _say(out, "\n".join(leaderboard.result_lines(final)))
         summary = Experiment.open(exp_dir).summary  # finalize exported again: the seeds' noise
     if summary.get("warnings"):  # saturation and noise (also in summary.json and the report), each with its remedy

@@ -22,18 +22,21 @@ def _clean(result: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in result.items() if k not in RAY_KEYS and not (isinstance(v, float) and math.isnan(v))}
 
 
-def ended_status(result: dict[str, Any]) -> TrialStatus:
-    """The status of a trial that Tune says is complete, from its last result."""
+def ended_status(result: dict[str, Any], rungs: list[int]) -> TrialStatus:
+    """The status of a trial that Tune says is complete, from its last result and ASHA's RUNGS."""
     status = TrialStatus(result.get(STATUS_KEY, TrialStatus.COMPLETED))
-    # Still running when it ended: Tune stopped it (ASHA at a rung, or a stopper) before its budget.
-    return TrialStatus.PRUNED if status is TrialStatus.RUNNING else status
+    if status is not TrialStatus.RUNNING:
+        return status
+    # Still running when it ended: Tune stopped it before its budget. ASHA stops only at a rung; elsewhere it was
+    # the time budget (or a stopper).
+    return TrialStatus.PRUNED if result.get("training_iteration") in rungs else TrialStatus.STOPPED
 
 
 class TrialRecorder(tune.Callback):
     """Writes a trial's final record when it completes, is stopped or fails for good."""
 
-    def __init__(self, loc: storage.Location):
-        self.loc = loc
+    def __init__(self, loc: storage.Location, rungs: list[int]):
+        self.loc, self.rungs = loc, rungs  # ASHA's rungs: where a trial Tune stopped was pruned
 
     def _write(self, trial: Any, status: TrialStatus, error: str | None = None) -> None:
         # The local copy is current: a resume pulls a remote experiment before it starts.
@@ -47,7 +50,7 @@ class TrialRecorder(tune.Callback):
         })
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._write(trial, ended_status(trial.last_result or {}))
+        self._write(trial, ended_status(trial.last_result or {}, self.rungs))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         error = None

@@ -11,21 +11,28 @@ score, and a completed one is scored by its last epoch while mmtune ranks it by 
 - every Optuna trial carries Ray's trial id ("ray_trial_id") and mmtune's status ("status").
 The study lives in SQLite (Optuna's RDBStorage), written by the driver only, so `optuna.load_study` and
 optuna-dashboard can open it; a resume reopens the same study.
+With `stop_when_converged: true` in the space, suggest returns Searcher.FINISHED once the best config's regret bound
+is below the metric's noise (tune.convergence): Tune starts no more trials and lets the running ones finish.
 """
 from __future__ import annotations
 
 import logging
 import pickle
+import time
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from mmtune.model.metrics import is_finite
+from mmtune.model.metrics import is_better, is_finite, rank_key, tie_breaker
 from mmtune.model.status import TrialStatus
-from mmtune.tune import storage
-from mmtune.tune.experiment import STUDY_DB, STUDY_NAME, Experiment, load_study, study_storage
+from mmtune.tune import convergence, storage
+from mmtune.tune.budget import OutOfTime
+from mmtune.tune.experiment import (STUDY_DB, STUDY_NAME, Experiment, load_study, read_meta, study_storage,
+                                    update_meta)
+from mmtune.tune.noise import results_sd
 from mmtune.tune.recorder import ended_status
 from mmtune.tune.space import SearchSpace
 
@@ -47,16 +54,26 @@ def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
     return optuna.samplers.RandomSampler(seed=space.seed)
 
 
-class StudySearch(OptunaSearch):
+class StudySearch(OutOfTime, OptunaSearch):
     """OptunaSearch that tells Optuna how each trial really ended, on a study persisted with the experiment."""
 
     def __init__(self, space: SearchSpace, loc: storage.Location):
-        self.loc = loc
+        self.loc, self.rungs = loc, space.rungs  # ASHA's rungs: where a trial Tune stopped was pruned
         super().__init__(space=space.distributions(), metric=space.metric, mode=space.mode,
                          points_to_evaluate=[dict(s) for s in space.start] or None, sampler=make_sampler(space),
                          study_name=STUDY_NAME, storage=study_storage(loc.local))
+        # Stop when converged (tune.convergence): the rule's inputs, and its decision once it stopped the search.
+        self.stop_rule, self.num_samples, self.dims, self.seed = (space.stop_when_converged, space.num_samples,
+                                                                  space.params, space.seed)
+        self.converged: dict[str, Any] | None = None  # the Decision's record once the rule said stop
+        self._best: dict[str, dict[str, Any]] = {}  # Ray trial id -> its best epoch's metric, tie-breaker, fold sd
+        self._checked = -1  # ended study trials when the rule last decided (convergence.due: when to again)
 
     def suggest(self, trial_id: str) -> dict | None:
+        if self.out_of_time:
+            return Searcher.FINISHED  # the search's share of the time budget is spent (tune/budget.py)
+        if self._converged():
+            return Searcher.FINISHED  # Tune starts no more trials; the running ones finish
         params = super().suggest(trial_id)
         ot_trial = self._ot_trials.get(trial_id)
         if ot_trial is not None and "ray_trial_id" not in ot_trial.user_attrs:
@@ -66,6 +83,9 @@ class StudySearch(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if not is_finite(result.get(self.metric)) or trial_id not in self._ot_trials:
             return
+        if is_better(result, self._best.get(trial_id), self.metric):
+            keys = (self.metric, tie_breaker(self.metric), f"{self.metric}_sd")
+            self._best[trial_id] = {k: result[k] for k in keys if k in result}
         try:
             super().on_trial_result(trial_id, result)
         except optuna.exceptions.UpdateFinishedTrialError:
@@ -74,6 +94,7 @@ class StudySearch(OptunaSearch):
             self._completed_trials.add(trial_id)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        self.saw(result)
         if trial_id not in self._ot_trials or trial_id in self._completed_trials:
             return  # not ours, or told already (a resume re-reported it)
         storage_id = self._ot_trials[trial_id]._trial_id
@@ -82,10 +103,44 @@ class StudySearch(OptunaSearch):
             self.on_trial_result(trial_id, result)  # Tune hands a trial's last result to on_trial_complete only
             frozen = self._ot_study._storage.get_trial(storage_id)
         if not frozen.state.is_finished():  # a driver killed after the tell and before Tune's save: told already
-            status = TrialStatus.FAILED if error else ended_status(result or {})
+            status = TrialStatus.FAILED if error else ended_status(result or {}, self.rungs)
             tell(self._ot_study, frozen, status, error=(result or {}).get("error"))
         self._completed_trials.add(trial_id)
         storage.push(self.loc, STUDY_DB)
+
+    # ---------------------------------------------------------------- stop when converged
+
+    def _converged(self) -> bool:
+        """Whether the search has converged (tune.convergence): decided once, with the ended trials the study
+        holds, recorded in mmtune.json ("converged") and said once; never with `stop_when_converged: false`."""
+        if self.converged is not None:
+            return True
+        if not self.stop_rule:
+            return False
+        ended = [t for t in self._ot_study.get_trials(deepcopy=False) if t.state.is_finished()]
+        if not convergence.due(len(ended), self._checked):
+            return False  # too little ended since the last decision
+        self._checked = len(ended)
+        usable = {t.user_attrs.get("ray_trial_id") for t in ended
+                  if t.state in (TrialState.COMPLETE, TrialState.PRUNED)}
+        best = sorted((r for tid, r in self._best.items() if tid in usable), key=lambda r: rank_key(r, self.metric))
+        sd, source = results_sd(best, read_meta(self.loc.local), self.metric)
+        full = [(t.params, t.value) for t in ended if t.state is TrialState.COMPLETE]
+        try:
+            decision = convergence.should_stop(full, self.dims, ended=len(ended), num_samples=self.num_samples, sd=sd,
+                                               source=source, metric=self.metric, maximize=self.mode == "max",
+                                               seed=self.seed)
+        except Exception as e:  # noqa: BLE001 - a GP that cannot be fitted must not end the sweep: search on
+            log.warning("stop_when_converged: the regret bound could not be computed (%r); the search goes on", e)
+            return False
+        log.debug("stop_when_converged: %s", decision.reason)
+        if not decision.stop:
+            return False
+        self.converged = {**decision.record(), "at": time.time()}
+        update_meta(self.loc, converged=self.converged)
+        log.warning("%s; no new trials start, the running ones finish (stop_when_converged: false in the space "
+                    "searches all num_samples)", decision.reason)
+        return True
 
     # ---------------------------------------------------------------- resume
 
@@ -103,8 +158,15 @@ class StudySearch(OptunaSearch):
         state["_ot_trials"] = {tid: getattr(t, "_trial_id", t) for tid, t in self._ot_trials.items()}
         return state
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # State pickled without the stop rule's or the budget's fields (an older experiment): the rule off, no rungs.
+        self.__dict__.update({"stop_rule": False, "converged": None, "_best": {}, "_checked": -1, "rungs": [],
+                              **state})
+
     def _reopen(self) -> None:
-        """The study from LOC's study.db, and the Optuna trial of every Ray trial from its storage id."""
+        """The study from LOC's study.db, and the Optuna trial of every Ray trial from its storage id; a convergence
+        stop recorded in mmtune.json holds (a state saved before it is older), so a resume starts no new trial."""
+        self.converged = self.converged or read_meta(self.loc.local).get("converged")
         self._storage = study_storage(self.loc.local)
         self._ot_study = optuna.load_study(study_name=STUDY_NAME, storage=self._storage, sampler=self._sampler,
                                            pruner=optuna.pruners.NopPruner())

@@ -37,6 +37,7 @@ class Candidate:
     std: dict[str, float] = field(default_factory=dict)
     num_params: int | None = None  # of the model this config builds on the data's modalities
     left_race: str | None = None  # why finalize's race stopped giving it seeds (tune/racing.py); None: it ran them all
+    cut: int = 0  # its runs the time budget stopped short of the full budget (left out of its seeds)
 
     @property
     def ok_runs(self) -> list[dict[str, Any]]:

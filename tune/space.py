@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from mmtune.data.validation import Validation
 from mmtune.model.config import FIELD_TYPES, MONITOR_CHOICES, ConfigError, TrainConfig, build_config, coerce, read_yaml
 from mmtune.model.metrics import mode_of
+from mmtune.tune.budget import DurationError, parse_duration
 
 if TYPE_CHECKING:
     import optuna
@@ -22,7 +23,7 @@ class SpaceError(ConfigError):
 # Search-only parameters that are not config fields: d_model = nhead * head_dim, so any pair is valid.
 VIRTUAL = {"head_dim": int}
 TOP_KEYS = {"metric", "mode", "num_samples", "seed", "epochs", "asha", "fixed", "params", "start", "description",
-            "searcher", "cv"}
+            "searcher", "cv", "time_budget", "stop_when_converged"}
 SEARCHERS = ("tpe", "gp", "qmc", "random")  # Optuna's TPESampler, GPSampler, QMCSampler, RandomSampler
 ASHA_KEYS = {"grace_period", "reduction_factor", "brackets"}
 PARAM_KEYS = {"type", "low", "high", "log", "step", "choices"}
@@ -86,6 +87,8 @@ class SearchSpace:
     brackets: int = 1
     start: tuple[dict[str, Any], ...] = ()
     cv: int | str = 0  # validation of every trial: 0 holdout, K >= 2 K-fold CV, "auto" (resolved from the data)
+    time_budget: float | None = None  # seconds for search + finalize (tune/budget.py); None: unbounded
+    stop_when_converged: bool = False  # the searcher ends the search once it has converged (tune/convergence.py)
     raw: dict[str, Any] = field(default_factory=dict)  # the file as read, for the record
 
     @property
@@ -220,10 +223,27 @@ def parse_space(raw: dict[str, Any], src: str) -> SearchSpace:
         grace_period=_typed(src, "asha.grace_period", asha.get("grace_period", 2), int),
         reduction_factor=float(_typed(src, "asha.reduction_factor", asha.get("reduction_factor", 3), (int, float))),
         brackets=_typed(src, "asha.brackets", asha.get("brackets", 1), int),
-        start=tuple(_start_points(src, raw.get("start") or [], params)), cv=raw.get("cv", 0), raw=raw)
+        start=tuple(_start_points(src, raw.get("start") or [], params)), cv=raw.get("cv", 0),
+        time_budget=_duration(src, raw.get("time_budget")),
+        stop_when_converged=_flag(src, "stop_when_converged",
+                                  raw.get("stop_when_converged", SearchSpace.stop_when_converged)), raw=raw)
     _check_settings(space)
     _check_combinations(space)
     return space
+
+
+def _duration(src: str, value: Any) -> float | None:
+    """The time_budget key in seconds (None when absent)."""
+    try:
+        return None if value is None else parse_duration(value, f"{src}: key 'time_budget'")
+    except DurationError as e:
+        raise SpaceError(str(e)) from None
+
+
+def _flag(src: str, key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise SpaceError(f"{src}: key {key!r} must be true or false, got {value!r}")
+    return value
 
 
 def _typed(src: str, key: str, value: Any, kind: type | tuple) -> Any:

@@ -20,7 +20,7 @@ from mmtune.tune import ray_runtime, resume as resuming, storage, tuner as tunin
 from mmtune.tune.console import capture_ray_output, ray_init_kwargs
 from mmtune.tune.errors import SweepError, SweepInterrupted
 from mmtune.tune.experiment import RAY_LOG, Experiment, mark_interrupted, provenance, update_meta, write_meta
-from mmtune.tune.job import Job, SweepOptions, prepare
+from mmtune.tune.job import Job, SweepOptions, prepare, time_budget
 from mmtune.tune.resources import Plan, check_cluster, plan_resources
 from mmtune.tune.results import prune_checkpoints
 from mmtune.tune.searcher import reconcile_experiment
@@ -47,6 +47,8 @@ def sweep(options: SweepOptions, *, searcher: Any = None, scheduler: Any = None,
     _say(out, f"sweep {job.name}: {job.space.num_samples} trials x <= {job.space.epochs} epochs, metric "
               f"{job.space.metric} ({job.space.mode}), {len(job.space.params)} parameters from {job.space_file}")
     _say(out, budget(job.space, job.validation, job.data.train_rows))
+    if (limit := time_budget(job.space, job.opts.finalize_top_k, job.opts.finalize_seeds)) is not None:
+        _say(out, limit.describe())
     ray_runtime.connect(options.address, options.num_cpus, options.num_gpus, **ray_init_kwargs(options.verbose))
     nodes = ray_runtime.cluster_nodes()
     check_cluster(nodes, job.opts.storage, job.opts.allow_local_storage, job.opts.data, job.data.nbytes)
@@ -112,7 +114,7 @@ def start_experiment(job: Job, plan: Plan) -> None:
     write_meta(job.loc, {
         "name": job.name, "data": str(Path(job.opts.data).resolve()), "space_file": job.space_file,
         "space": {**space.raw, "num_samples": space.num_samples, "epochs": space.epochs, "seed": space.seed,
-                  "searcher": space.searcher, "cv": space.cv,
+                  "searcher": space.searcher, "cv": space.cv, "time_budget": space.time_budget,
                   "asha": {"grace_period": space.grace_period, "reduction_factor": space.reduction_factor,
                            "brackets": space.brackets}},  # cv as resolved: resume and export read it
         "options": options, "plan": asdict(plan), "provenance": provenance(), "started": time.time(),

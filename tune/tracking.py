@@ -43,8 +43,8 @@ def tracking_name(exp_dir: Path) -> str:
     return f"{exp_dir.parent.name}/{exp_dir.name}" if (exp_dir.parent / META).is_file() else exp_dir.name
 
 
-def tracking_callbacks(exp_dir: Path, mlflow: str | None, tensorboard: bool) -> list:
-    """Ray's logger callbacks for the tracking asked for (none by default)."""
+def tracking_callbacks(exp_dir: Path, mlflow: str | None, tensorboard: bool, rungs: list[int]) -> list:
+    """Ray's logger callbacks for the tracking asked for (none by default); RUNGS: ASHA's, for the trials' status."""
     callbacks: list = []
     if tensorboard:
         from ray.tune.logger import TBXLoggerCallback
@@ -53,6 +53,6 @@ def tracking_callbacks(exp_dir: Path, mlflow: str | None, tensorboard: bool) -> 
     if mlflow:
         from mmtune.tune.mlflow_logger import MLflowTrialLogger  # late: MLflow (~1 s), only when asked for
 
-        callbacks.append(MLflowTrialLogger(mlflow, experiment_name=tracking_name(exp_dir)))
+        callbacks.append(MLflowTrialLogger(mlflow, rungs, experiment_name=tracking_name(exp_dir)))
     return callbacks
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -9,10 +10,13 @@ from ray import tune
 from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
+from ray.tune.stopper import CombinedStopper, Stopper
 
 from mmtune.model.metrics import rank_key
 from mmtune.tune import storage
+from mmtune.tune.budget import EXHAUSTED, OutOfTime, expected_epochs
 from mmtune.tune.console import Progress
+from mmtune.tune.job import time_budget
 from mmtune.tune.racing import Race
 from mmtune.tune.recorder import TrialRecorder
 from mmtune.tune.searcher import StudySearch
@@ -37,7 +41,16 @@ def build_tuner(job: Job, plan: Plan, callbacks: tuple, out: TextIO | None, *, s
             num_samples=space.num_samples, max_concurrent_trials=plan.concurrent,
             # A fresh worker per trial costs ~2-3 s of imports and data fetch; reuse pays it once.
             reuse_actors=True, trial_dirname_creator=trial_dirname),
-        run_config=run_config(job, out, stopper))
+        run_config=run_config(job, out, with_time_budget(job, stopper)))
+
+
+def with_time_budget(job: Job, stopper: Any) -> Any:
+    """STOPPER, joined by the stopper of the search's share of the time budget when there is one."""
+    limit = time_budget(job.space, job.opts.finalize_top_k, job.opts.finalize_seeds)
+    if limit is None:
+        return stopper
+    own = TimeBudgetStopper(limit.search)
+    return own if stopper is None else CombinedStopper(stopper, own)
 
 
 def trial_dirname(trial: Any) -> str:
@@ -56,9 +69,12 @@ def tune_callbacks(job: Job, out: TextIO | None) -> list:
     """Tune callbacks of every sweep: result.json per trial, the durable records, the tracking asked for
     (--mlflow, --tensorboard), the progress view."""
     space = job.space
-    progress = [Progress(space.num_samples, space.metric, out)] if out is not None else []
-    tracking = tracking_callbacks(job.loc.local, job.opts.mlflow, job.opts.tensorboard)
-    return [JsonLoggerCallback(), TrialRecorder(job.loc), *tracking, *progress]
+    # Finalize's runs train the full budget, a search trial on average expected_epochs of it under ASHA.
+    after = (job.opts.finalize_top_k * job.opts.finalize_seeds * space.epochs
+             / expected_epochs(space.rungs, space.reduction_factor, space.epochs))
+    progress = [] if out is None else [Progress(space.num_samples, space.metric, out, rungs=space.rungs, after=after)]
+    tracking = tracking_callbacks(job.loc.local, job.opts.mlflow, job.opts.tensorboard, space.rungs)
+    return [JsonLoggerCallback(), TrialRecorder(job.loc, space.rungs), *tracking, *progress]
 
 
 def run_config(job: Job, out: TextIO | None, stopper: Any = None) -> tune.RunConfig:
@@ -79,7 +95,7 @@ def make_searcher(space: SearchSpace, loc: storage.Location) -> StudySearch:
     return StudySearch(space, loc)
 
 
-class FixedConfigs(Searcher):
+class FixedConfigs(OutOfTime, Searcher):
     """Suggests the given configs in order, each once, then finishes (Ray's BasicVariantGenerator needs every
     key of a point to be in the Tuner's param_space, which a sweep does not set)."""
 
@@ -92,13 +108,14 @@ class FixedConfigs(Searcher):
         return True
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        if self.given >= len(self.configs):
+        if self.given >= len(self.configs) or self.out_of_time:
             return Searcher.FINISHED
         self.given += 1
         return dict(self.configs[self.given - 1])
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        """Nothing to learn: the configs are fixed."""
+        """Nothing to learn (the configs are fixed) but whether the time budget is spent."""
+        self.saw(result)
 
     def save(self, checkpoint_path: str) -> None:
         """Tune's periodic searcher snapshot: which configs were handed out."""
@@ -109,7 +126,7 @@ class FixedConfigs(Searcher):
         self.configs, self.given = state["configs"], state["given"]
 
 
-class RacingConfigs(Searcher):
+class RacingConfigs(OutOfTime, Searcher):
     """Finalize's runs as a race (tune.racing): the current round's runs, then, once they have all ended, the next
     round's for the configs still in it; finished when the race is settled."""
 
@@ -124,6 +141,8 @@ class RacingConfigs(Searcher):
         return True
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if self.out_of_time:
+            return Searcher.FINISHED
         if not self.queue and not self.running:
             self.queue = self.race.advance()
             if not self.queue:
@@ -141,6 +160,7 @@ class RacingConfigs(Searcher):
             self.best[trial_id] = dict(result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        self.saw(result)
         if trial_id not in self.running:
             return
         if result and not error:
@@ -160,6 +180,34 @@ class RacingConfigs(Searcher):
         self.configs = {int(r): c for r, c in state["configs"].items()}
         self.queue = [tuple(q) for q in state["queue"]]
         self.running = {t: tuple(v) for t, v in state["running"].items()}
+
+
+class TimeBudgetStopper(Stopper):
+    """Ends every trial at its next reported epoch once SECONDS have passed (tune/budget.py says why this way)."""
+
+    def __init__(self, seconds: float):
+        self.left, self._last = seconds, None
+
+    def _tick(self) -> None:
+        now = time.time()
+        if self._last is not None:
+            self.left -= now - self._last
+        self._last = now
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        self._tick()
+        if self.left > 0:
+            return False
+        result[EXHAUSTED] = True  # the searchers read it and start no new trial
+        return True
+
+    def stop_all(self) -> bool:
+        self._tick()  # the controller asks every step: the clock runs on
+        return False
+
+    def __setstate__(self, state: dict) -> None:
+        state["_last"] = None  # a resumed sweep: the time the driver was down is not counted
+        self.__dict__.update(state)
 
 
 def make_scheduler(space: SearchSpace) -> TrialScheduler:
