@@ -12,7 +12,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 from ray.tune.stopper import CombinedStopper, Stopper
 
-from mmtune.model.metrics import rank_key
+from mmtune.model.metrics import is_better
 from mmtune.tune import storage
 from mmtune.tune.budget import EXHAUSTED, OutOfTime, expected_epochs
 from mmtune.tune.console import Progress
@@ -155,8 +155,7 @@ class RacingConfigs(OutOfTime, Searcher):
         return {**self.configs[rank], "seed": seed, "split_seed": split_seed}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        best = self.best.get(trial_id)
-        if best is None or rank_key(result, self.race.metric) < rank_key(best, self.race.metric):
+        if is_better(result, self.best.get(trial_id), self.race.metric):
             self.best[trial_id] = dict(result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
