@@ -43,6 +43,19 @@ def test_trials_carry_status_best_epoch_and_start_order(exp):
     assert [t.trial_id for t in e.full_budget] == ["fake0_00000"]
 
 
+def test_a_params_file_cut_by_a_kill_is_read_from_the_record_or_the_trial_left_out(exp):
+    """Tune writes params.json in place, so a SIGKILL can leave it empty: the read model (resume, results) goes on."""
+    (exp / "trial_fake0_00000" / "params.json").write_text("")  # ended: its record carries the config
+    (exp / "trial_fake0_00003" / "params.json").write_text('{"lr": 0.0')  # no record, no config in its results
+    cut = exp / "trial_fake0_00009"
+    cut.mkdir()
+    (cut / "params.json").write_text("")  # killed as it started: nothing else
+    e = Experiment.open(exp)
+    assert [t.trial_id for t in e.trials] == ["fake0_00000", "fake0_00001", "fake0_00002"]
+    assert e.trials[0].params == {"lr": 1e-3, "dropout": 0.1}
+    assert e.best().trial_id == "fake0_00000"
+
+
 def test_min_metrics_pick_the_lowest_epoch_and_rank_lowest_first(tmp_path):
     from tests.fake_experiment import SPACE
 

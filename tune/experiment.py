@@ -6,6 +6,7 @@ I/O only: importing this module imports neither Ray nor torch.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import platform
 import re
@@ -27,6 +28,8 @@ from mmtune.tune.space import SearchSpace, parse_space
 
 if TYPE_CHECKING:
     import optuna
+
+log = logging.getLogger(__name__)
 
 META = "mmtune.json"  # what resume, export and the reports need: the space as read, data path, options, plan
 CKPT_FILE = "checkpoint.pt"  # the file inside each of a trial's checkpoint_* folders
@@ -184,7 +187,11 @@ def load_trials(exp_dir: Path, space: SearchSpace) -> list[Trial]:
         record = done.get(trial_id) or {}
         if record and not history and record.get("last_result"):
             history = [record["last_result"]]
-        t = Trial(trial_id, d, json.loads((d / "params.json").read_text()), history,
+        params = trial_params(d, record, history)
+        if params is None:
+            log.warning("%s: params.json was cut short by a kill and the trial left no result; it is left out", d)
+            continue
+        t = Trial(trial_id, d, params, history,
                   TrialStatus(record.get("status", TrialStatus.UNFINISHED)), space.metric, record.get("error"))
         t.best_result = best_record(t)
         if t.best_result is not None:
@@ -193,6 +200,19 @@ def load_trials(exp_dir: Path, space: SearchSpace) -> list[Trial]:
     # Start order; trials that reported nothing yet go last, by folder age.
     return sorted(trials, key=lambda t: (t.started if t.started is not None else math.inf, t.path.stat().st_mtime,
                                          t.trial_id))
+
+
+def trial_params(trial_dir: Path, record: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """A trial's config: its params.json, or, where a kill cut that file (Tune writes it in place), the config its
+    record or its last result carries; None when there is none."""
+    try:
+        return json.loads((trial_dir / "params.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        pass
+    for source in (record, history[-1] if history else {}):
+        if isinstance(source.get("config"), dict):
+            return source["config"]
+    return None
 
 
 def result_lines(path: str | Path) -> list[dict[str, Any]]:
