@@ -64,7 +64,8 @@ TIMING_TESTS = ("test_node_loss.py::", "test_cluster.py::", "test_interrupt.py::
                 "test_sweep.py::test_sigkill_driver_then_resume_loses_nothing")
 # Handed out first, after the timing group, so that no long unit starts last: the longest other units in earlier
 # runs on 2 cores. The units not named here follow in collection order.
-LONG_FIRST = ("test_bench_quality.py", "test_bench_search.py", "test_bench_flow_cost.py", "test_tracking.py",
+LONG_FIRST = ("test_bench_quality.py", "test_bench_search.py", "test_bench_flow_cost.py", "test_bench_tasks.py",
+              "test_tracking.py", "test_compare.py",
               "test_finalize.py", "test_racing_tune.py", "test_remote_storage.py", "test_packaging.py", "test_sweep.py",
               "test_faults.py", "test_api.py", "test_report.py", "test_loop.py", "test_cv.py", "test_dashboard.py")
 

@@ -115,3 +115,32 @@ def test_both_modalities_beat_each_alone(tmp_path: Path, seed: int) -> None:
 def test_bad_args_raise(tmp_path: Path, kwargs: dict) -> None:
     with pytest.raises(ValueError):
         make_demo(tmp_path, **kwargs)
+
+
+@pytest.mark.parametrize("rate", [0.12, 0.4])
+def test_positive_rate_sets_the_share_of_positives(tmp_path: Path, rate: float) -> None:
+    arrays = _load(make_demo(tmp_path, n_train=3000, n_val=50, n_test=2000, seed=1, positive_rate=rate))
+    for split in ("train", "test"):
+        assert abs(arrays[split]["y"].mean() - rate) < 0.02, (split, arrays[split]["y"].mean())
+
+
+def test_positive_rate_default_leaves_the_data_as_it_was(tmp_path: Path, demo: Path) -> None:
+    # None is the generator as before: the same arrays, draw for draw.
+    again = _load(make_demo(tmp_path, seed=0, positive_rate=None))
+    np.testing.assert_array_equal(again["train"]["y"], _load(demo)["train"]["y"])
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.95, 1.0, -0.1, float("nan"), True, "0.1"])
+def test_bad_positive_rate_raises(tmp_path: Path, rate) -> None:
+    with pytest.raises(ValueError, match="positive_rate must be a number in"):
+        make_demo(tmp_path, n_train=10, n_val=5, n_test=5, positive_rate=rate)
+
+
+def test_cli_positive_rate(tmp_path: Path, capsys) -> None:
+    from mmtune.tune.cli import run
+
+    assert run(["data", "demo", str(tmp_path / "d"), "--n-train", "400", "--n-val", "20", "--n-test", "20",
+                "--positive-rate", "0.12"]) == 0
+    assert abs(np.load(tmp_path / "d/train.npz")["y"].mean() - 0.12) < 0.04
+    assert run(["data", "demo", str(tmp_path / "e"), "--positive-rate", "1.5"]) == 2
+    assert "positive_rate must be a number in (0, 0.91]" in capsys.readouterr().err

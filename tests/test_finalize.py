@@ -18,7 +18,10 @@ from mmtune.data.npz import load_dataset
 from mmtune.model.checkpoint import load_checkpoint
 from mmtune.model.config import build_config, load_config
 from mmtune.model.loop import evaluate, make_objective
+import yaml
+
 from tests.conftest import SMOKE
+from mmtune.tune.defaults import DEFAULTS_ID, DEFAULTS_WON, defaults_lines
 from mmtune.tune import candidates, leaderboard
 from mmtune.tune import finalize as fin
 from mmtune.tune.errors import ResultsError
@@ -29,14 +32,22 @@ TOP_K, SEEDS = 2, 2
 
 @pytest.fixture(scope="module")
 def exp(ray_session, demo_dir, tmp_path_factory) -> Path:
-    """`mmtune sweep` of the smoke space (4 trials), finalized at its end with 2 configs x 2 seeds, every seed of
-    every config (no race: tests/test_racing_tune.py races)."""
+    """`mmtune sweep` of the smoke space (4 trials) with the defaults contending, finalized at its end with the top 2
+    configs and the defaults (outside the smoke space: the sweep never trained them) x 2 seeds, every seed of every
+    config (no race: tests/test_racing_tune.py races)."""
     from mmtune.tune.cli import run
 
     storage = tmp_path_factory.mktemp("res")
-    assert run(["sweep", "--data", str(demo_dir), "--space", SMOKE, "--storage", str(storage), "--name", "fin-smoke",
-                "--finalize-top-k", str(TOP_K), "--finalize-seeds", str(SEEDS), "--no-finalize-race"]) == 0
+    space = storage / "smoke-defaults.yaml"
+    space.write_text(yaml.safe_dump({**yaml.safe_load(Path(SMOKE).read_text()), "defaults_contender": True}))
+    assert run(["sweep", "--data", str(demo_dir), "--space", str(space), "--storage", str(storage), "--name",
+                "fin-smoke", "--finalize-top-k", str(TOP_K), "--finalize-seeds", str(SEEDS), "--no-finalize-race"]) == 0
     return storage / "fin-smoke"
+
+
+def searched(configs: list[dict]) -> list[dict]:
+    """The finalized configs but the defaults."""
+    return [c for c in configs if c["trial_id"] != DEFAULTS_ID]
 
 
 def rows(exp_dir: Path) -> list[dict]:
@@ -50,15 +61,18 @@ def summary(exp_dir: Path) -> dict:
 
 def test_leaderboard_has_mean_and_std_of_the_top_configs(exp):
     lb = rows(exp)
-    assert len(lb) == TOP_K
+    assert len(lb) == TOP_K + 1  # and the defaults
     for col in ("val/f1 mean", "val/f1 std", "val/auroc mean", "val/loss std", "sweep best val/f1", "lr"):
         assert col in lb[0], col
     assert all(r["n_seeds"] == str(SEEDS) and r["failed_seeds"] == "0" for r in lb)
     # The top-k of the sweep by each trial's best epoch, nothing else.
     space = space_of(exp)
     best = sorted((t.best_value for t in load_trials(exp, space) if t.best_value is not None), reverse=True)
-    assert sorted(float(r["sweep best val/f1"]) for r in lb) == sorted(best[:TOP_K])
-    assert {r["sweep_rank"] for r in lb} == {"1", "2"}
+    top = [r for r in lb if r["trial_id"] != DEFAULTS_ID]
+    assert sorted(float(r["sweep best val/f1"]) for r in top) == sorted(best[:TOP_K])
+    assert {r["sweep_rank"] for r in top} == {"1", "2"}
+    d, = [r for r in lb if r["trial_id"] == DEFAULTS_ID]
+    assert d["defaults"] == "True" and d["sweep_rank"] == "" and d["sweep best val/f1"] == ""
 
 
 def test_every_config_trained_with_every_seed_in_final(exp):
@@ -67,9 +81,10 @@ def test_every_config_trained_with_every_seed_in_final(exp):
     s = summary(exp)
     # A config's first seed is its sweep trial when that trained the full budget: taken, not trained again.
     taken = [r for c in s["configs"] for r in c["runs"] if r["from_sweep"]]
-    assert len(runs.trials) == TOP_K * SEEDS - len(taken) == TOP_K * SEEDS - s["from_sweep"] and runs.finished
+    n = TOP_K + 1  # and the defaults
+    assert len(runs.trials) == n * SEEDS - len(taken) == n * SEEDS - s["from_sweep"] and runs.finished
     sweep = {t.trial_id: t for t in load_trials(exp, space)}
-    for c in s["configs"]:
+    for c in searched(s["configs"]):
         first = next(r for r in c["runs"] if r["seed"] == s["seeds"][0])
         full = sweep[c["trial_id"]].status.value in ("completed", "early_stopped")
         assert first["from_sweep"] == full and (first["path"] == str(sweep[c["trial_id"]].path)) == full
@@ -77,7 +92,7 @@ def test_every_config_trained_with_every_seed_in_final(exp):
         assert t.status.value in ("completed", "early_stopped")
         assert t.epochs == space.epochs  # patience 0 and no scheduler: the full budget
         assert [r["epoch"] for r in t.history] == list(range(1, space.epochs + 1))
-    assert s["seeds"] == list(range(SEEDS)) and s["top_k"] == TOP_K and s["metric"] == "val/f1"
+    assert s["seeds"] == list(range(SEEDS)) and s["top_k"] == n and s["metric"] == "val/f1"
     # Seed i sets the split seed too; the demo set has val.npz, so only the initialization could vary.
     assert s["split_seeds"] == list(range(SEEDS)) and "val.npz" in s["holdout"]["how"]
     assert sorted(t.params["split_seed"] for t in runs.trials) == sorted(
@@ -106,9 +121,16 @@ def test_winner_follows_the_selection_rule(exp):
     # builds ties on purpose: whether this small sweep ties is up to its numbers).
     tied = [c for c in s["configs"] if c["failed_seeds"] == leader["failed_seeds"]
             and abs(c["mean"]["val/f1"] - leader["mean"]["val/f1"]) <= leader["se"] + 1e-12]
-    assert sorted(s["tied"]) == sorted(c["trial_id"] for c in tied) and s["winner"]["trial_id"] in s["tied"]
-    assert s["winner"]["num_params"] == min(c["num_params"] for c in tied)
-    assert ("tied within one SE" in s["choice"]) == (len(tied) > 1), s["choice"]
+    assert sorted(s["tied"]) == sorted(c["trial_id"] for c in tied)
+    assert s["winner"]["trial_id"] in s["tied"] or s["winner"]["defaults"]  # the defaults win untied (rule 4)
+    smallest = min(c["num_params"] for c in tied)
+    gain = s["defaults"]["gain"]["val/f1"]  # the rule's pick over the defaults
+    if s["winner"]["defaults"]:  # the pick did not beat them beyond the noise, or was them
+        assert s["defaults"]["won"] and s["choice"].startswith(DEFAULTS_WON)
+        assert s["choice"].startswith(f"{DEFAULTS_WON}: the rule picks them") or gain["inside_noise"] is not False
+    else:
+        assert s["winner"]["num_params"] == smallest and not s["defaults"]["won"] and gain["inside_noise"] is False
+        assert ("tied within one SE" in s["choice"]) == (len(tied) > 1), s["choice"]
     assert all(int(r["num_params"]) > 0 and r["val/f1 bound"] != "" for r in lb)
 
 
@@ -197,7 +219,8 @@ def test_winner_checkpoints_hold_the_best_epoch_weights(exp, demo_dir):
 def test_leaderboard_table_lists_the_winner_first(exp):
     s = summary(exp)
     lines = leaderboard.leaderboard_table(s).splitlines()
-    assert len(lines) == 1 + TOP_K and "val/f1 mean ± std" in lines[0] and "LCB" in lines[0] and "params" in lines[0]
+    assert len(lines) == 1 + TOP_K + 1  # and the defaults
+    assert "val/f1 mean ± std" in lines[0] and "LCB" in lines[0] and "params" in lines[0]
     assert s["winner"]["trial_id"] in lines[1] and "±" in lines[1]
 
 
@@ -210,7 +233,10 @@ def test_report_shows_the_re_evaluation(exp, tmp_path):
     html = write_report(copy).html.read_text()
     md = (copy / "report.md").read_text()
     for text in (html, md):
-        assert "Re-evaluation (mmtune finalize)" in text and f"winner: sweep trial {s['winner']['trial_id']}" in text
+        w = s["winner"]
+        assert "Re-evaluation (mmtune finalize)" in text
+        assert f"winner: {leaderboard.who(w['trial_id'], w['sweep_rank'], w['defaults'])}" in text
+        assert defaults_lines(s)[0].replace("|", "\\|") in text
         for c in s["configs"]:
             assert c["trial_id"] in text and f"{c['mean']['val/f1']:.4f} ± {c['std']['val/f1']:.4f}" in text
     shutil.rmtree(copy / "final")
@@ -265,8 +291,9 @@ def test_finalize_command_end_to_end(exp, tmp_path, capsys):
     shutil.copytree(exp, copy)
     assert run(["finalize", str(copy), "--top-k", "1", "--seeds", "1"]) == 0
     out = capsys.readouterr().out
-    assert str(copy / "best_config.yaml") in out and "winner: sweep trial" in out
-    assert len(rows(copy)) == 1 and "Finalized winner" in (copy / "best_config.yaml").read_text()
+    assert str(copy / "best_config.yaml") in out and "winner: " in out and "the defaults" in out
+    assert [r["defaults"] for r in rows(copy)].count("True") == 1 and len(rows(copy)) == 2  # the top one, the defaults
+    assert "Finalized winner" in (copy / "best_config.yaml").read_text()
     assert run(["finalize", str(copy), "--top-k", "0"]) == 2
 
 
@@ -314,3 +341,21 @@ def test_a_seed_taken_from_the_sweep_is_what_a_retrain_gives(exp, demo):
     assert result.best_epoch == run["best_epoch"]
     for key in ("val/f1", "val/loss", "val/auroc"):
         assert result.best_metrics[key] == pytest.approx(run[key], abs=1e-9), key
+
+
+def test_the_defaults_contend_and_the_gain_over_them_is_reported(exp):
+    s, export_summary = summary(exp), json.loads((exp / "summary.json").read_text())
+    d = next(c for c in s["configs"] if c["defaults"])
+    space = space_of(exp)
+    # The untuned config under the smoke space's fixed values, trained by finalize with every seed.
+    assert d["trial_id"] == DEFAULTS_ID and space.train_config(d["params"]).d_model == 256
+    assert [r["seed"] for r in d["runs"]] == s["seeds"] and not any(r["from_sweep"] for r in d["runs"])
+    entry = s["defaults"]
+    rival = s["winner"] if not entry["won"] else searched(s["configs"])[0]
+    assert entry["versus"] == rival["trial_id"] and set(entry["gain"]) == {"val/f1", "test/f1"}
+    for key, g in entry["gain"].items():
+        assert g["gain"] == pytest.approx(rival["mean"][key] - d["mean"][key])
+        assert g["inside_noise"] == (abs(g["gain"]) <= 2 * g["se"])
+    line, = defaults_lines(s)
+    assert export_summary["defaults_line"] == line and export_summary["defaults"] == entry
+    assert line.startswith("defaults: no searched config" if entry["won"] else "gain over the defaults")

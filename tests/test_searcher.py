@@ -118,6 +118,22 @@ def test_a_searcher_state_cut_by_a_kill_is_rebuilt_from_the_study(tmp_path):
     assert [(t.params, t.value) for t in study.get_trials()] == [(first, 0.5), (second, 0.7)]
 
 
+def test_the_sweep_asks_for_the_defaults_first_then_the_spaces_start_points(tmp_path):
+    from mmtune.tune import storage
+    from mmtune.tune.searcher import StudySearch
+
+    raw = {"params": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+                      "dropout": {"type": "float", "low": 0.0, "high": 0.3}},
+           "num_samples": 4, "start": [{"lr": 5e-3, "dropout": 0.2}]}
+    for contend, expected in ((True, [{"lr": 1e-3, "dropout": 0.1}, {"lr": 5e-3, "dropout": 0.2}]),
+                              (False, [{"lr": 5e-3, "dropout": 0.2}])):
+        space = parse_space({**raw, "defaults_contender": contend}, "space.yaml")
+        exp = write_experiment(tmp_path, [], name=f"e{contend}", space={**space.raw, "metric": "val/f1"})
+        searcher = StudySearch(space, storage.Location(exp))
+        searcher.set_search_properties(None, None, {})
+        assert [searcher.suggest(f"t{i}") for i in range(len(expected))] == expected
+
+
 def test_a_result_re_reported_for_a_trial_told_before_a_driver_kill_changes_nothing(tmp_path):
     """A driver killed after telling a trial but before Tune saved that: on resume Tune re-runs the trial, whose
     trainable re-reports its last result from its durable record; the study keeps what it was told."""

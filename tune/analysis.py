@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from mmtune.model.metrics import is_finite
 from mmtune.model.status import TrialStatus
+from mmtune.tune.defaults import defaults_lines
 from mmtune.tune.errors import ResultsError
 from mmtune.tune.experiment import STUDY_DB, Experiment, Trial, counts, load_study
 from mmtune.tune.noise import noise, saturation_warnings
@@ -230,6 +231,7 @@ def header_rows(doc: Document) -> list[tuple[str, str]]:
              if best else "none yet (no trial has a finite value)"),
             ("noise vs gaps", noise(exp).text),
             ("best config", best_config_text(exp)),
+            *[("versus the defaults", line) for line in defaults_lines(exp.final or {})],
             ("search", f"Optuna {s.searcher} (seed {s.seed}), ASHA grace {s.grace_period}, reduction "
                        f"{s.reduction_factor:g}, {s.epochs} epochs max"),
             ("data", str(exp.meta.get("data", "?")))]

@@ -4,11 +4,13 @@ retraining run attached to its candidate. No Ray, no torch: what a run's checkpo
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any, Callable
 
 from mmtune.model.config import TrainConfig
 from mmtune.model.metrics import CLASSIFICATION_KEYS, metric_name
 from mmtune.model.status import TrialStatus
+from mmtune.tune import defaults
 from mmtune.tune.errors import ResultsError
 from mmtune.tune.experiment import Trial, rank_trials
 from mmtune.tune.selection import Candidate, aggregate
@@ -35,6 +37,24 @@ def select_top(trials: list[Trial], space: SearchSpace, k: int) -> list[Candidat
     if len(cands) < k:
         log.warning("--top-k %d: only %d distinct usable config(s) in the sweep; finalizing those", k, len(cands))
     return cands
+
+
+def with_defaults(cands: list[Candidate], trials: list[Trial], space: SearchSpace) -> list[Candidate]:
+    """CANDS with the defaults among them (tune.defaults): a top config that is the defaults is marked so; else the
+    defaults join as one more candidate, with their sweep trial when the sweep trained them (a first start point)
+    and as a config to train when it did not."""
+    if defaults.why_not(space) is not None:
+        return cands
+    for c in cands:
+        if defaults.is_defaults(space, c.trial.params):
+            c.defaults = True
+            return cands
+    usable = rank_trials(trials)
+    trial = next((t for t in trials if defaults.is_defaults(space, t.params)), None)
+    if trial is None:
+        trial = Trial(defaults.DEFAULTS_ID, Path(), defaults.point(space), [], TrialStatus.UNFINISHED, space.metric)
+    rank = next((i for i, t in enumerate(usable, start=1) if t is trial), None)
+    return [*cands, Candidate(len(cands), rank, trial, space.train_config(trial.params), defaults=True)]
 
 
 def seeds_for(space: SearchSpace, n: int) -> list[tuple[int, int]]:

@@ -136,7 +136,11 @@ def cmd_data(args: argparse.Namespace) -> int:
         info = summarize(load_dataset(args.path))
         print(json.dumps(info, indent=2) if args.json else _format_summary(args.path, info))
     else:
-        out = make_demo(args.out, args.n_train, args.n_val, args.n_test, args.difficulty, args.seed)
+        try:
+            out = make_demo(args.out, args.n_train, args.n_val, args.n_test, args.difficulty, args.seed,
+                            args.positive_rate)
+        except ValueError as e:  # a flag out of range: exit 2 with the message, which names the flag's field
+            raise UsageError(f"mmtune data demo: {e}") from e
         print(f"demo data set written to {out}")
     return 0
 
@@ -192,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--n-test", type=int, default=300)
     dm.add_argument("--difficulty", type=float, default=0.5, help="0 easy .. 1 hard")
     dm.add_argument("--seed", type=int, default=0)
+    dm.add_argument("--positive-rate", type=float, help="expected share of positive samples, e.g. 0.12 "
+                    "(default: the generator's, about 26 %%)")
 
     commands.add_parsers(sub)  # sweep, resume, export, status, report, finalize, dashboard
     return p

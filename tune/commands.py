@@ -1,7 +1,8 @@
-"""The sweep commands of the CLI: sweep, resume, export, status. Ray is imported only when they run."""
+"""The sweep commands of the CLI: sweep, resume, export, status, finalize, compare. Ray is imported when they run."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from mmtune.tune import dashboard, finalize, leaderboard, pipeline, report, storage
@@ -40,8 +41,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--num-gpus", type=int, help="GPUs of the embedded local Ray (default: detected; "
                    "logical GPUs for testing placement)")
     s.add_argument("--finalize-top-k", type=int, default=3, metavar="K",
-                   help="at the end, retrain the top K configs over seeds and pick best_config.yaml by the lower "
-                   "confidence bound (default 3; 0 skips it: best_config.yaml is then the best trial's)")
+                   help="at the end, retrain the top K configs and the defaults over seeds and pick "
+                   "best_config.yaml by the lower confidence bound, the defaults kept unless beaten beyond the "
+                   "noise (default 3; 0 skips it: best_config.yaml is then the best trial's)")
     s.add_argument("--finalize-seeds", type=int, default=3, metavar="S",
                    help="seeds per finalized config; each varies the initialization and the split (default 3)")
     s.add_argument("--time-budget", metavar="DURATION", help="bound the whole flow (search + finalize), e.g. 90m, "
@@ -74,7 +76,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     f = sub.add_parser("finalize", help="retrain the sweep's top-k configs with several seeds; pick by the "
                        "lower confidence bound (`mmtune sweep` does this at its end by default)")
     f.add_argument("experiment", help="results/<experiment> (a sweep with at least one usable trial)")
-    f.add_argument("--top-k", type=int, default=3, help="configs to retrain, best first (default 3)")
+    f.add_argument("--top-k", type=int, default=3, help="configs to retrain, best first (default 3); the defaults "
+                   "are retrained too unless the space sets defaults_contender: false")
     f.add_argument("--seeds", type=int, default=3, help="training seeds per config (default 3)")
     f.add_argument("--time-budget", metavar="DURATION", help="stop finalize's runs after this long, e.g. 30m or "
                    "1h (runs it cuts are left out of the seeds); default: no limit")
@@ -83,6 +86,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "that can still win)")
     f.add_argument("--address", help="Ray cluster to join ('auto', host:port); default: embedded local Ray")
     f.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray (default: all)")
+
+    c = sub.add_parser("compare", help="retrain the plain defaults and best_config.yaml over the same seeds and print "
+                       "their paired test F1: does the sweep beat no sweep on this data?")
+    c.add_argument("experiment", help="results/<experiment> (with best_config.yaml)")
+    c.add_argument("--data", help="data folder with test.npz (default: the one the sweep ran on)")
+    c.add_argument("--seeds", type=int, default=3, help="training seeds 0..N-1 per config (default 3, at least 2)")
+    c.add_argument("--baseline-config", metavar="FILE", help="the config you would have trained without a sweep "
+                   "(default: what `mmtune train` trains with no config)")
+    c.add_argument("--json", action="store_true", help="print the summary as JSON (progress goes to stderr)")
 
     report.add_parser(sub)
     dashboard.add_parser(sub)
@@ -144,5 +156,17 @@ def cmd_finalize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Compare ARGS.experiment's best config with the defaults; print the paired table (or the JSON)."""
+    from mmtune.tune.compare import compare, table_lines  # late: torch
+
+    with storage.synced(args.experiment, checkpoints=False) as exp_dir:
+        summary = compare(exp_dir, args.data, args.seeds, sys.stderr if args.json else sys.stdout,
+                          baseline_config=args.baseline_config)
+    print(json.dumps(summary, indent=2) if args.json else "\n".join(["", *table_lines(summary)]))
+    return 0
+
+
 HANDLERS = {"sweep": cmd_sweep, "resume": cmd_resume, "export": cmd_export, "status": cmd_status,
-            "report": report.cmd_report, "finalize": cmd_finalize, "dashboard": dashboard.cmd_dashboard}
+            "report": report.cmd_report, "finalize": cmd_finalize, "dashboard": dashboard.cmd_dashboard,
+            "compare": cmd_compare}

@@ -1,9 +1,10 @@
-"""`mmtune finalize` (and the end of `mmtune sweep`): retrain the top-k configs with several seeds, pick by a
-variance-aware rule.
+"""`mmtune finalize` (and the end of `mmtune sweep`): retrain the top-k configs and the defaults with several seeds,
+pick by a variance-aware rule.
 
 One trial's best epoch on a small, imbalanced val set is a noisy estimate: the sweep's winner is partly luck.
-Finalize retrains the top-k configs S times each at the full epoch budget, as a second Ray Tune run (a grid over
-config x seed, no scheduler, no searcher) with the sweep's own resource planning. Seed i sets both the training
+Finalize retrains the top-k configs, and the untuned defaults beside them (`tune.defaults`), S times each at the
+full epoch budget, as a second Ray Tune run (a grid over config x seed, no scheduler, no searcher) with the sweep's
+own resource planning. Seed i sets both the training
 seed and split_seed, so a run varies the initialization and, without val.npz, the holdout split (under CV, the
 folds). The stage, by job: candidates (`tune.candidates`, pure), runs (the nested `sweep()`, here), evaluation of
 their checkpoints (`tune.evaluation`, torch), outputs and words (`tune.leaderboard`); the winner is chosen by
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from mmtune.tune import storage
-from mmtune.tune.candidates import attach, grid, reused, seeds_for, select_top
+from mmtune.tune.candidates import attach, grid, reused, seeds_for, select_top, with_defaults
 from mmtune.tune.errors import ResultsError
 from mmtune.tune.experiment import FINAL_DIR, Experiment, Trial
 from mmtune.tune.job import SweepOptions
@@ -35,10 +36,10 @@ log = logging.getLogger(__name__)
 def finalize(exp_dir: str | Path, top_k: int = 3, seeds: int = 3, address: str | None = None,
              num_cpus: int | None = None, out: TextIO | None = None, race: bool = True,
              time_budget: float | None = None) -> dict[str, Any]:
-    """Retrain the top TOP_K configs of EXP_DIR (a folder or URI) with up to SEEDS seeds each (RACE: a seed after
-    the first only for the configs that can still win) in at most TIME_BUDGET seconds (runs it cuts are left out);
-    write <exp>/final/ and <exp>/best_config.yaml. OUT receives the second run's plan and compact progress (None:
-    silent)."""
+    """Retrain the top TOP_K configs of EXP_DIR (a folder or URI) and the defaults with up to SEEDS seeds each (RACE:
+    a seed after the first only for the configs that can still win) in at most TIME_BUDGET seconds (runs it cuts are
+    left out); write <exp>/final/ and <exp>/best_config.yaml. OUT receives the second run's plan and compact progress
+    (None: silent)."""
     if top_k < 1 or seeds < 1:
         raise ResultsError(f"--top-k {top_k}, --seeds {seeds}: both must be >= 1")
     with storage.synced(exp_dir, checkpoints=False):  # retrains from the configs, not the sweep's weights
@@ -60,9 +61,10 @@ def _finalize(loc: storage.Location, top_k: int, seeds: int, res: Resources, out
     from mmtune.tune.evaluation import CheckpointFacts, copy_winner, count_params  # late: torch
 
     exp = Experiment.open(loc.local)
-    cands = select_top(exp.trials, exp.space, top_k)
+    cands = with_defaults(select_top(exp.trials, exp.space, top_k), exp.trials, exp.space)
     pairs = seeds_for(exp.space, seeds)
-    log.info("finalize %s: %d config(s) x %d seed(s), %d epochs", exp.name, len(cands), seeds, exp.space.epochs)
+    log.info("finalize %s: %d config(s) x %d seed(s), %d epochs (the defaults among them: %s)", exp.name, len(cands),
+             seeds, exp.space.epochs, any(c.defaults for c in cands))
     if (loc.local / FINAL_DIR).exists():
         log.warning("%s exists; replacing the previous finalize run", loc.local / FINAL_DIR)
     started = time.time()

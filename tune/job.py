@@ -133,7 +133,12 @@ def time_budget(space: SearchSpace, finalize_top_k: int, finalize_seeds: int) ->
     if space.time_budget is None:
         return None
     return split(space.time_budget, space.num_samples, space.rungs, space.reduction_factor, space.epochs,
-                 finalize_top_k * finalize_seeds)
+                 finalize_runs(space, finalize_top_k, finalize_seeds))
+
+
+def finalize_runs(space: SearchSpace, top_k: int, seeds: int) -> int:
+    """Full-budget runs finalize trains at most: the top TOP_K configs and the defaults, SEEDS each (0: skipped)."""
+    return (top_k + space.defaults_contender) * seeds if top_k else 0
 
 
 def _space(space: str | SearchSpace) -> tuple[str, SearchSpace]:

@@ -67,11 +67,13 @@ def finish(exp_dir: Path, storage_path: str, name: str | None, address: str | No
         _say(out, f"retrain it:  mmtune train --config {summary['best_config']} --data {summary['data']}")
     else:
         with interrupted_finalize(str(loc), top_k, seeds, race):  # from its first line on: a Ctrl-C may follow at once
-            _say(out, f"\nfinalize: retraining the top {top_k} config(s) x {seeds} seed(s) at the full budget, a "
-                      f"second Tune run in {exp_dir / finalize.FINAL_DIR} with the same resource plan (a config's "
-                      "first seed is its sweep trial when that trained the full budget: not trained again"
+            space = Experiment.open(exp_dir).space
+            contend = " and the defaults" if space.defaults_contender else ""
+            _say(out, f"\nfinalize: retraining the top {top_k} config(s){contend} x {seeds} seed(s) at the full "
+                      f"budget, a second Tune run in {exp_dir / finalize.FINAL_DIR} with the same resource plan (a "
+                      "config's first seed is its sweep trial when that trained the full budget: not trained again"
                       + ("; further seeds only for configs that can still win" if race and seeds > 1 else "") + ")")
-            limit = time_budget(Experiment.open(exp_dir).space, top_k, seeds)  # finalize's reserved share
+            limit = time_budget(space, top_k, seeds)  # finalize's reserved share
             final = finalize.finalize(str(loc), top_k, seeds, address, num_cpus, out=out, race=race,
                                       time_budget=limit.finalize if limit else None)
         _say(out, "\n".join(leaderboard.result_lines(final)))

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mmtune.model.metrics import is_finite, mode_of
-from mmtune.tune.selection import Candidate, Choice, by_bound, choose
+from mmtune.tune.selection import Candidate, Choice, by_bound, choose, pooled_sd
 
 Z = 2.0  # standard errors of the difference that put a config out of the race, with the sweep's sd
 
@@ -99,11 +99,9 @@ class Race:
         """The seed sd pooled over the configs with two or more seeds, else the prior; where it comes from; its
         degrees of freedom (0 for the prior)."""
         groups = [v for v in (self._ok(r) for r in self.ranks) if len(v) > 1]
-        dof = sum(len(v) - 1 for v in groups)
-        if dof:
-            pooled = math.sqrt(sum((len(v) - 1) * statistics.variance(v) for v in groups) / dof)
-            if pooled > 0:
-                return pooled, f"seed sd {pooled:.4f} pooled over {len(groups)} config(s), {dof} dof", dof
+        pooled, dof = pooled_sd(groups)
+        if pooled:
+            return pooled, f"seed sd {pooled:.4f} pooled over {len(groups)} config(s), {dof} dof", dof
         if self.prior_sd is not None and self.prior_sd > 0:
             return self.prior_sd, f"the sweep's noise estimate, sd {self.prior_sd:.4f}", 0
         return None, "no noise estimate", 0
@@ -132,4 +130,4 @@ def raced_choice(cands: list[Candidate], race: Race) -> Choice:
     alive = [c for c in cands if c.left_race is None]
     choice = choose(alive, race.metric)
     return Choice([*choice.ordered, *by_bound([c for c in cands if c.left_race], race.metric)], choice.leader,
-                  choice.tied, choice.reason)
+                  choice.tied, choice.reason, choice.pick)

@@ -11,6 +11,7 @@ from typing import Any
 
 
 from mmtune.data.io import atomic_file, write_json
+from mmtune.tune.defaults import defaults_lines
 from mmtune.tune.errors import ResultsError
 from mmtune.tune.experiment import CKPT_FILE, SUMMARY, Experiment, Trial, counts
 from mmtune.tune.noise import summary_entry
@@ -111,7 +112,8 @@ def export(exp_dir: str | Path, out: str | Path | None = None) -> dict[str, Any]
     summary.update(best_trial_config=str(config_path), best_config=str(deploy if deploy.is_file() else config_path),
                    best_config_from="best trial" if finalized is None else "finalize")
     if finalized is not None:
-        summary.update(finalized_winner=finalized.get("winner", {}).get("trial_id"))
+        summary.update(finalized_winner=finalized.get("winner", {}).get("trial_id"),
+                       defaults=finalized.get("defaults"), defaults_line=" ".join(defaults_lines(finalized)) or None)
     write_json(summary, exp.path / SUMMARY)
     return summary
 

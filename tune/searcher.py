@@ -29,6 +29,7 @@ from ray.tune.search.optuna import OptunaSearch
 from mmtune.model.metrics import is_better, is_finite, rank_key, tie_breaker
 from mmtune.model.status import TrialStatus
 from mmtune.tune import convergence, storage
+from mmtune.tune.defaults import start_points
 from mmtune.tune.budget import OutOfTime
 from mmtune.tune.experiment import (STUDY_DB, STUDY_NAME, Experiment, load_study, read_meta, study_storage,
                                     update_meta)
@@ -43,7 +44,7 @@ def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
     """The space's Optuna sampler, seeded with the space's seed."""
     # Model-based samplers need some random trials first; TPE's default of 10 would make a small sweep pure
     # random search. About a third of the trials, at most 10, and more than the starting points.
-    startup = max(len(space.start) + 2, min(10, space.num_samples // 3))
+    startup = max(len(start_points(space)) + 2, min(10, space.num_samples // 3))
     if space.searcher == "tpe":
         return optuna.samplers.TPESampler(seed=space.seed, multivariate=True, constant_liar=True,
                                           n_startup_trials=startup)
@@ -60,7 +61,7 @@ class StudySearch(OutOfTime, OptunaSearch):
     def __init__(self, space: SearchSpace, loc: storage.Location):
         self.loc, self.rungs = loc, space.rungs  # ASHA's rungs: where a trial Tune stopped was pruned
         super().__init__(space=space.distributions(), metric=space.metric, mode=space.mode,
-                         points_to_evaluate=[dict(s) for s in space.start] or None, sampler=make_sampler(space),
+                         points_to_evaluate=start_points(space) or None, sampler=make_sampler(space),
                          study_name=STUDY_NAME, storage=study_storage(loc.local))
         # Stop when converged (tune.convergence): the rule's inputs, and its decision once it stopped the search.
         self.stop_rule, self.num_samples, self.dims, self.seed = (space.stop_when_converged, space.num_samples,

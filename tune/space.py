@@ -23,7 +23,7 @@ class SpaceError(ConfigError):
 # Search-only parameters that are not config fields: d_model = nhead * head_dim, so any pair is valid.
 VIRTUAL = {"head_dim": int}
 TOP_KEYS = {"metric", "mode", "num_samples", "seed", "epochs", "asha", "fixed", "params", "start", "description",
-            "searcher", "cv", "time_budget", "stop_when_converged"}
+            "searcher", "cv", "time_budget", "stop_when_converged", "defaults_contender"}
 SEARCHERS = ("tpe", "gp", "qmc", "random")  # Optuna's TPESampler, GPSampler, QMCSampler, RandomSampler
 ASHA_KEYS = {"grace_period", "reduction_factor", "brackets"}
 PARAM_KEYS = {"type", "low", "high", "log", "step", "choices"}
@@ -89,6 +89,7 @@ class SearchSpace:
     cv: int | str = 0  # validation of every trial: 0 holdout, K >= 2 K-fold CV, "auto" (resolved from the data)
     time_budget: float | None = None  # seconds for search + finalize (tune/budget.py); None: unbounded
     stop_when_converged: bool = False  # the searcher ends the search once it has converged (tune/convergence.py)
+    defaults_contender: bool = True  # the untuned config starts the sweep and finalize retrains it (tune/defaults.py)
     raw: dict[str, Any] = field(default_factory=dict)  # the file as read, for the record
 
     @property
@@ -226,7 +227,9 @@ def parse_space(raw: dict[str, Any], src: str) -> SearchSpace:
         start=tuple(_start_points(src, raw.get("start") or [], params)), cv=raw.get("cv", 0),
         time_budget=_duration(src, raw.get("time_budget")),
         stop_when_converged=_flag(src, "stop_when_converged",
-                                  raw.get("stop_when_converged", SearchSpace.stop_when_converged)), raw=raw)
+                                  raw.get("stop_when_converged", SearchSpace.stop_when_converged)),
+        defaults_contender=_flag(src, "defaults_contender",
+                                 raw.get("defaults_contender", SearchSpace.defaults_contender)), raw=raw)
     _check_settings(space)
     _check_combinations(space)
     return space

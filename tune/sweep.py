@@ -16,7 +16,7 @@ from typing import Any, Iterator, Sequence, TextIO
 from mmtune.data.validation import Validation, scored_counts
 from mmtune.model.config import samples_per_epoch, steps_per_epoch
 from mmtune.model.loop import Callback
-from mmtune.tune import ray_runtime, resume as resuming, storage, tuner as tuning
+from mmtune.tune import defaults, ray_runtime, resume as resuming, storage, tuner as tuning
 from mmtune.tune.console import capture_ray_output, ray_init_kwargs
 from mmtune.tune.errors import SweepError, SweepInterrupted
 from mmtune.tune.experiment import RAY_LOG, Experiment, mark_interrupted, provenance, update_meta, write_meta
@@ -47,6 +47,8 @@ def sweep(options: SweepOptions, *, searcher: Any = None, scheduler: Any = None,
     _say(out, f"sweep {job.name}: {job.space.num_samples} trials x <= {job.space.epochs} epochs, metric "
               f"{job.space.metric} ({job.space.mode}), {len(job.space.params)} parameters from {job.space_file}")
     _say(out, budget(job.space, job.validation, job.data.train_rows))
+    if searcher is None:  # a search (finalize's own runs bring their configs)
+        _say(out, defaults.describe(job.space))
     if (limit := time_budget(job.space, job.opts.finalize_top_k, job.opts.finalize_seeds)) is not None:
         _say(out, limit.describe())
     ray_runtime.connect(options.address, options.num_cpus, options.num_gpus, **ray_init_kwargs(options.verbose))

@@ -16,7 +16,7 @@ from mmtune.model.metrics import is_better
 from mmtune.tune import storage
 from mmtune.tune.budget import EXHAUSTED, OutOfTime, expected_epochs
 from mmtune.tune.console import Progress
-from mmtune.tune.job import time_budget
+from mmtune.tune.job import finalize_runs, time_budget
 from mmtune.tune.racing import Race
 from mmtune.tune.recorder import TrialRecorder
 from mmtune.tune.searcher import StudySearch
@@ -70,7 +70,7 @@ def tune_callbacks(job: Job, out: TextIO | None) -> list:
     (--mlflow, --tensorboard), the progress view."""
     space = job.space
     # Finalize's runs train the full budget, a search trial on average expected_epochs of it under ASHA.
-    after = (job.opts.finalize_top_k * job.opts.finalize_seeds * space.epochs
+    after = (finalize_runs(space, job.opts.finalize_top_k, job.opts.finalize_seeds) * space.epochs
              / expected_epochs(space.rungs, space.reduction_factor, space.epochs))
     progress = [] if out is None else [Progress(space.num_samples, space.metric, out, rungs=space.rungs, after=after)]
     tracking = tracking_callbacks(job.loc.local, job.opts.mlflow, job.opts.tensorboard, space.rungs)
