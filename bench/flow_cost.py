@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -39,6 +40,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.search_quality import mean_sd, mmtune, retrain, run_sweep  # noqa: E402
+from mmtune.tune.budget import parse_duration  # noqa: E402
 
 UNITS = ("train", "default", "samples_norace", "steps_norace")
 FLOW = {"default": ((), {}), "samples_norace": (("--no-finalize-race",), {}),
@@ -58,10 +60,10 @@ def make_data(folder: Path, smoke: bool) -> Path:
     return folder
 
 
-def space_file(work: Path, unit: str) -> Path:
-    """search_spaces/default.yaml with the unit's budget keys."""
+def space_file(work: Path, unit: str, smoke: bool) -> Path:
+    """search_spaces/default.yaml with the unit's budget keys (a smoke: 64 samples per epoch, the path only)."""
     raw = yaml.safe_load((ROOT / "search_spaces/default.yaml").read_text())
-    raw["fixed"] = {**raw.get("fixed", {}), **FLOW[unit][1]}
+    raw["fixed"] = {**raw.get("fixed", {}), **FLOW[unit][1], **({"epoch_samples": 64} if smoke else {})}
     path = work / f"{unit}.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
@@ -78,7 +80,7 @@ def run_unit(unit: str, data: Path, work: Path, args: argparse.Namespace) -> dic
                 "test_f1": r["test_f1"], "load_start": load0, "load_end": os.getloadavg()[0]}
     trials = 2 if args.smoke else int(yaml.safe_load((ROOT / "search_spaces/default.yaml").read_text())["num_samples"])
     flags = (*FLOW[unit][0], *(SMOKE_FLOW if args.smoke else ()))
-    sweep = run_sweep(data, space_file(work, unit), unit, work, trials, True, flags)
+    sweep = run_sweep(data, space_file(work, unit, args.smoke), unit, work, trials, True, flags)
     wall = time.time() - t0
     exp = sweep["exp"]
     final = json.loads((exp / "final/summary.json").read_text())
@@ -88,15 +90,25 @@ def run_unit(unit: str, data: Path, work: Path, args: argparse.Namespace) -> dic
             final["wall_time_s"], "test_f1": quality["test_f1"], "trained_in_finalize": final["trained"],
             "from_sweep": final["from_sweep"], "finalize_grid": len(final["configs"]) * len(final["seeds"]),
             "race_out": (final.get("race") or {}).get("out"), "validation": meta.get("validation", {}).get("scheme"),
-            "load_start": load0, "load_end": os.getloadavg()[0]}
+            "estimate": plan_estimate(work / f"{unit}.log"), "load_start": load0, "load_end": os.getloadavg()[0]}
+
+
+def plan_estimate(log: Path) -> dict[str, Any] | None:
+    """The plan's estimate of the flow (tune/estimate.py) as the sweep printed it, in seconds; None if absent."""
+    line = next((ln for ln in log.read_text().splitlines() if ln.startswith("estimate: about ")), None)
+    if line is None:
+        return None
+    whole, search = re.match(r"estimate: about (\S+) \(search ~([^,)]+)", line).groups()
+    return {"total_s": parse_duration(whole, "estimate"), "search_s": parse_duration(search, "estimate"),
+            "line": line}
 
 
 def table(units: dict[str, dict[str, Any]]) -> str:
     """The markdown table: wall, multiple of one train, search/finalize split, finalize runs, test F1."""
     train = units.get("train")
     per_train = train["wall_per_run_s"] if train else None
-    lines = ["| unit | wall s | x one train | search / finalize s | finalize runs trained (of grid; from sweep) "
-             "| test F1 mean ± sd | load avg start/end |", "|---|---|---|---|---|---|---|"]
+    lines = ["| unit | wall s | x one train | search / finalize s | plan's estimate s | finalize runs trained (of grid; "
+             "from sweep) | test F1 mean ± sd | load avg start/end |", "|---|---|---|---|---|---|---|---|"]
     for name in UNITS:
         u = units.get(name)
         if u is None:
@@ -106,7 +118,9 @@ def table(units: dict[str, dict[str, Any]]) -> str:
         split = "-" if name == "train" else f"{u['search_wall_s']:.0f} / {u['finalize_wall_s']:.0f}"
         runs = "-" if name == "train" else f"{u['trained_in_finalize']} (of {u['finalize_grid']}; {u['from_sweep']})"
         wall = u["wall_per_run_s"] if name == "train" else u["wall_s"]
-        lines.append(f"| {name} | {wall:.0f} | {mult} | {split} | {runs} | {m:.3f} ± {s:.3f} | "
+        est = (u.get("estimate") or {}).get("total_s")
+        lines.append(f"| {name} | {wall:.0f} | {mult} | {split} | {'-' if est is None else f'{est:.0f}'} | {runs} | "
+                     f"{m:.3f} ± {s:.3f} | "
                      f"{u['load_start']:.1f} / {u['load_end']:.1f} |")
     return "\n".join(lines) + "\n"
 

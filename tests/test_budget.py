@@ -7,6 +7,7 @@ import yaml
 from mmtune.model.status import TrialStatus
 from mmtune.tune.budget import DurationError, expected_epochs, parse_duration, split, words
 from mmtune.tune.recorder import ended_status
+from mmtune.tune.defaults import point
 from mmtune.tune.space import SpaceError, load_space
 
 
@@ -77,3 +78,29 @@ def test_a_time_budget_bounds_a_real_sweep_and_its_finalize(ray_session, demo_di
     with pytest.raises(ResultsError, match="the time budget .* stopped every finalize run"):
         fin.finalize(tmp_path / "tb", top_k=1, seeds=1, time_budget=2)
     assert (tmp_path / "tb" / "best_config.yaml").is_file()  # the sweep's own best config stays
+
+
+def test_the_flow_estimate_multiplies_probes_by_the_flows_epochs():
+    from mmtune.tune.estimate import estimate_flow
+
+    est = estimate_flow(2.0, 5.0, 30.0, (36, 12), 2, "the probes")
+    assert est.search == pytest.approx(30 * 2.0 / 2) and est.finalize == pytest.approx((36 * 2.0 + 12 * 5.0) / 2)
+    assert est.describe() == (f"estimate: about {words(30 + 66)} (search ~{words(30)}, finalize <= {words(66)}), from "
+                              "probes of the probes")
+    assert "finalize" not in estimate_flow(2.0, 0.0, 30.0, (0, 0), 1, "p").describe()
+
+
+def test_the_plan_probes_configs_of_the_space_and_the_defaults_on_a_trials_cpus(demo_dir, tmp_path):
+    from mmtune.tune.estimate import flow_estimate, probe_configs
+    from mmtune.tune.job import SweepOptions, prepare
+    from mmtune.tune.resources import Plan
+
+    job = prepare(SweepOptions(data=str(demo_dir), space="default", storage=str(tmp_path), name="e"))
+    drawn = probe_configs(job.space, 4)
+    assert len(drawn) == 4 and drawn[0] == job.space.train_config(point(job.space))  # the first start point
+    assert drawn == probe_configs(job.space, 4) and len({(c.d_model, c.lr) for c in drawn}) == 4  # seeded, distinct
+    plan = Plan(nodes=1, cpus=2, gpus=0, cpus_per_trial=1, gpus_per_trial=0, concurrent=2)
+    line = flow_estimate(job, plan)
+    assert line.startswith("estimate: about ") and "finalize <= " in line
+    assert "probes of 4 configs of the space (" in line and "per trial-epoch on 1 CPU) and the defaults (" in line
+    assert flow_estimate(job, Plan(1, 2, 1, 1, 1, 1)).startswith("estimate: none (trials train on GPUs")

@@ -351,8 +351,12 @@ def test_the_defaults_contend_and_the_gain_over_them_is_reported(exp):
     assert d["trial_id"] == DEFAULTS_ID and space.train_config(d["params"]).d_model == 256
     assert [r["seed"] for r in d["runs"]] == s["seeds"] and not any(r["from_sweep"] for r in d["runs"])
     entry = s["defaults"]
-    rival = s["winner"] if not entry["won"] else searched(s["configs"])[0]
-    assert entry["versus"] == rival["trial_id"] and set(entry["gain"]) == {"val/f1", "test/f1"}
+    rival = next(c for c in s["configs"] if c["trial_id"] == entry["versus"])  # the config they beat or lost to
+    if entry["won"]:  # the rule's pick, named in the reason, or (the rule picked the defaults) the best by bound
+        assert f"trial {rival['trial_id']}" in s["choice"] or rival is searched(s["configs"])[0]
+    else:
+        assert rival["trial_id"] == s["winner"]["trial_id"]
+    assert not rival["defaults"] and set(entry["gain"]) == {"val/f1", "test/f1"}
     for key, g in entry["gain"].items():
         assert g["gain"] == pytest.approx(rival["mean"][key] - d["mean"][key])
         assert g["inside_noise"] == (abs(g["gain"]) <= 2 * g["se"])

@@ -20,6 +20,7 @@ from mmtune.tune import defaults, ray_runtime, resume as resuming, storage, tune
 from mmtune.tune.console import capture_ray_output, ray_init_kwargs
 from mmtune.tune.errors import SweepError, SweepInterrupted
 from mmtune.tune.experiment import RAY_LOG, Experiment, mark_interrupted, provenance, update_meta, write_meta
+from mmtune.tune.estimate import flow_estimate
 from mmtune.tune.job import Job, SweepOptions, prepare, time_budget
 from mmtune.tune.resources import Plan, check_cluster, plan_resources
 from mmtune.tune.results import prune_checkpoints
@@ -61,6 +62,8 @@ def sweep(options: SweepOptions, *, searcher: Any = None, scheduler: Any = None,
         plan.early_stopping = job.space.early_stopping() if scheduler is None else ""
         start_experiment(job, plan)
     _say(out, plan.describe())
+    if searcher is None and not options.resume:  # a search from its start: what the whole flow will cost
+        _say(out, flow_estimate(job, plan))
     with interrupted_sweep(job.loc), capture_ray_output(job.loc.local / RAY_LOG, options.verbose):
         if options.resume:
             tuner = resuming.restore(job, plan, tuple(callbacks), out)
