@@ -71,6 +71,7 @@ def ctrl_c_at(pattern: str, env: dict[str, str], *args: str) -> tuple[int, str, 
     try:
         console.wait_for(pattern)
         sent = time.time()
+        assert proc.poll() is None, f"the process ended before the Ctrl-C could be sent:\n{console.text[-3000:]}"
         os.killpg(proc.pid, signal.SIGINT)
         return console.finish(), console.text, sent
     finally:
@@ -115,11 +116,11 @@ def test_ctrl_c_in_the_search_stops_it_resumably_and_resume_runs_every_trial_onc
 def test_ctrl_c_in_finalize_keeps_the_sweep_and_its_best_trial_config(demo_dir, tmp_path, subprocess_env):
     storage, name = (tmp_path / "res").resolve(), "ctrl-c-final"
     exp = storage / name
-    # Two seeds, not raced: the second always trains (a first seed may be the sweep's own trial, taken at once, and
-    # a race of one config ends after its first seed), so finalize has a run in flight when the Ctrl-C comes.
+    # Two configs x 3 seeds, not raced: at least 4 runs train (a first seed may be the sweep's own trial, taken at
+    # once, and a race can end early), so on a loaded machine finalize still runs when the Ctrl-C comes.
     code, out, _ = ctrl_c_at(FINALIZE_STARTS, subprocess_env, "--data", str(demo_dir), "--name", name, "--storage",
-                             str(storage), "--num-samples", "2", "--epochs", "2", "--finalize-top-k", "1",
-                             "--finalize-seeds", "2", "--no-finalize-race")
+                             str(storage), "--num-samples", "2", "--epochs", "2", "--finalize-top-k", "2",
+                             "--finalize-seeds", "3", "--no-finalize-race")
     assert code == 130, out[-3000:]
     assert f"mmtune finalize {exp}" in out, out[-3000:]
     assert "every finalize run failed" not in out and "Traceback" not in out
