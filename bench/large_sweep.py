@@ -43,7 +43,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as a script: bench/ is on the path, the repository root is not
     sys.path.insert(0, str(REPO))
-from bench.sweep_overhead import pss_tree  # noqa: E402
+from bench.sweep_overhead import Polling, pss_tree  # noqa: E402
 
 CPUS = 2
 NAME = "large"
@@ -178,34 +178,23 @@ def proc_rss_cpu(pid: int) -> tuple[float, float] | None:
     return rss_kb / 1024, (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class Sampler:
+class Sampler(Polling):
     """Every second: driver RSS and CPU, trials ended, 1-min load average; every 10 s the tree's PSS."""
 
     def __init__(self, pid: int, records: Path):
-        self.pid, self.records, self.rows, self.pss = pid, records, [], []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        super().__init__()
+        self.pid, self.records, self.rows, self.pss, self.tick = pid, records, [], [], 0
 
-    def _run(self) -> None:
-        tick = 0
-        while not self._stop.is_set():
-            now, got = time.time(), proc_rss_cpu(self.pid)
-            if got is None:
-                return
-            ended = sum(n.endswith(".json") for n in os.listdir(self.records)) if self.records.is_dir() else 0
-            self.rows.append([round(now, 2), round(got[0], 1), round(got[1], 2), ended, os.getloadavg()[0]])
-            if tick % 10 == 0:
-                self.pss.append([round(now, 2), round(pss_tree(self.pid) / 2**20, 1)])
-            tick += 1
-            self._stop.wait(1.0)
-
-    def __enter__(self) -> "Sampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+    def sample(self) -> bool:
+        now, got = time.time(), proc_rss_cpu(self.pid)
+        if got is None:
+            return False  # the driver exited
+        ended = sum(n.endswith(".json") for n in os.listdir(self.records)) if self.records.is_dir() else 0
+        self.rows.append([round(now, 2), round(got[0], 1), round(got[1], 2), ended, os.getloadavg()[0]])
+        if self.tick % 10 == 0:
+            self.pss.append([round(now, 2), round(pss_tree(self.pid) / 2**20, 1)])
+        self.tick += 1
+        return True
 
 
 def run_driver(argv: list[str], timing: Path, records: Path, log: Path) -> tuple[dict, Sampler]:

@@ -46,25 +46,43 @@ def pss_tree(root: int) -> int:
     return total
 
 
-class PeakMemory:
-    """Samples the process tree's PSS every 0.2 s in a thread; `.peak` in bytes."""
+class Polling:
+    """A context manager that calls `sample()` every INTERVAL seconds in a daemon thread until it exits, or until
+    `sample()` returns False."""
+
+    interval = 1.0
 
     def __init__(self) -> None:
-        self.peak, self._stop = 0, threading.Event()
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, pss_tree(os.getpid()))
-            self._stop.wait(0.2)
+    def sample(self) -> bool | None:
+        raise NotImplementedError
 
-    def __enter__(self) -> "PeakMemory":
+    def _run(self) -> None:
+        while not self._stop.is_set() and self.sample() is not False:
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "Polling":
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+class PeakMemory(Polling):
+    """Samples the process tree's PSS every 0.2 s in a thread; `.peak` in bytes."""
+
+    interval = 0.2
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.peak = 0
+
+    def sample(self) -> None:
+        self.peak = max(self.peak, pss_tree(os.getpid()))
 
 
 def configs(n: int) -> list[dict]:

@@ -62,8 +62,8 @@ def sweep(options: SweepOptions, *, searcher: Any = None, scheduler: Any = None,
         plan.early_stopping = job.space.early_stopping() if scheduler is None else ""
         start_experiment(job, plan)
     _say(out, plan.describe())
-    if searcher is None and not options.resume:  # a search from its start: what the whole flow will cost
-        _say(out, flow_estimate(job, plan))
+    if searcher is None and not options.resume and out is not None:  # a search from its start, shown: its cost
+        _say(out, flow_estimate(job, plan))  # (the probes take seconds: not for a silent sweep)
     with interrupted_sweep(job.loc), capture_ray_output(job.loc.local / RAY_LOG, options.verbose):
         if options.resume:
             tuner = resuming.restore(job, plan, tuple(callbacks), out)
