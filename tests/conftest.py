@@ -166,11 +166,11 @@ def run_sweep(data: Path, storage: Path, name: str, space: str = SMOKE, callback
 
 def resume_cli(exp: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
     """`mmtune resume EXP` in a subprocess with ENV (a `subprocess_env`), its Ray processes cleaned up after; it must
-    succeed."""
+    succeed (--debug: a failure shows its traceback)."""
     from mmtune.tune.faults import kill_processes_of
 
-    proc = subprocess.run([sys.executable, "-m", "mmtune.tune", "resume", str(exp), "--num-cpus", "2"], env=env,
-                          capture_output=True, text=True, timeout=400)
+    proc = subprocess.run([sys.executable, "-m", "mmtune.tune", "--debug", "resume", str(exp), "--num-cpus", "2"],
+                          env=env, capture_output=True, text=True, timeout=400)
     kill_processes_of(env["RAY_TMPDIR"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc

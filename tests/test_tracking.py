@@ -89,3 +89,42 @@ def test_a_store_mlflow_refuses_fails_before_ray_naming_the_flag(demo_dir, tmp_p
     err = capsys.readouterr().err
     assert f"--mlflow {uri}" in err and "sqlite:///" in err and "MLFLOW_ALLOW_FILE_STORE" in err
     assert not (tmp_path / "x").exists()  # nothing started
+
+
+def test_a_file_store_a_kill_cut_is_rebuilt_with_nothing_lost(tmp_path, monkeypatch):
+    """MLflow's file store writes a run's meta.yaml in place; an empty one (a SIGKILL mid-write) made every search of
+    the experiment fail, and with it `mmtune resume --mlflow`. The repair rebuilds a run that names its trial (status
+    from the trial's record, metrics untouched) and hides one cut before it named a trial."""
+    from mlflow.tracking import MlflowClient
+
+    from mmtune.tune.mlflow_logger import TRIAL_ID_TAG, repair_cut_runs
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    root = tmp_path / "mlruns"
+    client = MlflowClient(tracking_uri=root.as_uri())
+    exp_id = client.create_experiment("cut")
+    runs = {}
+    for trial in ("t_done", "t_cut_mid_run"):
+        run = client.create_run(exp_id, run_name=trial, tags={TRIAL_ID_TAG: trial})
+        for step in (1, 2, 3):
+            client.log_metric(run.info.run_id, "val/f1", 0.1 * step, step=step, timestamp=1_000 * step)
+        runs[trial] = run.info.run_id
+    orphan = client.create_run(exp_id).info.run_id  # killed before Ray's logger could tag it
+    for run_id in (*runs.values(), orphan):
+        (root / exp_id / run_id / "meta.yaml").write_text("")
+    with pytest.raises(AttributeError):  # what resume died of
+        client.search_runs([exp_id])
+
+    repair_cut_runs(root, {"t_done": {"status": "completed"}})
+
+    found = {r.data.tags[TRIAL_ID_TAG]: r for r in client.search_runs([exp_id])}
+    assert set(found) == {"t_done", "t_cut_mid_run"}  # the orphan is hidden, its files kept
+    assert (root / exp_id / orphan / "meta.yaml.cut").is_file()
+    assert found["t_done"].info.status == "FINISHED" and found["t_done"].info.end_time == 3_000
+    assert found["t_cut_mid_run"].info.status == "KILLED" and found["t_cut_mid_run"].info.end_time is None
+    for trial, r in found.items():
+        assert r.info.run_id == runs[trial] and r.info.run_name == trial and r.info.start_time == 1_000
+        assert [m.value for m in client.get_metric_history(r.info.run_id, "val/f1")] == pytest.approx([0.1, 0.2, 0.3])
+    client.update_run(runs["t_cut_mid_run"], status="RUNNING")  # what a resumed trial's logger does next
+    client.set_terminated(runs["t_cut_mid_run"])
+    assert client.get_run(runs["t_cut_mid_run"]).info.status == "FINISHED"

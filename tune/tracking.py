@@ -53,6 +53,6 @@ def tracking_callbacks(exp_dir: Path, mlflow: str | None, tensorboard: bool, run
     if mlflow:
         from mmtune.tune.mlflow_logger import MLflowTrialLogger  # late: MLflow (~1 s), only when asked for
 
-        callbacks.append(MLflowTrialLogger(mlflow, rungs, experiment_name=tracking_name(exp_dir)))
+        callbacks.append(MLflowTrialLogger(mlflow, rungs, exp_dir, experiment_name=tracking_name(exp_dir)))
     return callbacks
 
