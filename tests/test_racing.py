@@ -28,9 +28,9 @@ def test_a_config_far_behind_leaves_and_close_ones_stay():
 
 def test_the_pooled_seed_sd_replaces_the_prior_once_configs_have_two_seeds():
     race = race_of({0: [0.80, 0.82], 1: [0.70, 0.72]}, prior=0.5)  # the prior alone would keep both
+    race.round = 1
     sd, source, dof = race.sd()
     assert sd == pytest.approx(math.sqrt(0.0002)) and dof == 2 and "pooled over 2 config(s), 2 dof" in source
-    race.round = 1
     assert race.advance() == [] and list(race.out) == [1]  # one config left: settled
     assert "(> 4.30 x se 0.0141)" in race.out[1]  # Student's t with 2 dof, not 2: a pooled sd of 2 runs is noisy
 
@@ -72,6 +72,23 @@ def test_the_race_ends_after_the_last_seed_and_needs_a_complete_round():
         race.advance()
     race.record(1, 1, 0.8)
     assert race.advance() == []  # every seed ran
+
+
+def test_runs_trained_ahead_never_change_a_decision_and_count_only_if_their_round_comes():
+    # Round 0 of three configs; seed 1 of configs 0 and 2 already trained ahead (a free slot), one of them failed.
+    race = race_of({0: [0.80], 1: [0.78], 2: [0.50]}, prior=0.05)
+    race.record(0, 1, 0.20)  # far off: counted in round 1's decision, never in round 0's
+    race.record(2, 1, None)  # a failure ahead does not put config 2 out at round 0 either
+    assert race.sd()[1].startswith("the sweep's noise estimate")  # no config has two seeds *so far*
+    assert race.advance() == [(1, 1)] and list(race.out) == [2]  # 0.30 behind, as without the runs ahead
+    assert race.values[2] == {0: 0.50} and 0 in race.values[0] and 1 in race.values[0]  # 2's run ahead dropped
+    race.record(2, 2, 0.9)  # a run of a config out of the race ends: not counted
+    assert race.values[2] == {0: 0.50}
+    race.record(1, 1, 0.79)
+    race.seeds = 2
+    assert race.advance() == [] and race.over and race.round == 1
+    race.record(0, 2, 0.99)  # beyond the last round: not counted
+    assert 2 not in race.values[0] and Race.from_dict(race.to_dict()).over
 
 
 def test_the_race_survives_a_json_round_trip():

@@ -79,14 +79,19 @@ def grid(cands: list[Candidate], pairs: list[tuple[int, int]]) -> list[dict[str,
             if not (c.rank in have and (s, sp) == pairs[0])]
 
 
+def candidate_of(run: Trial, cands: list[Candidate]) -> Candidate:
+    """The candidate whose config the finalize RUN (or sweep trial) trained: its params but for the seeds."""
+    return next(c for c in cands if all(run.params.get(k) == v for k, v in c.trial.params.items()
+                                        if k not in RESEEDED))
+
+
 def attach(runs: list[Trial], cands: list[Candidate], checkpoint_facts: Callable[[Trial], dict[str, Any]]) -> None:
     """Attach every finalize run (and sweep trial taken as one) to its candidate: the val metrics its best epoch
     reported (on the split it trained with) and CHECKPOINT_FACTS of that epoch's checkpoint (ResultsError: only
     those are missing); a failed or diverged run, or one without a finite value, is a failed seed. Then each
     candidate's mean and std."""
     for t in runs:
-        cand = next(c for c in cands if all(t.params.get(k) == v for k, v in c.trial.params.items()
-                                            if k not in RESEEDED))
+        cand = candidate_of(t, cands)
         if t is not cand.trial and t.status in CUT:
             cand.cut += 1  # stopped short of the budget by the time budget: neither a seed nor a failure
             continue

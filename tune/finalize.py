@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from mmtune.tune import storage
-from mmtune.tune.candidates import attach, grid, reused, seeds_for, select_top, with_defaults
+from mmtune.tune.candidates import attach, candidate_of, grid, reused, seeds_for, select_top, with_defaults
 from mmtune.tune.errors import ResultsError
 from mmtune.tune.experiment import FINAL_DIR, Experiment, Trial
 from mmtune.tune.job import SweepOptions
@@ -79,6 +79,8 @@ def _finalize(loc: storage.Location, top_k: int, seeds: int, res: Resources, out
     race = start_race(exp, cands, pairs, taken) if racing else None
     todo = bool(race.missing()) if race else bool(points)
     runs = run_grid(exp, loc, cands, points, pairs, race, res, out).trials if todo else []
+    kept = {t.trial_id for t in (counted(runs, cands, pairs, race) if race else runs)}
+    runs, ahead = [t for t in runs if t.trial_id in kept], [t for t in runs if t.trial_id not in kept]
     final = loc.local / FINAL_DIR
     if not todo:  # every run is the sweep's own: nothing to train, a fresh folder for the outputs
         shutil.rmtree(final, ignore_errors=True)
@@ -92,7 +94,8 @@ def _finalize(loc: storage.Location, top_k: int, seeds: int, res: Resources, out
     if not choice.winner.ok_runs:
         raise RuntimeError(f"every finalize run failed; see the error files under {final}")
     summary = write_outputs(exp, final, choice, pairs, top_k, time.time() - started,
-                            seeds_vary(exp, cands), copy_winner(final / WINNER_DIR, choice.winner), race)
+                            seeds_vary(exp, cands), copy_winner(final / WINNER_DIR, choice.winner), race,
+                            [t.trial_id for t in ahead])
     export(exp.path)  # summary.json then names the finalized winner and the seeds' noise
     return summary
 
@@ -109,6 +112,14 @@ def start_race(exp: Experiment, cands: list[Candidate], pairs: list[tuple[int, i
     return race
 
 
+def counted(runs: list[Trial], cands: list[Candidate], pairs: list[tuple[int, int]], race: Race) -> list[Trial]:
+    """The RUNS the race counted. One trained ahead for a config that then left the race, or beyond its last round,
+    is not a seed (its folder stays), so that the leaderboard says what the race decided on."""
+    return [t for t in runs
+            if pairs.index((int(t.params["seed"]), int(t.params["split_seed"])))
+            in race.values.get(candidate_of(t, cands).rank, {})]
+
+
 def run_grid(exp: Experiment, loc: storage.Location, cands: list[Candidate], points: list[dict[str, Any]],
              pairs: list[tuple[int, int]], race: Race | None, res: Resources, out: TextIO | None) -> Experiment:
     """The POINTS (a candidate's params with a seed pair), or with a RACE those of them it asks for round by round,
@@ -120,6 +131,7 @@ def run_grid(exp: Experiment, loc: storage.Location, cands: list[Candidate], poi
 
     searcher = (tuner.RacingConfigs(race, {c.rank: c.trial.params for c in cands}, pairs) if race
                 else tuner.FixedConfigs(points))
+    scheduler = tuner.RaceScheduler(searcher) if race else FIFOScheduler()
 
     # Never finalize the finalize run itself; the folds or holdout as the sweep decided them.
     # No rungs (a run Tune stops was cut by the time budget, not pruned) and finalize's own share of the budget.
@@ -130,7 +142,7 @@ def run_grid(exp: Experiment, loc: storage.Location, cands: list[Candidate], poi
                            "address": res.address, "num_cpus": res.num_cpus, "num_samples": None, "epochs": None,
                            "seed": None, "verbose": False, "finalize_top_k": 0, "cv": str(exp.validation.folds),
                            "split_seeds": tuple(sp for _, sp in pairs)})
-    return sweeping.sweep(opts, searcher=searcher, scheduler=FIFOScheduler(), out=out)
+    return sweeping.sweep(opts, searcher=searcher, scheduler=scheduler, out=out)
 
 
 def seeds_vary(exp: Experiment, cands: list[Candidate]) -> str:

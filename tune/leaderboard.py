@@ -23,8 +23,10 @@ WINNER_DIR = "winner"
 
 
 def write_outputs(exp: Experiment, out: Path, choice: Choice, pairs: list[tuple[int, int]], requested: int,
-                  seconds: float, seeds_vary: str, checkpoints: list[str], race: Race | None) -> dict[str, Any]:
-    """<exp>/best_config.yaml (the winner's recipe), final/leaderboard.csv and final/summary.json; the summary."""
+                  seconds: float, seeds_vary: str, checkpoints: list[str], race: Race | None,
+                  ahead: list[str] = ()) -> dict[str, Any]:
+    """<exp>/best_config.yaml (the winner's recipe), final/leaderboard.csv and final/summary.json; the summary.
+    AHEAD: the race's runs trained ahead of a round their config did not reach (not counted as seeds)."""
     space, winner = exp.space, choice.winner
     config = write_best_config(exp, choice, pairs[0])
     write_leaderboard(out / "leaderboard.csv", choice, space)
@@ -37,7 +39,8 @@ def write_outputs(exp: Experiment, out: Path, choice: Choice, pairs: list[tuple[
         # Runs the sweep had already trained (a candidate's own trial, at its full budget), not trained again.
         "from_sweep": sum(bool(r.get("from_sweep")) for c in choice.ordered for r in c.runs),
         # Seeds after the first went only to the configs that could still win (None: every seed of every config).
-        "race": None if race is None else {**race.to_dict(), **dict(zip(("sd", "sd_source", "dof"), race.sd()))},
+        "race": None if race is None else {**race.to_dict(), **dict(zip(("sd", "sd_source", "dof"), race.sd())),
+                                           "not_counted": list(ahead)},
         "trained": sum(not r.get("from_sweep") for c in choice.ordered for r in c.runs),
         "validation": exp.validation.to_dict(),
         "winner": {**_entry(winner, choice, space.metric), "config": str(config), "checkpoints": checkpoints},
@@ -187,5 +190,7 @@ def race_lines(summary: dict[str, Any]) -> list[str]:
         return []
     out = len(race["out"])
     sd = "no noise estimate" if race["sd"] is None else f"sd {race['sd']:.4f}: {race['sd_source']}"
-    return [f"race: {summary['trained']} run(s) trained, {summary['from_sweep']} taken from the sweep, of at most "
-            f"{len(race['ranks']) * race['seeds']}; {out} config(s) left the race early ({sd})"]
+    ahead = len(race.get("not_counted", ()))
+    extra = f" (and {ahead} trained ahead of a round their config did not reach, not counted)" if ahead else ""
+    return [f"race: {summary['trained']} run(s) trained{extra}, {summary['from_sweep']} taken from the sweep, of at "
+            f"most {len(race['ranks']) * race['seeds']}; {out} config(s) left the race early ({sd})"]

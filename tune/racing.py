@@ -13,7 +13,10 @@ every config still in the race. After each round a config leaves the race when
     noise estimate (`tune.noise.sweep_sd`: the fold sd under CV, a binomial approximation otherwise; both larger
     than the sd of a retrained config's value) with c = Z. With no estimate at all nobody leaves.
 c >= 2 is wider than the rule's one-SE tie band, so a config that could still tie with the leader (and win by being
-smaller) stays in. The race is settled when one config is left, or every seed has run. No Ray, no torch.
+smaller) stays in. The race is settled when one config is left, or every seed has run. Runs may be trained ahead of
+their round (tune.tuner.RacingConfigs fills idle slots so); a round is decided on the runs of rounds up to it only,
+and a run of a config that has left the race, or beyond the last round, is not counted, so that who leaves, who
+wins and with which seeds never hang on which run ended first. No Ray, no torch.
 """
 from __future__ import annotations
 
@@ -41,6 +44,7 @@ class Race:
     out: dict[int, str] = field(default_factory=dict)  # rank -> why it left the race
     round: int = 0
     z: float = Z
+    over: bool = False  # settled: the round stays at the last one
 
     @property
     def alive(self) -> list[int]:
@@ -48,7 +52,10 @@ class Race:
         return [r for r in self.ranks if r not in self.out]
 
     def record(self, rank: int, seed_index: int, value: float | None) -> None:
-        """The best-epoch value of RANK's run with seed pair SEED_INDEX (None or non-finite: the run failed)."""
+        """The best-epoch value of RANK's run with seed pair SEED_INDEX (None or non-finite: the run failed); not
+        counted when RANK has left the race or the race is over (a run trained ahead of a round that never came)."""
+        if rank in self.out or (self.over and seed_index > self.round):
+            return
         self.values.setdefault(rank, {})[seed_index] = float(value) if is_finite(value) else None
 
     def missing(self) -> list[tuple[int, int]]:
@@ -56,11 +63,14 @@ class Race:
         return [(r, self.round) for r in self.alive if self.round not in self.values.get(r, {})]
 
     def advance(self) -> list[tuple[int, int]]:
-        """Close the current round (every run of it recorded): settle who leaves, and return the next round's runs,
-        or [] when the race is over (one config left, or every seed ran)."""
+        """Close the current round (every run of it recorded): settle who leaves, and return the next round's runs
+        not yet recorded; when the race is over (one config left, or every seed ran) the round stays and this is []."""
         assert not self.missing(), "the round is not complete"
         self.settle()
         if len(self.alive) <= 1 or self.round + 1 >= self.seeds:
+            self.over = True
+            for r in self.ranks:
+                self._drop_ahead(r)
             return []
         self.round += 1
         return self.missing()
@@ -68,24 +78,30 @@ class Race:
     def settle(self) -> None:
         """Put out the configs that can no longer win (module docstring)."""
         alive = self.alive
-        failed = [r for r in alive if None in self.values.get(r, {}).values()]
+        failed = [r for r in alive if None in self._upto(r).values()]
         if len(failed) < len(alive):
             for r in failed:
-                self.out[r] = f"out after seed {self.round + 1}: a seed failed (the rule ranks it last)"
+                self._leave(r, f"out after seed {self.round + 1}: a seed failed (the rule ranks it last)")
         sd, _, dof = self.sd()
         if sd is None:
             return
-        ok = {r: v for r in self.alive if (v := self._ok(r))}
+        ok = {r: self._ok(r) for r in self.leading()}
         if len(ok) < 2:
             return
         sign = 1.0 if mode_of(self.metric) == "max" else -1.0
-        leader = max(ok, key=lambda r: sign * statistics.fmean(ok[r]))
+        leader = next(iter(ok))
         best, c = statistics.fmean(ok[leader]), self.critical(dof)
         for r in [r for r in ok if r != leader]:
             gap, se = sign * (best - statistics.fmean(ok[r])), sd * math.sqrt(1 / len(ok[leader]) + 1 / len(ok[r]))
             if gap > c * se:
-                self.out[r] = (f"out after seed {self.round + 1}: {gap:.4f} behind the leader's mean "
+                self._leave(r, f"out after seed {self.round + 1}: {gap:.4f} behind the leader's mean "
                                f"(> {c:.2f} x se {se:.4f})")
+
+    def leading(self) -> list[int]:
+        """The ranks in the race with a run that scored, best mean first (ties: the better sweep rank)."""
+        sign = 1.0 if mode_of(self.metric) == "max" else -1.0
+        scored = [r for r in self.alive if self._ok(r)]
+        return sorted(scored, key=lambda r: (-sign * statistics.fmean(self._ok(r)), self.ranks.index(r)))
 
     def critical(self, dof: int) -> float:
         """Standard errors that put a config out: Student's t (95 %, two-sided) for a pooled sd, Z for the prior."""
@@ -106,21 +122,35 @@ class Race:
             return self.prior_sd, f"the sweep's noise estimate, sd {self.prior_sd:.4f}", 0
         return None, "no noise estimate", 0
 
+    def _upto(self, rank: int) -> dict[int, float | None]:
+        """RANK's values of the rounds decided so far and the current one (not those trained ahead)."""
+        return {i: v for i, v in self.values.get(rank, {}).items() if i <= self.round}
+
     def _ok(self, rank: int) -> list[float]:
-        return [v for v in self.values.get(rank, {}).values() if v is not None]
+        return [v for v in self._upto(rank).values() if v is not None]
+
+    def _leave(self, rank: int, why: str) -> None:
+        self.out[rank] = why
+        self._drop_ahead(rank)
+
+    def _drop_ahead(self, rank: int) -> None:
+        """Forget RANK's runs trained ahead of the current round: that round never comes for it."""
+        if rank in self.values:
+            self.values[rank] = self._upto(rank)
 
     def to_dict(self) -> dict[str, Any]:
         """The race as JSON (searcher snapshots, finalize's summary)."""
         return {"ranks": self.ranks, "seeds": self.seeds, "metric": self.metric, "prior_sd": self.prior_sd,
                 "values": {str(r): {str(i): v for i, v in vs.items()} for r, vs in self.values.items()},
-                "out": {str(r): why for r, why in self.out.items()}, "round": self.round, "z": self.z}
+                "out": {str(r): why for r, why in self.out.items()}, "round": self.round, "z": self.z,
+                "over": self.over}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Race":
         """The inverse of to_dict."""
         return cls(d["ranks"], d["seeds"], d["metric"], d["prior_sd"],
                    {int(r): {int(i): v for i, v in vs.items()} for r, vs in d["values"].items()},
-                   {int(r): why for r, why in d["out"].items()}, d["round"], d["z"])
+                   {int(r): why for r, why in d["out"].items()}, d["round"], d["z"], d.get("over", False))
 
 
 def raced_choice(cands: list[Candidate], race: Race) -> Choice:

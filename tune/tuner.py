@@ -128,12 +128,12 @@ class FixedConfigs(OutOfTime, Searcher):
 
 class RacingConfigs(OutOfTime, Searcher):
     """Finalize's runs as a race (tune.racing): the current round's runs, then, once they have all ended, the next
-    round's for the configs still in it; finished when the race is settled."""
+    round's for the configs still in it; finished when the race is settled. While a round's last runs train, a free
+    slot starts a next-round seed of the configs that lead so far (`speculative`) instead of idling."""
 
     def __init__(self, race: Race, configs: dict[int, dict[str, Any]], pairs: list[tuple[int, int]]):
         super().__init__()
         self.race, self.configs, self.pairs = race, configs, pairs
-        self.queue = race.missing()
         self.running: dict[str, tuple[int, int]] = {}  # trial id -> (rank, seed index)
         self.best: dict[str, dict] = {}  # trial id -> its best result so far, by the one ranking
 
@@ -143,16 +143,38 @@ class RacingConfigs(OutOfTime, Searcher):
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         if self.out_of_time:
             return Searcher.FINISHED
-        if not self.queue and not self.running:
-            self.queue = self.race.advance()
-            if not self.queue:
+        while True:
+            busy = set(self.running.values())
+            if todo := [m for m in self.race.missing() if m not in busy]:
+                return self._start(trial_id, todo[0])
+            if self.race.missing():  # the round's last runs are still training: the next round depends on them
+                ahead = self.speculative()
+                return None if ahead is None else self._start(trial_id, ahead)
+            round_ = self.race.round
+            self.race.advance()
+            if self.race.round == round_:  # settled: one config left, or every seed ran
                 return Searcher.FINISHED
-        if not self.queue:
-            return None  # the round's last runs are still training: the next round depends on them
-        rank, i = self.queue.pop(0)
-        self.running[trial_id] = (rank, i)
-        seed, split_seed = self.pairs[i]
-        return {**self.configs[rank], "seed": seed, "split_seed": split_seed}
+
+    def speculative(self) -> tuple[int, int] | None:
+        """The next round's run of the best config (by mean so far) whose current round has ended and whose next
+        seed has not started: the configs ahead are the likeliest to stay in the race, and a slot left free would
+        idle until the round's slowest run (often the defaults' large model) ends. None when there is none."""
+        nxt, busy = self.race.round + 1, set(self.running.values())
+        if nxt >= self.race.seeds:
+            return None
+        done = [r for r in self.race.leading() if self.race.round in self.race.values.get(r, {})]
+        return next(((r, nxt) for r in done if nxt not in self.race.values.get(r, {}) and (r, nxt) not in busy),
+                    None)
+
+    def unneeded(self, trial_id: str) -> bool:
+        """TRIAL_ID is a run trained ahead that the race will not count: its config left, or the race is settled."""
+        rank, i = self.running.get(trial_id, (None, -1))
+        return rank is not None and (rank in self.race.out or (self.race.over and i > self.race.round))
+
+    def _start(self, trial_id: str, run: tuple[int, int]) -> dict[str, Any]:
+        self.running[trial_id] = run
+        seed, split_seed = self.pairs[run[1]]
+        return {**self.configs[run[0]], "seed": seed, "split_seed": split_seed}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if is_better(result, self.best.get(trial_id), self.race.metric):
@@ -168,17 +190,28 @@ class RacingConfigs(OutOfTime, Searcher):
         self.race.record(rank, i, None if error else self.best.get(trial_id, {}).get(self.race.metric))
 
     def save(self, checkpoint_path: str) -> None:
-        """Tune's periodic searcher snapshot: the race, the queue and the runs in flight."""
+        """Tune's periodic searcher snapshot: the race, and the runs in flight."""
         Path(checkpoint_path).write_text(json.dumps({
             "race": self.race.to_dict(), "configs": {str(r): c for r, c in self.configs.items()},
-            "pairs": self.pairs, "queue": self.queue, "running": self.running}))
+            "pairs": self.pairs, "running": self.running}))
 
     def restore(self, checkpoint_path: str) -> None:
         state = json.loads(Path(checkpoint_path).read_text())
         self.race, self.pairs = Race.from_dict(state["race"]), [tuple(p) for p in state["pairs"]]
         self.configs = {int(r): c for r, c in state["configs"].items()}
-        self.queue = [tuple(q) for q in state["queue"]]
         self.running = {t: tuple(v) for t, v in state["running"].items()}
+
+
+class RaceScheduler(FIFOScheduler):
+    """FIFO, but a run trained ahead stops at its next epoch once its race (SEARCHER's) will not count it, instead
+    of holding a slot, and finalize's end, until it has trained every epoch."""
+
+    def __init__(self, searcher: RacingConfigs):
+        super().__init__()
+        self.searcher = searcher
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        return self.STOP if self.searcher.unneeded(trial.trial_id) else self.CONTINUE
 
 
 class TimeBudgetStopper(Stopper):
