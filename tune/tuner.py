@@ -141,7 +141,7 @@ class RacingConfigs(OutOfTime, Searcher):
         return True
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        if self.out_of_time:
+        if self.out_of_time or self.race.over:
             return Searcher.FINISHED
         while True:
             busy = set(self.running.values())
