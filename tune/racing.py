@@ -51,10 +51,15 @@ class Race:
         """The ranks still in the race."""
         return [r for r in self.ranks if r not in self.out]
 
+    def counts(self, rank: int, seed_index: int) -> bool:
+        """Whether a run of RANK with seed pair SEED_INDEX can still count: not when RANK has left the race, nor
+        beyond the last round of a race that is over (a run trained ahead of a round that never came)."""
+        return rank not in self.out and not (self.over and seed_index > self.round)
+
     def record(self, rank: int, seed_index: int, value: float | None) -> None:
-        """The best-epoch value of RANK's run with seed pair SEED_INDEX (None or non-finite: the run failed); not
-        counted when RANK has left the race or the race is over (a run trained ahead of a round that never came)."""
-        if rank in self.out or (self.over and seed_index > self.round):
+        """The best-epoch value of RANK's run with seed pair SEED_INDEX (None or non-finite: the run failed), when
+        it `counts`."""
+        if not self.counts(rank, seed_index):
             return
         self.values.setdefault(rank, {})[seed_index] = float(value) if is_finite(value) else None
 

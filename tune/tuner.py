@@ -168,8 +168,7 @@ class RacingConfigs(OutOfTime, Searcher):
 
     def unneeded(self, trial_id: str) -> bool:
         """TRIAL_ID is a run trained ahead that the race will not count: its config left, or the race is settled."""
-        rank, i = self.running.get(trial_id, (None, -1))
-        return rank is not None and (rank in self.race.out or (self.race.over and i > self.race.round))
+        return trial_id in self.running and not self.race.counts(*self.running[trial_id])
 
     def _start(self, trial_id: str, run: tuple[int, int]) -> dict[str, Any]:
         self.running[trial_id] = run
