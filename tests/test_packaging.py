@@ -61,7 +61,7 @@ def test_wheel_installs_under_mmtune_and_leaves_a_users_data_package_alone(tmp_p
     (project / "data" / "__init__.py").write_text("OWNER = 'user'\n")
     env = {**subprocess_env, "PYTHONPATH": ""}
     sweep = subprocess.run(
-        [str(bin_dir / "mmtune"), "sweep", "--data", str(demo_dir), "--num-samples", "1", "--epochs", "4",
+        [str(bin_dir / "mmtune"), "sweep", "--data", str(demo_dir), "--num-samples", "1", "--epochs", "1",
          "--finalize-top-k", "0", "--cv", "0", "--storage", str(tmp_path / "results"), "--name", "pkg",
          "--num-cpus", "1"],  # --cv 0: the wheel is under test, not cross-validation (5x the training)
         cwd=project, env=env, capture_output=True, text=True, timeout=600)
