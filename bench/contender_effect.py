@@ -42,9 +42,11 @@ LIGHT = ("mmtune.json", BEST_CONFIG)  # what compare reads of an experiment, bes
 
 
 def searched_pick(exp_dir: Path) -> dict[str, Any] | None:
-    """Finalize's entry of the searched config the defaults were kept over; None when a searched config won."""
+    """Finalize's entry of the searched config the defaults were kept over (the rule's pick; when the rule picked
+    the defaults themselves, the best searched config by bound); None when a searched config won or the defaults
+    did not contend."""
     summary = json.loads((exp_dir / FINAL_DIR / SUMMARY).read_text())
-    if not summary["defaults"].get("won"):
+    if not (summary.get("defaults") or {}).get("won"):
         return None
     return next(c for c in summary["configs"] if c["trial_id"] == summary["defaults"]["versus"])
 
@@ -63,6 +65,8 @@ def run_task(task: str, keep: Path, seeds: int) -> dict[str, Any]:
         shutil.copytree(exp_dir / COMPARE_DIR / "winner", light / COMPARE_DIR / "winner")
     exp = Experiment.open(exp_dir)
     recipe = light / "searched_pick.yaml"
+    # seed 0, split seed 0 as the shipped recipe's first pair: compare sets the seed of each run, and a recipe trains
+    # on all the data, so the split seed splits nothing
     write_recipe(recipe, f"# The rule's pick among the searched configs of {task} (trial {pick['trial_id']}).\n",
                  exp.space, exp.validation, pick["params"], [r["best_epoch"] for r in pick["runs"] if r["ok"]],
                  (0, 0))

@@ -17,6 +17,12 @@ def write_summary(exp, won: bool) -> None:
     (exp / FINAL_DIR / SUMMARY).write_text(json.dumps({"configs": configs, "defaults": {"won": won, "versus": "bb"}}))
 
 
+def test_no_pick_when_the_defaults_did_not_contend(tmp_path):
+    (tmp_path / FINAL_DIR).mkdir()
+    (tmp_path / FINAL_DIR / SUMMARY).write_text(json.dumps({"configs": [], "defaults": None}))
+    assert searched_pick(tmp_path) is None
+
+
 @pytest.mark.parametrize("won", [True, False])
 def test_the_config_without_the_contender_is_the_rules_searched_pick(tmp_path, won):
     write_summary(tmp_path, won)
