@@ -18,7 +18,6 @@ when present; over tasks the mean with a percentile bootstrap interval (bench/ta
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import statistics
@@ -30,8 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.tasks import OUT, bootstrap_interval  # noqa: E402
-from mmtune.data.io import write_json  # noqa: E402
+from bench.tasks import bootstrap_interval, follow_up_args, per_task, write_follow_up  # noqa: E402
 from mmtune.tune.compare import COMPARE_DIR, compare  # noqa: E402
 from mmtune.tune.experiment import FINAL_DIR, SUMMARY, Experiment  # noqa: E402
 from mmtune.tune.recipe import write_recipe  # noqa: E402
@@ -128,25 +126,14 @@ def markdown(results: list[dict[str, Any]], a: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Measure the kept tasks not yet on file; write summary and table; return them."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--keep", required=True, help="bench/tasks.py's --keep folder (its data and experiments)")
-    ap.add_argument("--seeds", type=int, default=3, help="training seeds per arm (default 3, as the tasks' compare)")
-    ap.add_argument("--out", default=str(OUT), help="folder of contender/*.json and contender_table.md")
-    args = ap.parse_args(argv)
-    keep, out = Path(args.keep), Path(args.out)
-    (out / "contender").mkdir(parents=True, exist_ok=True)
-    for task in sorted(p.parent.parent.name for p in keep.glob(f"*/results/*/{COMPARE_DIR}/summary.json")):
-        path = out / "contender" / f"{task}.json"
-        if not path.is_file():
-            print(f"# {task}: with and without the contender", file=sys.stderr, flush=True)
-            write_json(run_task(task, keep, args.seeds), path)
-    results = [json.loads(p.read_text()) for p in sorted((out / "contender").glob("*.json"))]
-    tasks = {p.stem: json.loads(p.read_text()) for p in (out / "tasks").glob("*.json")}
-    a = analyse(results, tasks) if results else {}
-    write_json({"analysis": a, "results": results}, out / "contender_summary.json")
-    (out / "contender_table.md").write_text(markdown(results, a) if results else "")
-    print(markdown(results, a) if results else "no task on file")
-    return {"analysis": a, "results": results}
+    keep, out, seeds = follow_up_args(argv, __doc__, "contender",
+                                      "training seeds per arm (default 3, as the tasks' compare)")
+    tasks = sorted(p.parent.parent.name for p in keep.glob(f"*/results/*/{COMPARE_DIR}/summary.json"))
+    results = per_task(out, "contender", tasks, lambda task: run_task(task, keep, seeds),
+                       "with and without the contender")
+    by_task = {p.stem: json.loads(p.read_text()) for p in (out / "tasks").glob("*.json")}
+    a = analyse(results, by_task) if results else {}
+    return write_follow_up(out, "contender", results, a, markdown(results, a) if results else "")
 
 
 if __name__ == "__main__":

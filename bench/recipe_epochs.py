@@ -19,7 +19,6 @@ skipped when present.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -33,8 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.tasks import OUT, bootstrap_interval  # noqa: E402
-from mmtune.data.io import write_json  # noqa: E402
+from bench.tasks import bootstrap_interval, follow_up_args, per_task, write_follow_up  # noqa: E402
 from mmtune.tune.experiment import FINAL_DIR, SUMMARY, result_lines  # noqa: E402
 
 RULES = ("argmax", "smoothed", "cycle_end")
@@ -154,28 +152,16 @@ def _paired(r: dict[str, Any], rule: str) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Measure the tasks kept under --keep not yet on file; write summary and table; return them."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--keep", required=True, help="bench/tasks.py's --keep folder (its data and experiments)")
-    ap.add_argument("--seeds", type=int, default=3, help="training seeds per recipe (default 3)")
-    ap.add_argument("--out", default=str(OUT), help="folder of recipe/*.json and recipe_table.md")
-    args = ap.parse_args(argv)
-    keep, out = Path(args.keep), Path(args.out)
-    (out / "recipe").mkdir(parents=True, exist_ok=True)
-    done = sorted(p.parent.parent.name for p in keep.glob("*/results/*/final/summary.json"))
-    for task in done:
-        if not _is_recipe(keep / task / "results" / task / "best_config.yaml"):
+    keep, out, seeds = follow_up_args(argv, __doc__, "recipe", "training seeds per recipe (default 3)")
+    tasks = []
+    for task in sorted(p.parent.parent.name for p in keep.glob("*/results/*/final/summary.json")):
+        if _is_recipe(keep / task / "results" / task / "best_config.yaml"):
+            tasks.append(task)
+        else:
             print(f"# {task}: its best config is a holdout config, not a CV recipe: no epoch rule", file=sys.stderr)
-            continue
-        path = out / "recipe" / f"{task}.json"
-        if not path.is_file():
-            print(f"# {task}: recipe epochs", file=sys.stderr, flush=True)
-            write_json(run_task(task, keep, args.seeds), path)
-    results = [json.loads(p.read_text()) for p in sorted((out / "recipe").glob("*.json"))]
+    results = per_task(out, "recipe", tasks, lambda task: run_task(task, keep, seeds), "recipe epochs")
     a = analyse(results) if results else {}
-    write_json({"analysis": a, "results": results}, out / "recipe_summary.json")
-    (out / "recipe_table.md").write_text(markdown(results, a))
-    print(markdown(results, a))
-    return {"analysis": a, "results": results}
+    return write_follow_up(out, "recipe", results, a, markdown(results, a))
 
 
 if __name__ == "__main__":

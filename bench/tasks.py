@@ -32,7 +32,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -142,6 +142,44 @@ def bootstrap_interval(values: list[float]) -> list[float]:
     x = np.asarray(values, dtype=float)
     means = x[np.random.default_rng(BOOT_SEED).integers(0, len(x), (RESAMPLES, len(x)))].mean(axis=1)
     return [float(v) for v in np.percentile(means, [2.5, 97.5])]
+
+
+# ----------------------------------------------------------------------------------------- follow-ups of kept tasks
+# bench/recipe_epochs.py and bench/contender_effect.py measure more on the experiments this harness kept (--keep):
+# the same flags, one file per task under <out>/<kind>/ (skipped when present, so they run in parts), and a summary
+# and table of every file on disk.
+
+
+def follow_up_args(argv: list[str] | None, doc: str, kind: str, seeds_help: str) -> tuple[Path, Path, int]:
+    """A follow-up's flags: (the --keep folder, the --out folder, --seeds)."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--keep", required=True, help="bench/tasks.py's --keep folder (its data and experiments)")
+    ap.add_argument("--seeds", type=int, default=3, help=seeds_help)
+    ap.add_argument("--out", default=str(OUT), help=f"folder of {kind}/*.json and {kind}_table.md")
+    args = ap.parse_args(argv)
+    return Path(args.keep), Path(args.out), args.seeds
+
+
+def per_task(out: Path, kind: str, tasks: Iterable[str], measure: Callable[[str], dict[str, Any]],
+             label: str) -> list[dict[str, Any]]:
+    """MEASURE each of TASKS not yet on file (<out>/<kind>/<task>.json); every task file of KIND on disk."""
+    (out / kind).mkdir(parents=True, exist_ok=True)
+    for task in tasks:
+        path = out / kind / f"{task}.json"
+        if not path.is_file():
+            print(f"# {task}: {label}", file=sys.stderr, flush=True)
+            write_json(measure(task), path)
+    return [json.loads(p.read_text()) for p in sorted((out / kind).glob("*.json"))]
+
+
+def write_follow_up(out: Path, kind: str, results: list[dict[str, Any]], analysis: dict[str, Any],
+                    table: str) -> dict[str, Any]:
+    """<out>/<kind>_summary.json and <kind>_table.md (TABLE, printed too); the summary."""
+    summary = {"analysis": analysis, "results": results}
+    write_json(summary, out / f"{kind}_summary.json")
+    (out / f"{kind}_table.md").write_text(table)
+    print(table)
+    return summary
 
 
 def analyse(results: list[dict[str, Any]], planned: list[str]) -> dict[str, Any]:
