@@ -1,5 +1,6 @@
-"""bench/search_quality.py --smoke (about 2-3 minutes): every method runs through the real CLI on one data seed, and
-the JSON is complete and consistent (regret as defined, the oracle the best of its trials)."""
+"""bench/search_quality.py: its analysis of several retrain seeds on hand-made runs (fast), and --smoke (about 2
+minutes): every method runs through the real CLI on one data seed, and the JSON is complete and consistent (regret
+as defined, the oracle the best of its trials)."""
 from __future__ import annotations
 
 import json
@@ -9,6 +10,7 @@ import sys
 
 import pytest
 
+from bench import search_quality as sq
 from mmtune.tune.defaults import DEFAULTS_ID
 from tests.conftest import REPO
 
@@ -18,12 +20,13 @@ SWEEPS = ("holdout_best", "default_sweep", "cv_on", "cv_off", "holdout_best_eq")
 @pytest.mark.slow
 def test_search_quality_smoke(tmp_path, subprocess_env):
     out, md = tmp_path / "quality.json", tmp_path / "quality.md"
-    cmd = [sys.executable, str(REPO / "bench/search_quality.py"), "--smoke", "--out", str(out), "--md", str(md)]
+    cmd = [sys.executable, str(REPO / "bench/search_quality.py"), "--smoke", "--seeds", "1", "--out", str(out), "--md",
+           str(md)]  # one retrain seed: the smoke checks the path (several: the analysis test below)
     proc = subprocess.run(cmd, cwd=REPO, env=subprocess_env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0 and out.is_file(), proc.stderr[-3000:]
     res = json.loads(out.read_text())
     st = res["setting"]
-    assert st["smoke"] and st["data_seeds"] == [0] and st["seeds"] == 2 and set(st["methods"]) == {"defaults", *SWEEPS}
+    assert st["smoke"] and st["data_seeds"] == [0] and st["seeds"] == 1 and set(st["methods"]) == {"defaults", *SWEEPS}
     # The smoke setting skips nothing: every method ran once on every data seed.
     assert res["skipped"] == [] and res["notes"] == [], res["skipped"]
     by = {(r["method"], r["data_seed"]): r for r in res["runs"]}
@@ -52,3 +55,23 @@ def test_search_quality_smoke(tmp_path, subprocess_env):
     assert {t: type(v["met"]) for t, v in res["targets"].items()} == {
         "iii_beats_i_by_more_than_i_sd": bool, "iii_beats_ii": bool, "median_regret_iii_at_most_0.01": bool}
     assert md.read_text().startswith("Setting:") and "Target 3" in md.read_text()
+
+
+def test_analysis_of_several_seeds_compares_means_against_the_baselines_sd() -> None:
+    def run(method: str, f1: list[float], oracle: float | None = None) -> dict:
+        sweep = {} if oracle is None else {"oracle": oracle, "regret": oracle - statistics.fmean(f1), "regret_ckpt": 0.0}
+        return {"method": method, "data_seed": 0, "test_f1": f1, "sweep_wall_s": 1.0, "retrain_wall_s": 2.0, **sweep}
+
+    runs = [run("defaults", [0.50, 0.54]), run("holdout_best", [0.55, 0.61], 0.6),
+            run("default_sweep", [0.60, 0.60], 0.605)]
+    a = sq.analyse(runs, [0])
+    assert a["per_method"]["defaults"]["per_data_seed"]["0"] == pytest.approx(
+        {"mean": 0.52, "sd": statistics.stdev([0.50, 0.54])})
+    (one,) = a["targets"]["iii_beats_i_by_more_than_i_sd"]["per_seed"]
+    assert one["diff"] == pytest.approx(0.08) and one["sd_b"] == pytest.approx(0.0283, abs=1e-4)
+    assert one["se"] == pytest.approx(statistics.stdev([0.50, 0.54]) / 2 ** 0.5) and one["beyond_2se"]
+    assert a["targets"]["iii_beats_i_by_more_than_i_sd"]["met"]
+    (two,) = a["targets"]["iii_beats_ii"]["per_seed"]  # +0.02 against (ii)'s sd 0.042: not met
+    assert two["diff"] == pytest.approx(0.02) and not two["beyond_2se"] and not a["targets"]["iii_beats_ii"]["met"]
+    regret = a["targets"]["median_regret_iii_at_most_0.01"]
+    assert regret["median_regret"] == pytest.approx(0.005) and regret["met"]

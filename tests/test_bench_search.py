@@ -1,5 +1,5 @@
-"""bench/search_efficiency.py --smoke (about a minute): every method and seed runs within its budget, and the
-statistics come out whole."""
+"""bench/search_efficiency.py: its statistics over several seeds on hand-made runs (fast), and --smoke on one seed
+(about 40 s): every method runs within its budget through real sweeps, and the statistics come out whole."""
 from __future__ import annotations
 
 import json
@@ -8,20 +8,54 @@ import sys
 
 import pytest
 
+from bench import search_efficiency as se
 from tests.conftest import REPO
+
+
+def _run(method: str, seed: int, values: list[float]) -> dict:
+    """A run as bench() returns it: one event per reported epoch, 1 s apart."""
+    events = [{"n": i + 1, "t": float(i + 1), "trial_id": f"t{i // 2}", "epoch": i % 2 + 1, "value": v}
+              for i, v in enumerate(values)]
+    return {"method": method, "seed": seed, "events": events, "trials": len(values) // 2, "wall_s": 10.0 + seed}
+
+
+def test_statistics_over_seeds_on_hand_made_runs() -> None:
+    budget = 6
+    runs = [_run("tpe_asha", s, [0.5, 0.8 + s / 100, 0.7, 0.7, 0.6, 0.6]) for s in range(3)]
+    runs += [_run("random_asha", s, [0.5, 0.6, 0.6, 0.7 + s / 100, 0.6, 0.6]) for s in range(3)]
+    runs += [_run("random_fifo", s, [0.4, 0.5, 0.6, 0.6, 0.65, 0.7 - s / 100]) for s in range(3)]
+    res = se.analyse(runs, ["tpe_asha", "random_asha", "random_fifo"], budget)
+    assert res["global_best"] == pytest.approx(0.82) and res["target"] == pytest.approx(0.99 * 0.82)
+    per = res["per_method"]
+    assert per["tpe_asha"]["median_best"] == pytest.approx(0.81) and per["random_fifo"]["median_best"] == 0.69
+    assert per["tpe_asha"]["median_curve"] == pytest.approx([0.5, 0.81, 0.81, 0.81, 0.81, 0.81])
+    assert per["tpe_asha"]["reached"] == 1 and per["random_asha"]["reached"] == 0  # only seed 2 reaches 0.8118
+    for m, v in per.items():
+        lo, hi = v["best_ci"]
+        assert v["runs"] == 3 and lo <= v["median_best"] <= hi, m
+    # (a) reaches (c)'s final median (0.69) at epoch 2, (c) at epoch 6: within a third of the epochs
+    one = res["targets"]["a_reaches_c_final_with_third_of_epochs"]
+    assert (one["epochs_a"], one["epochs_c"], one["met"]) == (2.0, 6.0, True)
+    two = res["targets"]["a_best_above_b_and_c_ci_disjoint"]
+    assert two["met"] == (two["a"][1][0] > max(two["b"][1][1], two["c"][1][1]))  # every (a) above every (b), (c)
+    assert two["met"]
+    p = res["pairwise_mannwhitney"]["tpe_asha vs random_fifo"]
+    assert p["p_best"] == pytest.approx(0.1) and p["median_diff"] == pytest.approx(0.12)  # 3 vs 3, all above
+    assert se.analyse(runs[:1] + runs[3:4] + runs[6:7], ["tpe_asha", "random_asha", "random_fifo"],
+                      budget)["pairwise_mannwhitney"]["tpe_asha vs random_fifo"]["p_best"] is None  # one seed each
 
 
 @pytest.mark.slow
 def test_search_efficiency_smoke(tmp_path, subprocess_env):
     out, md, png = tmp_path / "search.json", tmp_path / "search.md", tmp_path / "search.png"
-    cmd = [sys.executable, str(REPO / "bench/search_efficiency.py"), "--smoke", "--out", str(out), "--md", str(md),
-           "--plot", str(png)]
+    cmd = [sys.executable, str(REPO / "bench/search_efficiency.py"), "--smoke", "--seeds", "1", "--out", str(out),
+           "--md", str(md), "--plot", str(png)]  # one seed: the path (several: the analysis test above)
     proc = subprocess.run(cmd, cwd=REPO, env=subprocess_env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and out.is_file(), proc.stderr[-3000:]
     res = json.loads(out.read_text())
     setting = res["setting"]
     methods, seeds, budget = setting["methods"], setting["seeds"], setting["budget"]
-    assert setting["smoke"] and seeds == 2 and methods == ["tpe_asha", "random_asha", "random_fifo"]
+    assert setting["smoke"] and seeds == 1 and methods == ["tpe_asha", "random_asha", "random_fifo"]
     assert set(res["per_method"]) == set(methods)
     for m in methods:
         runs = [r for r in res["runs"] if r["method"] == m]
