@@ -265,10 +265,14 @@ def lever_unit(method: str, data: Path, args: argparse.Namespace, work: Path) ->
         extra = ["--epochs", str(args.default_epochs)] if args.default_epochs else []
         return {**retrain(data, None, args.seeds, work / "defaults", extra), "method": method, "sweep_wall_s": 0.0}
     space = write_space(work / f"{method}.yaml", args, None)
+    raw = yaml.safe_load(space.read_text())
+    # The levers compare budget units, each unit finalizing the same 3 x 3 grid: the defaults as a contender (issue
+    # 21, bench/contender_effect.py measures them) would add 3 runs of the largest model to both, and data seed 0
+    # ran before they existed.
+    raw["defaults_contender"] = False
     if method == "cv_steps":
-        raw = yaml.safe_load(space.read_text())
         raw["fixed"].update(train_steps=25, epoch_samples=0)
-        space.write_text(yaml.safe_dump(raw, sort_keys=False))
+    space.write_text(yaml.safe_dump(raw, sort_keys=False))
     r = sweep_method(method, data, space, args.num_samples, True, args.seeds, work, extra=("--no-finalize-race",))
     from mmtune.model.checkpoint import load_checkpoint
 
