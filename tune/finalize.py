@@ -116,8 +116,7 @@ def counted(runs: list[Trial], cands: list[Candidate], pairs: list[tuple[int, in
     """The RUNS the race counted. One trained ahead for a config that then left the race, or beyond its last round,
     is not a seed (its folder stays), so that the leaderboard says what the race decided on."""
     return [t for t in runs
-            if pairs.index((int(t.params["seed"]), int(t.params["split_seed"])))
-            in race.values.get(candidate_of(t, cands).rank, {})]
+            if race.ran(candidate_of(t, cands).rank, pairs.index((int(t.params["seed"]), int(t.params["split_seed"]))))]
 
 
 def run_grid(exp: Experiment, loc: storage.Location, cands: list[Candidate], points: list[dict[str, Any]],

@@ -63,9 +63,13 @@ class Race:
             return
         self.values.setdefault(rank, {})[seed_index] = float(value) if is_finite(value) else None
 
+    def ran(self, rank: int, seed_index: int) -> bool:
+        """Whether the run of RANK with seed pair SEED_INDEX is recorded (failed runs included)."""
+        return seed_index in self.values.get(rank, {})
+
     def missing(self) -> list[tuple[int, int]]:
         """(rank, seed index) runs the current round still needs."""
-        return [(r, self.round) for r in self.alive if self.round not in self.values.get(r, {})]
+        return [(r, self.round) for r in self.alive if not self.ran(r, self.round)]
 
     def advance(self) -> list[tuple[int, int]]:
         """Close the current round (every run of it recorded): settle who leaves, and return the next round's runs
@@ -105,8 +109,8 @@ class Race:
     def leading(self) -> list[int]:
         """The ranks in the race with a run that scored, best mean first (ties: the better sweep rank)."""
         sign = 1.0 if mode_of(self.metric) == "max" else -1.0
-        scored = [r for r in self.alive if self._ok(r)]
-        return sorted(scored, key=lambda r: (-sign * statistics.fmean(self._ok(r)), self.ranks.index(r)))
+        means = {r: statistics.fmean(ok) for r in self.alive if (ok := self._ok(r))}
+        return sorted(means, key=lambda r: (-sign * means[r], self.ranks.index(r)))
 
     def critical(self, dof: int) -> float:
         """Standard errors that put a config out: Student's t (95 %, two-sided) for a pooled sd, Z for the prior."""

@@ -162,9 +162,8 @@ class RacingConfigs(OutOfTime, Searcher):
         nxt, busy = self.race.round + 1, set(self.running.values())
         if nxt >= self.race.seeds:
             return None
-        done = [r for r in self.race.leading() if self.race.round in self.race.values.get(r, {})]
-        return next(((r, nxt) for r in done if nxt not in self.race.values.get(r, {}) and (r, nxt) not in busy),
-                    None)
+        done = [r for r in self.race.leading() if self.race.ran(r, self.race.round)]
+        return next(((r, nxt) for r in done if not self.race.ran(r, nxt) and (r, nxt) not in busy), None)
 
     def unneeded(self, trial_id: str) -> bool:
         """TRIAL_ID is a run trained ahead that the race will not count: its config left, or the race is settled."""
