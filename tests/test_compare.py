@@ -20,15 +20,16 @@ from tests.conftest import TINY
 from tests.fake_experiment import write_experiment
 
 BASELINE = {"epochs": 2, "device": "cpu"}  # the defaults' model, two epochs: cheap enough for the fast tier
+SMALL_BASELINE = {**BASELINE, "d_model": 32, "num_layers": 1}  # where the defaults' width is not what is tested
 WINNER = {**TINY, "epochs": 2}
 
 
-def _setup(root: Path, data: Path | None = None) -> tuple[Path, Path]:
-    """A fake experiment on DATA (default: a new tiny demo set) with a tiny best_config.yaml, and a baseline file."""
+def _setup(root: Path, data: Path | None = None, baseline: dict = SMALL_BASELINE) -> tuple[Path, Path]:
+    """A fake experiment on DATA (default: a new tiny demo set) with a tiny best_config.yaml, and a BASELINE file."""
     data = data or make_demo(root / "data", n_train=120, n_val=40, n_test=200, seed=0)
     exp = write_experiment(root / "results", [], data=str(data))
     (exp / "best_config.yaml").write_text(yaml.safe_dump(WINNER))
-    (root / "baseline.yaml").write_text(yaml.safe_dump(BASELINE))
+    (root / "baseline.yaml").write_text(yaml.safe_dump(baseline))
     return exp, root / "baseline.yaml"
 
 
@@ -40,7 +41,7 @@ def _run_files(exp: Path) -> dict[str, float]:
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict, str]:
     """One compare of 2 seeds: the experiment, the baseline file, the summary and the progress text."""
-    exp, base = _setup(tmp_path_factory.mktemp("cmp"))
+    exp, base = _setup(tmp_path_factory.mktemp("cmp"), baseline=BASELINE)
     out = io.StringIO()
     summary = cmp.compare(exp, seeds=2, out=out, baseline_config=base)
     return exp, base, summary, out.getvalue()
