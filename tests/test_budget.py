@@ -64,13 +64,14 @@ def test_a_time_budget_bounds_a_real_sweep_and_its_finalize(ray_session, demo_di
     from mmtune.tune.experiment import Experiment
 
     raw = yaml.safe_load(open("search_spaces/smoke.yaml"))
-    # Long trials without ASHA (each ~2 min): none can end in 30 s on 2 CPUs.
+    # Long trials without ASHA (each ~2 min): none can end in 20 s on 2 CPUs, and each has reported epochs by then
+    # (a trial's worker starts in 2-8 s on a loaded machine; an epoch of the smoke model takes ~0.1 s).
     raw.update(epochs=3000, num_samples=6, asha={"grace_period": 3000})
     space = tmp_path / "long.yaml"
     space.write_text(yaml.safe_dump(raw))
     assert run(["sweep", "--data", str(demo_dir), "--space", str(space), "--storage", str(tmp_path), "--name", "tb",
-                "--time-budget", "30s", "--finalize-top-k", "0"]) == 0
-    assert "time budget 30s for the search (no finalize)" in capsys.readouterr().out
+                "--time-budget", "20s", "--finalize-top-k", "0"]) == 0
+    assert "time budget 20s for the search (no finalize)" in capsys.readouterr().out
     trials = Experiment.open(tmp_path / "tb").trials
     assert any(t.status is TrialStatus.STOPPED and 0 < t.epochs < 3000 for t in trials) and len(trials) < 6
     assert not any(t.status in (TrialStatus.PRUNED, TrialStatus.COMPLETED) for t in trials)
