@@ -336,7 +336,20 @@ def analyse(runs: list[dict[str, Any]], data_seeds: list[int]) -> dict[str, Any]
         levers = [{**diff(by[("cv_samples", d)], by[("cv_steps", d)]), "data_seed": d,
                    "wall_ratio": by[("cv_samples", d)]["sweep_wall_s"] / by[("cv_steps", d)]["sweep_wall_s"],
                    "race": {m: by[(m, d)]["race"] for m in LEVERS}} for d in data_seeds]
-    return {"per_method": per_method, "targets": targets, "cv_on_minus_cv_off": cv, "samples_minus_steps": levers}
+    return {"per_method": per_method, "targets": targets, "cv_on_minus_cv_off": cv, "samples_minus_steps": levers,
+            "samples_minus_steps_over_seeds": over_seeds([x["diff"] for x in levers or []])}
+
+
+def over_seeds(diffs: list[float]) -> dict[str, Any] | None:
+    """The mean of per-data-seed differences with its Student t 95 % interval over data seeds (the unit that
+    varies what a sweep sees); None below two data seeds."""
+    if len(diffs) < 2:
+        return None
+    from scipy.stats import t
+
+    mean, se = statistics.fmean(diffs), statistics.stdev(diffs) / math.sqrt(len(diffs))
+    half = float(t.ppf(0.975, len(diffs) - 1)) * se
+    return {"mean": mean, "se": se, "ci95": [mean - half, mean + half], "data_seeds": len(diffs)}
 
 
 def summarize_method(rs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -415,6 +428,11 @@ def target_lines(out: dict[str, Any]) -> list[str]:
                      f"{x['wall_ratio']:.2f}. Race replayed: " + "; ".join(
                          f"{m} {v['runs_raced']}/{v['runs_full']} runs, {'same pick' if v['same_pick'] else 'other pick'}"
                          f" (test F1 {v['test_f1_raced']:.3f} vs {v['test_f1_full']:.3f})" for m, v in r.items()) + ".")
+    if (m := out.get("samples_minus_steps_over_seeds")) is not None:
+        inside = m["ci95"][0] <= 0 <= m["ci95"][1]
+        lines.append(f"Budget in samples - in steps over {m['data_seeds']} data seeds: {m['mean']:+.3f}, t interval "
+                     f"[{m['ci95'][0]:+.3f}, {m['ci95'][1]:+.3f}]: "
+                     + ("no difference shown." if inside else "a difference beyond the noise."))
     if out["cv_on_minus_cv_off"]:
         xs = out["cv_on_minus_cv_off"]
         within = sum(not x["beyond_2se"] for x in xs)

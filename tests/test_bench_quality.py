@@ -75,3 +75,19 @@ def test_analysis_of_several_seeds_compares_means_against_the_baselines_sd() -> 
     assert two["diff"] == pytest.approx(0.02) and not two["beyond_2se"] and not a["targets"]["iii_beats_ii"]["met"]
     regret = a["targets"]["median_regret_iii_at_most_0.01"]
     assert regret["median_regret"] == pytest.approx(0.005) and regret["met"]
+
+
+def test_the_budget_levers_over_data_seeds_have_a_t_interval() -> None:
+    race = {"runs_raced": 9, "runs_full": 9, "same_pick": True, "test_f1_raced": 0.5, "test_f1_full": 0.5}
+    runs = [{"method": m, "data_seed": d, "test_f1": [v, v + 0.02], "sweep_wall_s": 100.0, "retrain_wall_s": 1.0,
+             "race": race} for d, (a, b) in enumerate([(0.55, 0.52), (0.54, 0.58), (0.60, 0.57)])
+            for m, v in (("cv_samples", a), ("cv_steps", b))]
+    a = sq.analyse(runs, [0, 1, 2])
+    assert [x["diff"] for x in a["samples_minus_steps"]] == pytest.approx([0.03, -0.04, 0.03])
+    m = a["samples_minus_steps_over_seeds"]
+    se = statistics.stdev([0.03, -0.04, 0.03]) / 3 ** 0.5
+    assert m["mean"] == pytest.approx(0.02 / 3) and m["se"] == pytest.approx(se)
+    assert m["ci95"] == pytest.approx([0.02 / 3 - 4.3027 * se, 0.02 / 3 + 4.3027 * se], abs=1e-4)
+    line = next(ln for ln in sq.target_lines({**a, "cv_on_minus_cv_off": None}) if "over 3 data seeds" in ln)
+    assert line.endswith("no difference shown.")
+    assert sq.analyse(runs[:2], [0])["samples_minus_steps_over_seeds"] is None  # one data seed: no interval
