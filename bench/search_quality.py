@@ -343,13 +343,9 @@ def analyse(runs: list[dict[str, Any]], data_seeds: list[int]) -> dict[str, Any]
 def over_seeds(diffs: list[float]) -> dict[str, Any] | None:
     """The mean of per-data-seed differences with its Student t 95 % interval over data seeds (the unit that
     varies what a sweep sees); None below two data seeds."""
-    if len(diffs) < 2:
-        return None
-    from scipy.stats import t
+    from mmtune.tune.compare import mean_interval
 
-    mean, se = statistics.fmean(diffs), statistics.stdev(diffs) / math.sqrt(len(diffs))
-    half = float(t.ppf(0.975, len(diffs) - 1)) * se
-    return {"mean": mean, "se": se, "ci95": [mean - half, mean + half], "data_seeds": len(diffs)}
+    return {**mean_interval(diffs), "data_seeds": len(diffs)} if len(diffs) >= 2 else None
 
 
 def summarize_method(rs: list[dict[str, Any]]) -> dict[str, Any]:

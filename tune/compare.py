@@ -141,20 +141,24 @@ def _test_counts(root: Path) -> dict[str, int]:
 
 def summarize(runs: dict[str, list[dict[str, Any]]], info: dict[str, Any]) -> dict[str, Any]:
     """The paired table of RUNS (by arm, one per seed, in seed order): F1 per seed, the gain, its noise, a verdict."""
-    from scipy import stats  # late: only here
-
     pairs = [{"seed": d["seed"], "defaults": d["test_f1"], "winner": w["test_f1"], "gain": w["test_f1"] - d["test_f1"]}
              for d, w in zip(runs["defaults"], runs["winner"])]
-    gains = [p["gain"] for p in pairs]
-    n, mean, sd = len(gains), statistics.fmean(gains), statistics.stdev(gains)
-    se = sd / math.sqrt(n)
-    half = float(stats.t.ppf(0.975, n - 1)) * se
+    gain = mean_interval([p["gain"] for p in pairs])
     wall = {arm: statistics.fmean(r["wall_s"] for r in runs[arm]) for arm in ARMS}
     return {**info, "seeds": [p["seed"] for p in pairs], "paired": pairs,
             "arms": {arm: {"runs": runs[arm], "test_f1_mean": statistics.fmean(r["test_f1"] for r in runs[arm]),
                            "wall_s_mean": wall[arm], "wall_x_defaults": wall[arm] / wall["defaults"]} for arm in ARMS},
-            "gain": {"mean": mean, "sd": sd, "se": se, "ci95": [mean - half, mean + half], "n": n},
-            "verdict": verdict(mean, se)}
+            "gain": gain, "verdict": verdict(gain["mean"], gain["se"])}
+
+
+def mean_interval(values: list[float]) -> dict[str, Any]:
+    """Mean, sd, standard error and Student t 95 % interval of VALUES (two or more), and their count."""
+    from scipy import stats  # late: only here
+
+    n, mean, sd = len(values), statistics.fmean(values), statistics.stdev(values)
+    se = sd / math.sqrt(n)
+    half = float(stats.t.ppf(0.975, n - 1)) * se
+    return {"mean": mean, "sd": sd, "se": se, "ci95": [mean - half, mean + half], "n": n}
 
 
 def verdict(mean: float, se: float) -> str:
