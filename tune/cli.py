@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import gc
 import json
 import logging
 import sys
@@ -239,4 +240,9 @@ def run(argv: list[str] | None = None) -> int:
 
 def main() -> None:
     """Console entry point."""
-    sys.exit(run())
+    code = run()
+    # Leaving, the interpreter collects its heap (~300,000 objects once torch, Ray and scikit-learn are imported)
+    # several times: ~2 s of CPU per command, measured. Frozen objects are skipped; refcounted cleanup and atexit
+    # handlers (Ray's shutdown among them) still run.
+    gc.freeze()
+    sys.exit(code)
