@@ -256,7 +256,9 @@ def test_worker_node_killed_mid_training(tmp_path, subprocess_env):
     """bench/faults.py --node-kill (this cluster, a sweep on file:// storage both nodes see): a worker node dies while
     one of its trials trains; a new node joins; the sweep ends with nothing lost or run twice, as the benchmark
     counts it and as the experiment's files show it."""
-    out, work, trials, epochs = tmp_path / "node_kill.json", tmp_path / "work", 5, 6
+    # Enough work after the kill for the new node: a trial that ends on the head hands its actor to the next trial
+    # (reuse_actors), and in a loaded run the new node's first actor started slower than 5 trials x 6 epochs took.
+    out, work, trials, epochs = tmp_path / "node_kill.json", tmp_path / "work", SAMPLES, EPOCHS
     cmd = [sys.executable, str(REPO / "bench/faults.py"), "--node-kill", "--trials", str(trials), "--epochs",
            str(epochs), "--no-clean", "--out", str(out), "--keep", str(work)]
     proc = subprocess.run(cmd, cwd=REPO, env=subprocess_env, capture_output=True, text=True, timeout=600)
