@@ -224,6 +224,33 @@ def test_resume_after_a_kill_between_tuner_pkl_and_the_first_state_runs_the_whol
     assert len(records.read_all(exp)) == load_space(SMOKE).num_samples
 
 
+def test_resume_after_a_kill_between_the_trial_list_and_the_searcher_state_runs_no_extra_trial(smoke_exp, tmp_path):
+    """Tune saves (and copies into the experiment folder) its trial list, then the searcher's state and its trial
+    counter: a driver killed in between leaves a trial list that holds a trial they do not count. Made here from a
+    finished sweep by taking its last trial out of both; the resume runs no trial beyond num_samples, and the study
+    still says what trials.csv says."""
+    import pickle
+
+    exp = tmp_path / "res" / smoke_exp.name
+    shutil.copytree(smoke_exp, exp)
+    n = load_space(SMOKE).num_samples
+    last = max(records.read_all(exp).values(), key=lambda r: r["ended"])["trial_id"]
+    (gen_file,) = exp.glob("search_gen_state-*.json")  # a pickle, despite its name
+    gen = pickle.loads(gen_file.read_bytes())
+    assert gen["counter"] == n
+    gen_file.write_bytes(pickle.dumps({**gen, "counter": n - 1}))
+    (searcher_file,) = exp.glob("searcher-state-*.pkl")
+    state = pickle.loads(searcher_file.read_bytes())
+    state["_ot_trials"].pop(last)
+    state["_completed_trials"].discard(last)
+    searcher_file.write_bytes(pickle.dumps(state))
+    meta = json.loads((exp / "mmtune.json").read_text())
+    (exp / "mmtune.json").write_text(json.dumps({**meta, "finished": False}))
+    sweep(SweepOptions.for_experiment(exp))
+    assert len(records.read_all(exp)) == len(rows(exp)) == n
+    assert len(study_matches_trials_csv(exp)) == n
+
+
 KILL_POINTS = {
     "start": lambda exp: (exp / "mmtune.json").is_file(),  # Ray may not have saved any state yet
     "first_checkpoint": lambda exp: any(exp.glob("trial_*/checkpoint_*")),  # checkpoints being written

@@ -60,7 +60,7 @@ def restore(job: Job, plan: Plan, callbacks: tuple, out: TextIO | None) -> tune.
     callbacks_, searcher = ray_runtime.restored_parts(tuner)
     callbacks_[:] = tune_callbacks(job, out)
     if hasattr(searcher, "rebind"):
-        searcher.rebind(job.loc)
+        searcher.rebind(job.loc, ray_runtime.saved_trial_ids(exp_dir))
     return tuner
 
 

@@ -69,12 +69,17 @@ class StudySearch(OutOfTime, OptunaSearch):
         self.converged: dict[str, Any] | None = None  # the Decision's record once the rule said stop
         self._best: dict[str, dict[str, Any]] = {}  # Ray trial id -> its best epoch's metric, tie-breaker, fold sd
         self._checked = -1  # ended study trials when the rule last decided (convergence.due: when to again)
+        self.saved: set[str] | None = None  # on a resume: the Ray trials of the state Tune restores (rebind)
 
     def suggest(self, trial_id: str) -> dict | None:
         if self.out_of_time:
             return Searcher.FINISHED  # the search's share of the time budget is spent (tune/budget.py)
         if self._converged():
             return Searcher.FINISHED  # Tune starts no more trials; the running ones finish
+        if trial_id not in self._ot_trials and len(self._ot_trials) >= self.num_samples:
+            # Every trial is Tune's already: a resume whose saved trial list was newer than Tune's trial counter
+            # (see _adopt) would otherwise start one trial too many per trial the counter missed.
+            return Searcher.FINISHED
         params = super().suggest(trial_id)
         ot_trial = self._ot_trials.get(trial_id)
         if ot_trial is not None and "ray_trial_id" not in ot_trial.user_attrs:
@@ -145,10 +150,10 @@ class StudySearch(OutOfTime, OptunaSearch):
 
     # ---------------------------------------------------------------- resume
 
-    def rebind(self, loc: storage.Location) -> None:
+    def rebind(self, loc: storage.Location, saved: set[str] | None = None) -> None:
         """Point the searcher at LOC and reopen its study there: a resumed sweep's folder (or mirror) may have
-        moved since the first run."""
-        self.loc = loc
+        moved since the first run. SAVED: the Ray trials of the state Tune restores (None: unknown)."""
+        self.loc, self.saved = loc, saved
         self._reopen()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -162,7 +167,7 @@ class StudySearch(OutOfTime, OptunaSearch):
     def __setstate__(self, state: dict[str, Any]) -> None:
         # State pickled without the stop rule's or the budget's fields (an older experiment): the rule off, no rungs.
         self.__dict__.update({"stop_rule": False, "converged": None, "_best": {}, "_checked": -1, "rungs": [],
-                              **state})
+                              "saved": None, **state})
 
     def _reopen(self) -> None:
         """The study from LOC's study.db, and the Optuna trial of every Ray trial from its storage id; a convergence
@@ -181,9 +186,10 @@ class StudySearch(OutOfTime, OptunaSearch):
         storage.push(self.loc, STUDY_DB)
 
     def restore(self, checkpoint_path: str) -> None:
-        """Tune's saved state, with the study reopened where the experiment is now. Study trials still running
-        that Tune will not resume (asked after its last save) are settled now, so none runs forever."""
-        loc = self.loc
+        """Tune's saved state, with the study reopened where the experiment is now, and the trials of Tune's saved
+        trial list it does not know adopted (_adopt). Study trials still running that Tune will not resume (asked
+        after its last save) are settled now, so none runs forever."""
+        loc, saved = self.loc, self.saved
         try:
             with open(checkpoint_path, "rb") as f:
                 self.__dict__.update(pickle.load(f))
@@ -191,26 +197,38 @@ class StudySearch(OutOfTime, OptunaSearch):
             # Ray copies this file to the experiment folder without a rename: a driver killed mid-copy leaves it
             # cut. The study holds what matters (which Ray trial is which Optuna trial, and which ended).
             log.warning("%s is unreadable (%s); the searcher's state is rebuilt from %s", checkpoint_path, e, STUDY_DB)
-            self.loc = loc
+            self.loc, self.saved = loc, saved
             self._rebuild()
             return
-        self.loc = loc
+        self.loc, self.saved = loc, saved
         self._reopen()
+        self._adopt(saved)
         known = {t.number for t in self._ot_trials.values()}
         reconcile(self._ot_study, Experiment.open(loc.local), skip=known)
         storage.push(self.loc, STUDY_DB)
 
     def _rebuild(self) -> None:
-        """The Ray trial -> Optuna trial map and the told trials, from the study alone. Which running trials Tune
-        will resume is unknown here, so none is settled now; the end of the sweep reconciles the rest."""
+        """The Ray trial -> Optuna trial map and the told trials, from the study and the trials Tune restores (all
+        of the study's, when those are unknown). None is settled now; the end of the sweep reconciles the rest."""
         self._ot_trials, self._completed_trials = {}, set()
         self._reopen()
-        for frozen in self._ot_study.get_trials(deepcopy=False):
+        self._adopt(self.saved)
+
+    def _adopt(self, ray_ids: set[str] | None) -> None:
+        """Map each Ray trial of RAY_IDS (None: every one) that this state does not know to its latest study trial.
+
+        Tune writes its trial list first, then this state and its trial counter (tune_controller.py, `save_to_dir`),
+        and copies the files into the experiment folder one by one: a driver killed in between leaves a trial list
+        newer than this state (seen: a trial asked for just before the kill, saved as PENDING). Tune runs that
+        trial; adopted here, it is told when it ends, and it counts towards num_samples (suggest)."""
+        known = set(self._ot_trials)
+        for frozen in self._ot_study.get_trials(deepcopy=False):  # by number: a retry's study trial comes last
             ray_id = frozen.user_attrs.get("ray_trial_id")
-            if ray_id is not None:
-                self._ot_trials[ray_id] = optuna.trial.Trial(self._ot_study, frozen._trial_id)
-                if frozen.state.is_finished():
-                    self._completed_trials.add(ray_id)
+            if ray_id is None or ray_id in known or (ray_ids is not None and ray_id not in ray_ids):
+                continue
+            self._ot_trials[ray_id] = optuna.trial.Trial(self._ot_study, frozen._trial_id)
+            if frozen.state.is_finished():
+                self._completed_trials.add(ray_id)
 
 
 def tell(study: optuna.Study, frozen: optuna.trial.FrozenTrial, status: TrialStatus,
