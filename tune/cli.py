@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import gc
 import json
 import logging
 import sys
@@ -19,7 +18,7 @@ from mmtune.data.validation import TrainData, Validation
 from mmtune.model.checkpoint import CheckpointError, load_checkpoint
 from mmtune.model.config import FIELD_TYPES, ConfigError, TrainConfig, load_config
 from mmtune.model.status import TrialStatus
-from mmtune.tune import commands
+from mmtune.tune import commands, process
 
 # Errors that mean "the input is wrong": a message, exit code 2, no traceback.
 BAD_INPUT: tuple[type[Exception], ...] = (ConfigError, DataError, CheckpointError, FileNotFoundError)
@@ -238,18 +237,7 @@ def run(argv: list[str] | None = None) -> int:
         return 1
 
 
-# Importing torch, Ray and scikit-learn makes ~300,000 long-lived objects; at Python's default first threshold (700
-# allocations) the collector ran ~950 times over that growing heap while they loaded. At 10,000, a 1-epoch `mmtune
-# train` spent 0.23-0.26 CPU-s collecting instead of 0.74-0.86 (66 collections, not 956; measured with gc.callbacks,
-# 3 runs each). The other thresholds stay as they are.
-GC_FIRST_THRESHOLD = 10_000
-
-
 def main() -> None:
     """Console entry point."""
-    gc.set_threshold(GC_FIRST_THRESHOLD, *gc.get_threshold()[1:])
-    code = run()
-    # Leaving, the interpreter collects that heap several times: ~2 s of CPU per command, measured. Frozen objects
-    # are skipped; refcounted cleanup and atexit handlers (Ray's shutdown among them) still run.
-    gc.freeze()
-    sys.exit(code)
+    process.collect_less()
+    process.leave(run())

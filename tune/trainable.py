@@ -17,7 +17,7 @@ from mmtune.model.config import ConfigError
 from mmtune.model.loop import Trainer, fit
 from mmtune.model.metrics import worst_value
 from mmtune.model.status import STATUS_KEY, TrialStatus
-from mmtune.tune import records
+from mmtune.tune import process, records
 from mmtune.tune.experiment import CKPT_FILE
 from mmtune.tune.space import SearchSpace
 
@@ -54,6 +54,7 @@ def train_trial(config: dict[str, Any], data: dict[int, TrainData], space: Searc
     the object store); CALLBACKS join the loop's."""
     # One "Checkpoint successfully created" line per epoch would bury the trial's own log lines.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+    process.collect_less()  # this worker is the trial's; scikit-learn and torch._dynamo load during its first epoch
     ctx = tune.get_context()
     done = records.final(exp_dir, ctx.get_trial_id())
     if done is not None:
