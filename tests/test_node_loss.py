@@ -253,9 +253,9 @@ def start(cluster: SweepCluster, shared: Storage, demo_dir: Path, tmp_path: Path
 
 @pytest.mark.slow
 def test_worker_node_killed_mid_training(tmp_path, subprocess_env):
-    """bench/faults.py --node-kill (this cluster, a sweep on file:// storage both nodes see): a worker node dies while
-    one of its trials trains; a new node joins; the sweep ends with nothing lost or run twice, as the benchmark
-    counts it and as the experiment's files show it."""
+    """bench/faults.py --node-kill (the same loopback cluster, its sweep on file:// storage both nodes see): a worker
+    node dies while one of its trials trains; a new node joins; the sweep ends with nothing lost or run twice, as the
+    benchmark counts it and as the experiment's files show it."""
     # Enough work after the kill for the new node: a trial that ends on the head hands its actor to the next trial
     # (reuse_actors), and in a loaded run the new node's first actor started slower than 5 trials x 6 epochs took.
     out, work, trials, epochs = tmp_path / "node_kill.json", tmp_path / "work", SAMPLES, EPOCHS
