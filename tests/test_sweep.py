@@ -302,7 +302,7 @@ def test_sigkill_driver_then_resume_loses_nothing(demo_dir, tmp_path, subprocess
 def _one_finished_run_per_trial(uri: str, name: str, exp: Path) -> None:
     """MLflow holds one finished run per trial of trials.csv, each with every epoch the trial ran. The only other
     runs are of trials the driver started after Ray's last save, which the resume could not continue (the study
-    says "interrupted"): killed."""
+    says "interrupted"): ended KILLED, none left RUNNING."""
     import optuna
     from mlflow.tracking import MlflowClient
 

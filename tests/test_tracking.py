@@ -128,3 +128,24 @@ def test_a_file_store_a_kill_cut_is_rebuilt_with_nothing_lost(tmp_path, monkeypa
     client.update_run(runs["t_cut_mid_run"], status="RUNNING")  # what a resumed trial's logger does next
     client.set_terminated(runs["t_cut_mid_run"])
     assert client.get_run(runs["t_cut_mid_run"]).info.status == "FINISHED"
+
+
+def test_a_run_whose_trial_the_sweep_no_longer_has_ends_killed(tmp_path, monkeypatch):
+    """At the end of a sweep, a run left RUNNING by a trial the sweep does not have (one a driver kill cut before
+    Ray saved it) is ended KILLED; the runs of the sweep's own trials are left as they are."""
+    from types import SimpleNamespace
+
+    from mlflow.tracking import MlflowClient
+
+    from mmtune.tune.mlflow_logger import TRIAL_ID_TAG, MLflowTrialLogger
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    uri = f"file://{tmp_path / 'mlruns'}"
+    logger = MLflowTrialLogger(uri, [], tmp_path, experiment_name="cut")
+    logger.setup()
+    client = MlflowClient(tracking_uri=uri)
+    runs = {tid: client.create_run(logger.mlflow_util.experiment_id, tags={TRIAL_ID_TAG: tid}).info.run_id
+            for tid in ("kept", "forgotten")}
+    logger.on_experiment_end([SimpleNamespace(trial_id="kept")])
+    assert client.get_run(runs["forgotten"]).info.status == "KILLED"
+    assert client.get_run(runs["kept"]).info.status == "RUNNING"

@@ -59,6 +59,15 @@ class MLflowTrialLogger(MLflowLoggerCallback):
             self._client().set_tag(self._trial_runs[trial], STATUS_KEY, status.value)
         super().log_trial_end(trial, failed)
 
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        """A run still RUNNING whose trial this sweep no longer has ends KILLED: its trial started after Ray's last
+        save before a driver kill, so the resume could not continue it (the study says "interrupted")."""
+        ours, client = {t.trial_id for t in trials}, self._client()
+        for run in client.search_runs([self.mlflow_util.experiment_id], "attributes.status = 'RUNNING'"):
+            if run.data.tags.get(TRIAL_ID_TAG) not in ours:
+                client.set_terminated(run.info.run_id, status="KILLED")
+        super().on_experiment_end(trials, **info)
+
     def _client(self) -> MlflowClient:
         return MlflowClient(tracking_uri=self.tracking_uri)
 
