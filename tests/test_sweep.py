@@ -24,6 +24,7 @@ from mmtune.tune.errors import SweepError
 from mmtune.tune.faults import kill_processes_of
 from mmtune.tune.ray_runtime import cluster_nodes
 from mmtune.tune.resources import plan_resources
+from mmtune.tune.searcher import INTERRUPTED
 from mmtune.tune.space import load_space
 from mmtune.tune.job import prepare
 from mmtune.tune.sweep import SweepOptions, sweep
@@ -309,7 +310,7 @@ def _one_finished_run_per_trial(uri: str, name: str, exp: Path) -> None:
     trials = rows(exp)
     study = optuna.load_study(study_name="mmtune", storage=f"sqlite:///{exp / 'study.db'}")
     forgotten = {t.user_attrs.get("ray_trial_id") for t in study.trials  # None: killed before the id was set
-                 if t.user_attrs.get("reason", "").startswith("interrupted: the driver stopped before Ray saved")}
+                 if t.user_attrs.get("reason") == INTERRUPTED}
     client = MlflowClient(tracking_uri=uri)
     runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
     kept = [r for r in runs if r.data.tags["ray_trial_id"] not in forgotten]

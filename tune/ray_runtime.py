@@ -3,7 +3,6 @@ that needs a private Ray API (kept here, in one place, each with the reason)."""
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -83,20 +82,6 @@ def restored_parts(tuner: Any) -> tuple[list, Any]:
         raise SweepError("Ray's restored Tuner has no callbacks to update; this Ray version is not supported by "
                          "`mmtune resume` (see constraints.txt)")
     return callbacks, config.search_alg
-
-
-def saved_trial_ids(exp_dir: Path) -> set[str] | None:
-    """The Ray trials of the experiment state a restore of EXP_DIR starts from; None when it cannot be read.
-
-    Private: Tune restores from the greatest `experiment_state-*.json` by name (ray/tune/execution/
-    experiment_state.py, `_find_newest_experiment_checkpoint`), whose "trial_data" holds each trial as
-    [its JSON, its runtime JSON] (tune_controller.py, `save_to_dir`).
-    """
-    try:
-        newest = max(exp_dir.glob("experiment_state-*.json"))
-        return {json.loads(entry[0])["trial_id"] for entry in json.loads(newest.read_text())["trial_data"]}
-    except (ValueError, OSError, KeyError, IndexError, TypeError):
-        return None
 
 
 def staging_roots() -> list[Path]:

@@ -60,7 +60,7 @@ def restore(job: Job, plan: Plan, callbacks: tuple, out: TextIO | None) -> tune.
     callbacks_, searcher = ray_runtime.restored_parts(tuner)
     callbacks_[:] = tune_callbacks(job, out)
     if hasattr(searcher, "rebind"):
-        searcher.rebind(job.loc, ray_runtime.saved_trial_ids(exp_dir))
+        searcher.rebind(job.loc, saved_trial_ids(exp_dir))
     return tuner
 
 
@@ -137,6 +137,20 @@ def repair_cut_state(exp_dir: Path, staging_roots: list[Path]) -> dict[str, str]
                 done[path.name] = ("no whole copy found, set aside; Ray restores from the previous run's state, or "
                                    "the sweep starts over")
     return done
+
+
+def saved_trial_ids(exp_dir: Path) -> set[str] | None:
+    """The Ray trials of the experiment state a restore of EXP_DIR starts from; None when it cannot be read.
+
+    Tune restores from the greatest experiment state by name (ray/tune/execution/experiment_state.py,
+    `_find_newest_experiment_checkpoint`), whose "trial_data" holds each trial as [its JSON, its runtime JSON]
+    (tune_controller.py, `save_to_dir`).
+    """
+    try:
+        newest = max(exp_dir.glob(STATE_FILES[0]))
+        return {json.loads(entry[0])["trial_id"] for entry in json.loads(newest.read_text())["trial_data"]}
+    except (ValueError, OSError, KeyError, IndexError, TypeError):
+        return None
 
 
 def whole_state(path: Path) -> bool:

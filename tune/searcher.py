@@ -231,6 +231,10 @@ class StudySearch(OutOfTime, OptunaSearch):
                 self._completed_trials.add(ray_id)
 
 
+# Why a study trial was told FAIL when Tune's saved state never held its Ray trial (reconcile).
+INTERRUPTED = "interrupted: the driver stopped before Ray saved this trial; the resumed sweep asked the searcher again"
+
+
 def tell(study: optuna.Study, frozen: optuna.trial.FrozenTrial, status: TrialStatus,
          values: dict[int, float] | None = None, error: str | None = None, reason: str | None = None) -> None:
     """Tell the study trial FROZEN how it ended; a COMPLETE one gets its best intermediate value (VALUES, or those
@@ -271,8 +275,7 @@ def reconcile(study: optuna.Study, exp: Experiment, skip: set[int] = frozenset()
                     # A starting point: the restored searcher will not ask for it again, but the study's queue
                     # has moved past it. Queue it anew (whole: a kill mid-ask leaves only some params set).
                     study.enqueue_trial(frozen.system_attrs["fixed_params"])
-                tell(study, frozen, TrialStatus.FAILED, {}, reason="interrupted: the driver stopped "
-                     "before Ray saved this trial; the resumed sweep asked the searcher again")
+                tell(study, frozen, TrialStatus.FAILED, {}, reason=INTERRUPTED)
             changed += 1
         elif (frozen.state is TrialState.FAIL and trial is not None and trial.status.final and not trial.status.failed
               and not _retold(study, frozen)):
