@@ -9,6 +9,8 @@ mmtune.tune ...` in a subprocess on 2 CPUs, timed by wall clock):
   samples_norace the same without the race (--no-finalize-race): the race's own saving
   steps_norace   the budget in optimizer steps as before issue 20 (25 steps per epoch whatever the batch size:
                  `train_steps` 25 equals the old floor on 216-sample folds) and no race: the starting point
+  converged      the shipped flow with `stop_when_converged: true` (off by default): the convergence stop's saving,
+                 and what its smaller search hands finalize
 
 Every flow's best_config.yaml is retrained with `mmtune train --config` once per seed, and its test F1 is the
 flow's quality (paired with the train unit's on the same seeds). Each unit keeps one result file
@@ -40,11 +42,14 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.search_quality import mean_sd, mmtune, retrain, run_sweep  # noqa: E402
+from mmtune.tune import records  # noqa: E402
 from mmtune.tune.budget import parse_duration  # noqa: E402
 
-UNITS = ("train", "default", "samples_norace", "steps_norace")
-FLOW = {"default": ((), {}), "samples_norace": (("--no-finalize-race",), {}),
-        "steps_norace": (("--no-finalize-race",), {"train_steps": 25, "epoch_samples": 0})}
+UNITS = ("train", "default", "samples_norace", "steps_norace", "converged")
+# unit -> (sweep flags, the space's `fixed` keys, its top-level keys)
+FLOW = {"default": ((), {}, {}), "samples_norace": (("--no-finalize-race",), {}, {}),
+        "steps_norace": (("--no-finalize-race",), {"train_steps": 25, "epoch_samples": 0}, {}),
+        "converged": ((), {}, {"stop_when_converged": True})}
 DATA = {"n_train": 270, "n_test": 2000, "difficulty": 0.5}
 SMOKE_DATA = {"n_train": 120, "n_test": 200, "difficulty": 0.5}
 SMOKE_FLOW = ["--epochs", "2", "--finalize-top-k", "2", "--finalize-seeds", "2"]
@@ -61,8 +66,8 @@ def make_data(folder: Path, smoke: bool) -> Path:
 
 
 def space_file(work: Path, unit: str, smoke: bool) -> Path:
-    """search_spaces/default.yaml with the unit's budget keys (a smoke: 64 samples per epoch, the path only)."""
-    raw = yaml.safe_load((ROOT / "search_spaces/default.yaml").read_text())
+    """search_spaces/default.yaml with the unit's keys (a smoke: 64 samples per epoch, the path only)."""
+    raw = {**yaml.safe_load((ROOT / "search_spaces/default.yaml").read_text()), **FLOW[unit][2]}
     raw["fixed"] = {**raw.get("fixed", {}), **FLOW[unit][1], **({"epoch_samples": 64} if smoke else {})}
     path = work / f"{unit}.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -90,6 +95,7 @@ def run_unit(unit: str, data: Path, work: Path, args: argparse.Namespace) -> dic
             final["wall_time_s"], "test_f1": quality["test_f1"], "trained_in_finalize": final["trained"],
             "from_sweep": final["from_sweep"], "finalize_grid": len(final["configs"]) * len(final["seeds"]),
             "race_out": (final.get("race") or {}).get("out"), "validation": meta.get("validation", {}).get("scheme"),
+            "trials": len(records.read_all(exp)), "converged": meta.get("converged"),
             "estimate": plan_estimate(work / f"{unit}.log"), "load_start": load0, "load_end": os.getloadavg()[0]}
 
 
@@ -107,21 +113,23 @@ def table(units: dict[str, dict[str, Any]]) -> str:
     """The markdown table: wall, multiple of one train, search/finalize split, finalize runs, test F1."""
     train = units.get("train")
     per_train = train["wall_per_run_s"] if train else None
-    lines = ["| unit | wall s | x one train | search / finalize s | plan's estimate s | finalize runs trained (of grid; "
-             "from sweep) | test F1 mean ± sd | load avg start/end |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| unit | wall s | x one train | search / finalize s | trials run | plan's estimate s | finalize runs trained "
+             "(of grid; from sweep) | test F1 mean ± sd | load avg start/end |", "|---|---|---|---|---|---|---|---|---|"]
     for name in UNITS:
         u = units.get(name)
         if u is None:
             continue
         m, s = mean_sd(u["test_f1"])
-        mult = f"{u['wall_s'] / per_train:.1f}" if per_train and name != "train" else "1 (per run)" if train else "-"
+        # A unit measured on another machine holds that machine's train wall: a multiple is of one machine's walls.
+        own = u.get("train_wall_per_run_s", per_train)
+        mult = f"{u['wall_s'] / own:.1f}" if own and name != "train" else "1 (per run)" if train else "-"
         split = "-" if name == "train" else f"{u['search_wall_s']:.0f} / {u['finalize_wall_s']:.0f}"
         runs = "-" if name == "train" else f"{u['trained_in_finalize']} (of {u['finalize_grid']}; {u['from_sweep']})"
         wall = u["wall_per_run_s"] if name == "train" else u["wall_s"]
         est = (u.get("estimate") or {}).get("total_s")
-        lines.append(f"| {name} | {wall:.0f} | {mult} | {split} | {'-' if est is None else f'{est:.0f}'} | {runs} | "
-                     f"{m:.3f} ± {s:.3f} | "
-                     f"{u['load_start']:.1f} / {u['load_end']:.1f} |")
+        trials = u.get("trials", "-")
+        lines.append(f"| {name} | {wall:.0f} | {mult} | {split} | {trials} | {'-' if est is None else f'{est:.0f}'} | "
+                     f"{runs} | {m:.3f} ± {s:.3f} | {u['load_start']:.1f} / {u['load_end']:.1f} |")
     return "\n".join(lines) + "\n"
 
 

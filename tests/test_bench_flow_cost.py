@@ -17,6 +17,7 @@ def test_flow_cost_smoke_keeps_one_file_per_unit_and_skips_finished_ones(tmp_pat
     train, flow = units["train"], units["default"]
     assert len(train["test_f1"]) == len(flow["test_f1"]) == 1 and 0 <= flow["test_f1"][0] <= 1
     assert flow["validation"]["folds"] == 5  # no val.npz and few positives: cv auto chose 5 folds
+    assert flow["trials"] == 2 and flow["converged"] is None  # the stop is off as shipped
     assert flow["finalize_grid"] == 4 and flow["trained_in_finalize"] + flow["from_sweep"] <= 4
     assert 0 < flow["finalize_wall_s"] < flow["wall_s"] and train["wall_per_run_s"] > 0
     assert flow["estimate"]["total_s"] >= flow["estimate"]["search_s"] > 0  # the plan's, before the first trial
