@@ -63,6 +63,7 @@ class Clock:
         self.spent: dict[str, float] = {}
 
     def wrap(self, phase: str, fn: Callable) -> Callable:
+        """FN, its time added to PHASE on every call."""
         def timed(*args: Any, **kw: Any) -> Any:
             t0 = time.perf_counter()
             try:
@@ -72,6 +73,7 @@ class Clock:
         return timed
 
     def take(self) -> dict[str, float]:
+        """The seconds by phase since the last take, and start again."""
         spent, self.spent = self.spent, {}
         return spent
 
