@@ -113,8 +113,9 @@ def table(units: dict[str, dict[str, Any]]) -> str:
     """The markdown table: wall, multiple of one train, search/finalize split, finalize runs, test F1."""
     train = units.get("train")
     per_train = train["wall_per_run_s"] if train else None
-    lines = ["| unit | wall s | x one train | search / finalize s | trials run | plan's estimate s | finalize runs trained "
-             "(of grid; from sweep) | test F1 mean ± sd | load avg start/end |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| unit | wall s | x one train | search / finalize s | trials run | plan's estimate s | finalize runs "
+             "trained (of grid; from sweep) | test F1 mean ± sd | load avg start/end |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name in UNITS:
         u = units.get(name)
         if u is None:

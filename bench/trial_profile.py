@@ -54,6 +54,7 @@ CONFIGS = {"defaults": None, "d128-l3-b16": dict(d_model=128, num_layers=3, nhea
            "d64-l1-b16": dict(d_model=64, num_layers=1, nhead=2, batch_size=16)}
 SMOKE_CONFIGS = {"d64-l1-b16": CONFIGS["d64-l1-b16"]}
 PHASES = ("train", "evaluate", "metrics", "rest", "checkpoint")
+EPOCH_PHASES = ("train", "evaluate", "rest", "checkpoint")  # an epoch and its checkpoint: metrics is inside evaluate
 
 
 class Clock:
@@ -135,9 +136,8 @@ def summarize(run: dict[str, Any]) -> dict[str, Any]:
     """Epoch 1 apart; the later epochs' median per phase and each phase's share of an epoch plus its checkpoint."""
     first, later = run["epochs"][0], run["epochs"][1:] or run["epochs"][:1]
     median = {p: statistics.median(e[p] for e in later) for p in PHASES}
-    whole = median["train"] + median["evaluate"] + median["rest"] + median["checkpoint"]
+    whole, first_whole = (sum(e[p] for p in EPOCH_PHASES) for e in (median, first))
     share = {p: median[p] / whole for p in PHASES}
-    first_whole = first["train"] + first["evaluate"] + first["rest"] + first["checkpoint"]
     return {**{k: v for k, v in run.items() if k != "epochs"}, "median_s": median, "share": share,
             "epoch_s": whole, "first_epoch_s": first_whole, "first_epoch_extra_s": first_whole - whole,
             "epochs_timed": len(run["epochs"])}
@@ -150,10 +150,11 @@ def table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         m, s = r["median_s"], r["share"]
         lines.append(
-            f"| {r['config']} | {r['params'] / 1e6:.2f} M | {r['folds']} x {r['steps_per_epoch']} x {r['batch_size']} | "
-            f"{r['epoch_s']:.2f} | {m['train']:.2f} s ({s['train']:.1%}) | {m['evaluate']:.3f} s ({s['evaluate']:.1%}; "
-            f"{m['metrics']:.3f} s) | {m['rest']:.3f} s ({s['rest']:.1%}) | {m['checkpoint']:.3f} s ({s['checkpoint']:.1%}; "
-            f"{r['checkpoint_mb']:.1f}) | {r['first_epoch_extra_s']:.2f} |")
+            f"| {r['config']} | {r['params'] / 1e6:.2f} M | {r['folds']} x {r['steps_per_epoch']} x "
+            f"{r['batch_size']} | {r['epoch_s']:.2f} | {m['train']:.2f} s ({s['train']:.1%}) | "
+            f"{m['evaluate']:.3f} s ({s['evaluate']:.1%}; {m['metrics']:.3f} s) | "
+            f"{m['rest']:.3f} s ({s['rest']:.1%}) | {m['checkpoint']:.3f} s ({s['checkpoint']:.1%}; {r['checkpoint_mb']:.1f}) | "
+            f"{r['first_epoch_extra_s']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -175,8 +176,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for name, params in configs.items():
             rows.append(summarize(profile(name, params, data_dir, args.epochs, args.smoke)))
             print(f"# {name}: {rows[-1]['epoch_s']:.2f} s per epoch", file=sys.stderr, flush=True)
-    result = {"setting": {"data": "bench/flow_cost.py's" + (" smoke" if args.smoke else ""), "epochs": args.epochs, "smoke": args.smoke, "threads": 1,
-                          "cpus": os.cpu_count(), "load_avg": os.getloadavg()[0]}, "configs": rows}
+    setting = {"data": "bench/flow_cost.py's" + (" smoke" if args.smoke else ""), "epochs": args.epochs,
+               "smoke": args.smoke, "threads": 1, "cpus": os.cpu_count(), "load_avg": os.getloadavg()[0]}
+    result = {"setting": setting, "configs": rows}
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     if args.md:
         Path(args.md).write_text(table(rows))
