@@ -153,7 +153,8 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"| {r['config']} | {r['params'] / 1e6:.2f} M | {r['folds']} x {r['steps_per_epoch']} x "
             f"{r['batch_size']} | {r['epoch_s']:.2f} | {m['train']:.2f} s ({s['train']:.1%}) | "
             f"{m['evaluate']:.3f} s ({s['evaluate']:.1%}; {m['metrics']:.3f} s) | "
-            f"{m['rest']:.3f} s ({s['rest']:.1%}) | {m['checkpoint']:.3f} s ({s['checkpoint']:.1%}; {r['checkpoint_mb']:.1f}) | "
+            f"{m['rest']:.3f} s ({s['rest']:.1%}) | "
+            f"{m['checkpoint']:.3f} s ({s['checkpoint']:.1%}; {r['checkpoint_mb']:.1f}) | "
             f"{r['first_epoch_extra_s']:.2f} |")
     return "\n".join(lines) + "\n"
 
